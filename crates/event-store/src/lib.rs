@@ -1,0 +1,215 @@
+//! Tend's event store: an append-only log of immutable events in PostgreSQL.
+//!
+//! Appends are atomic per call, checked against an expected stream version,
+//! and idempotent by event id. Every event gets a global position in commit
+//! order, so a subscriber that follows the log by position never skips an
+//! event that a concurrent writer commits late. Appends from many callers are
+//! grouped into one transaction by a single writer task (group commit), which
+//! is what makes serialised, gap-free positions fast.
+//!
+//! It is not a domain model: payloads are opaque JSON here. It does not
+//! authenticate; callers pass the tenant they have already established.
+
+mod error;
+mod model;
+mod plan;
+mod read;
+mod subscription;
+mod writer;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+pub use error::Error;
+pub use model::{
+    Appended, Direction, ExpectedVersion, Filter, LogPage, Metadata, NewEvent, RecordedEvent,
+    StreamId, StreamSlice, TenantId,
+};
+pub use subscription::{Delivery, Subscription};
+
+use plan::AppendRequest;
+
+/// The largest number of events one append may carry.
+pub const MAX_EVENTS_PER_APPEND: usize = 1000;
+
+/// The schema migrations in `migrations/`, embedded in the binary.
+pub fn migrator() -> Migrator {
+    let migrations = [(
+        1,
+        "event store",
+        include_str!("../../../migrations/0001_event_store.sql"),
+    )];
+    Migrator::with_migrations(
+        migrations
+            .into_iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    sqlx::SqlSafeStr::into_sql_str(sql),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Applies every pending migration.
+pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    migrator().run(pool).await
+}
+
+/// Tuning knobs; the defaults suit a small server.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Appends waiting for the writer before callers wait to enqueue.
+    pub queue_capacity: usize,
+    /// The writer stops adding appends to a batch past this many events.
+    pub max_batch_events: usize,
+    /// How often the head of the log is re-read, in case a notification
+    /// from another server was lost.
+    pub poll_interval: Duration,
+    /// Events a subscription reads from the database at a time. This bounds
+    /// its memory, however slowly its consumer reads.
+    pub page_size: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 4096,
+            max_batch_events: 2000,
+            poll_interval: Duration::from_millis(500),
+            page_size: 500,
+        }
+    }
+}
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct EventStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: PgPool,
+    options: Options,
+    queue: Mutex<Option<mpsc::Sender<writer::Job>>>,
+    head: watch::Receiver<u64>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl EventStore {
+    /// Opens the store on a migrated database and starts its writer and
+    /// head watcher.
+    pub async fn open(pool: PgPool, options: Options) -> Result<Self, Error> {
+        let head: i64 = sqlx::query_scalar("SELECT position FROM event_log_head WHERE singleton")
+            .fetch_one(&pool)
+            .await?;
+        let (head_tx, head_rx) = watch::channel(head as u64);
+        let (queue_tx, queue_rx) = mpsc::channel(options.queue_capacity.max(1));
+        let head_tx = Arc::new(head_tx);
+        let writer = tokio::spawn(writer::run(
+            pool.clone(),
+            queue_rx,
+            head_tx.clone(),
+            options.max_batch_events,
+        ));
+        let watcher = tokio::spawn(writer::watch_head(
+            pool.clone(),
+            head_tx,
+            options.poll_interval,
+        ));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                options,
+                queue: Mutex::new(Some(queue_tx)),
+                head: head_rx,
+                tasks: Mutex::new(vec![writer, watcher]),
+            }),
+        })
+    }
+
+    /// Appends `events` to `stream`, atomically: all are stored or none.
+    pub async fn append(
+        &self,
+        tenant: &TenantId,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, Error> {
+        if events.is_empty() {
+            return Err(Error::invalid("events", "at least one event is required"));
+        }
+        if events.len() > MAX_EVENTS_PER_APPEND {
+            return Err(Error::invalid("events", "at most 1000 events per append"));
+        }
+        let mut ids = std::collections::HashSet::with_capacity(events.len());
+        for event in &events {
+            event.validate()?;
+            if !ids.insert(event.id) {
+                return Err(Error::invalid(
+                    "events",
+                    format!("event id {} appears twice", event.id),
+                ));
+            }
+        }
+        let (reply, answer) = oneshot::channel();
+        let job = writer::Job {
+            request: AppendRequest {
+                tenant: tenant.clone(),
+                stream: stream.clone(),
+                expected,
+                events,
+            },
+            reply,
+        };
+        let queue = self.inner.queue.lock().await.clone();
+        let queue = queue.ok_or(Error::ShuttingDown)?;
+        queue.send(job).await.map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// The highest position this server knows to be committed.
+    pub fn head(&self) -> u64 {
+        *self.inner.head.borrow()
+    }
+
+    /// Follows the log after `after`: catch-up, then live.
+    pub fn subscribe(&self, filter: Filter, after: u64) -> Subscription {
+        Subscription::new(self.clone(), filter, after)
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// Stops taking appends, writes those already queued, and stops the
+    /// background tasks. Subscriptions end with [`Error::ShuttingDown`].
+    pub async fn shutdown(&self) {
+        self.inner.queue.lock().await.take();
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock().await);
+        let mut tasks = tasks.into_iter();
+        // The writer drains its queue once every sender is gone.
+        if let Some(writer) = tasks.next() {
+            let _ = writer.await;
+        }
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    fn head_watch(&self) -> watch::Receiver<u64> {
+        self.inner.head.clone()
+    }
+}

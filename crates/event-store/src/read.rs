@@ -1,0 +1,164 @@
+//! Reading one stream, or the global log by position.
+
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+
+use crate::{
+    Direction, Error, EventStore, Filter, LogPage, Metadata, RecordedEvent, StreamId, StreamSlice,
+    TenantId,
+};
+
+/// The most positions one log read scans, matched or not. It bounds the
+/// work of a filtered read over a long stretch of other events.
+const SCAN_WINDOW: u64 = 20_000;
+
+impl EventStore {
+    /// Up to `max` events of one stream, from `from` (inclusive; `None`
+    /// means the start going forwards and the end going backwards).
+    pub async fn read_stream(
+        &self,
+        tenant: &TenantId,
+        stream: &StreamId,
+        direction: Direction,
+        from: Option<u64>,
+        max: usize,
+    ) -> Result<StreamSlice, Error> {
+        let max = max.clamp(1, 10_000) as i64;
+        // One statement, so the version and the events share a snapshot.
+        let rows = match direction {
+            Direction::Forwards => {
+                sqlx::query(
+                    "WITH head AS (SELECT max(stream_version) AS v FROM events
+                                   WHERE tenant_id = $1 AND stream_id = $2)
+                     SELECT head.v, e.* FROM head LEFT JOIN LATERAL (
+                         SELECT e.position, e.tenant_id, e.stream_id, e.stream_version, e.event_id,
+                                e.event_type, e.schema_version, e.payload, e.metadata, e.recorded_at
+                         FROM events e
+                         WHERE e.tenant_id = $1 AND e.stream_id = $2 AND e.stream_version >= $3
+                         ORDER BY e.stream_version LIMIT $4) e ON true
+                     ORDER BY e.stream_version",
+                )
+                .bind(tenant.as_str())
+                .bind(stream.as_str())
+                .bind(from.unwrap_or(0) as i64)
+                .bind(max)
+                .fetch_all(self.pool())
+                .await?
+            }
+            Direction::Backwards => {
+                sqlx::query(
+                    "WITH head AS (SELECT max(stream_version) AS v FROM events
+                                   WHERE tenant_id = $1 AND stream_id = $2)
+                     SELECT head.v, e.* FROM head LEFT JOIN LATERAL (
+                         SELECT e.position, e.tenant_id, e.stream_id, e.stream_version, e.event_id,
+                                e.event_type, e.schema_version, e.payload, e.metadata, e.recorded_at
+                         FROM events e
+                         WHERE e.tenant_id = $1 AND e.stream_id = $2 AND e.stream_version <= $3
+                         ORDER BY e.stream_version DESC LIMIT $4) e ON true
+                     ORDER BY e.stream_version DESC",
+                )
+                .bind(tenant.as_str())
+                .bind(stream.as_str())
+                .bind(from.map_or(i64::MAX, |v| v.min(i64::MAX as u64) as i64))
+                .bind(max)
+                .fetch_all(self.pool())
+                .await?
+            }
+        };
+        let stream_version = match rows.first() {
+            Some(row) => row.try_get::<Option<i64>, _>(0)?.map(|v| v as u64),
+            None => None,
+        };
+        let events = rows
+            .iter()
+            .filter(|row| matches!(row.try_get::<Option<i64>, _>(1), Ok(Some(_))))
+            .map(|row| event_from_row(row, 1))
+            .collect::<Result<Vec<_>, _>>()?;
+        let end_of_stream = match (direction, events.last(), stream_version) {
+            (_, None, _) | (_, _, None) => true,
+            (_, _, _) if (events.len() as i64) < max => true,
+            (Direction::Forwards, Some(last), Some(v)) => last.stream_version >= v,
+            (Direction::Backwards, Some(last), _) => last.stream_version == 0,
+        };
+        Ok(StreamSlice {
+            events,
+            stream_version,
+            end_of_stream,
+        })
+    }
+
+    /// Up to `max` events of the global log after position `after` that
+    /// pass `filter`, in position order.
+    pub async fn read_log(
+        &self,
+        filter: &Filter,
+        after: u64,
+        max: usize,
+    ) -> Result<LogPage, Error> {
+        let max = max.clamp(1, 10_000);
+        let upto = after.saturating_add(SCAN_WINDOW).min(i64::MAX as u64);
+        let rows = sqlx::query(
+            "WITH head AS (SELECT position FROM event_log_head WHERE singleton)
+             SELECT head.position, e.* FROM head LEFT JOIN LATERAL (
+                 SELECT e.position, e.tenant_id, e.stream_id, e.stream_version, e.event_id,
+                        e.event_type, e.schema_version, e.payload, e.metadata, e.recorded_at
+                 FROM events e
+                 WHERE e.position > $1 AND e.position <= LEAST($2, head.position)
+                   AND ($3::text IS NULL OR e.tenant_id = $3)
+                   AND (cardinality($4::text[]) = 0 OR e.category = ANY($4))
+                   AND (cardinality($5::text[]) = 0 OR e.event_type = ANY($5))
+                 ORDER BY e.position LIMIT $6) e ON true
+             ORDER BY e.position",
+        )
+        .bind(after.min(i64::MAX as u64) as i64)
+        .bind(upto as i64)
+        .bind(filter.tenant.as_ref().map(TenantId::as_str))
+        .bind(&filter.categories)
+        .bind(&filter.event_types)
+        .bind(max as i64)
+        .fetch_all(self.pool())
+        .await?;
+        let head = match rows.first() {
+            Some(row) => row.try_get::<i64, _>(0)? as u64,
+            None => after,
+        };
+        let events = rows
+            .iter()
+            .filter(|row| matches!(row.try_get::<Option<i64>, _>(1), Ok(Some(_))))
+            .map(|row| event_from_row(row, 1))
+            .collect::<Result<Vec<_>, _>>()?;
+        let scanned_through = match events.last() {
+            Some(last) if events.len() == max => last.position,
+            _ => head.min(upto).max(after),
+        };
+        Ok(LogPage {
+            events,
+            scanned_through,
+        })
+    }
+}
+
+/// Decodes the event columns of `row`, starting at column `at`.
+fn event_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent, Error> {
+    let position = row.try_get::<i64, _>(at)? as u64;
+    let corrupt = |reason: String| Error::Corrupt { position, reason };
+    let tenant =
+        TenantId::new(row.try_get::<String, _>(at + 1)?).map_err(|e| corrupt(e.to_string()))?;
+    let stream_id =
+        StreamId::new(row.try_get::<String, _>(at + 2)?).map_err(|e| corrupt(e.to_string()))?;
+    let metadata: serde_json::Value = row.try_get(at + 8)?;
+    let metadata: Metadata =
+        serde_json::from_value(metadata).map_err(|e| corrupt(format!("metadata: {e}")))?;
+    Ok(RecordedEvent {
+        position,
+        tenant,
+        stream_id,
+        stream_version: row.try_get::<i64, _>(at + 3)? as u64,
+        id: row.try_get(at + 4)?,
+        event_type: row.try_get(at + 5)?,
+        schema_version: row.try_get::<i32, _>(at + 6)? as u32,
+        payload: row.try_get(at + 7)?,
+        metadata,
+        recorded_at: row.try_get(at + 9)?,
+    })
+}

@@ -1,0 +1,579 @@
+//! The event store against a real PostgreSQL: one fresh database per test.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::json;
+use tend_event_store::{
+    Delivery, Direction, Error, EventStore, ExpectedVersion, Filter, NewEvent, Options, StreamId,
+    TenantId,
+};
+use tend_testkit::fresh_database;
+use uuid::Uuid;
+
+fn tenant(name: &str) -> TenantId {
+    TenantId::new(name).expect("valid tenant")
+}
+
+fn stream(id: &str) -> StreamId {
+    StreamId::new(id).expect("valid stream")
+}
+
+fn event(n: u64) -> NewEvent {
+    NewEvent::new(Uuid::new_v4(), "PracticeLogged", 1, &json!({ "n": n })).expect("event")
+}
+
+async fn open() -> (EventStore, sqlx::PgPool) {
+    let db = fresh_database().await;
+    let store = EventStore::open(db.pool.clone(), Options::default())
+        .await
+        .expect("open store");
+    (store, db.pool)
+}
+
+async fn count(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+#[tokio::test]
+async fn enforces_expected_versions() {
+    let (store, pool) = open().await;
+    let (t, s) = (tenant("clinic"), stream("practice-1"));
+
+    let first = store
+        .append(&t, &s, ExpectedVersion::NoStream, vec![event(0), event(1)])
+        .await
+        .expect("new stream");
+    assert_eq!(first.stream_version, 1);
+    assert_eq!(first.positions, vec![1, 2]);
+
+    let err = store
+        .append(&t, &s, ExpectedVersion::NoStream, vec![event(2)])
+        .await
+        .expect_err("stream exists");
+    assert!(
+        matches!(
+            err,
+            Error::WrongExpectedVersion {
+                actual: Some(1),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = store
+        .append(&t, &s, ExpectedVersion::Exact(0), vec![event(2)])
+        .await
+        .expect_err("stale version");
+    assert!(matches!(err, Error::WrongExpectedVersion { .. }), "{err}");
+    let err = store
+        .append(
+            &t,
+            &stream("practice-2"),
+            ExpectedVersion::Exact(0),
+            vec![event(2)],
+        )
+        .await
+        .expect_err("no such stream");
+    assert!(
+        matches!(err, Error::WrongExpectedVersion { actual: None, .. }),
+        "{err}"
+    );
+
+    let next = store
+        .append(&t, &s, ExpectedVersion::Exact(1), vec![event(2)])
+        .await
+        .expect("right version");
+    assert_eq!(next.stream_version, 2);
+    let any = store
+        .append(&t, &s, ExpectedVersion::Any, vec![event(3)])
+        .await
+        .expect("any version");
+    assert_eq!(any.stream_version, 3);
+    assert_eq!(count(&pool).await, 4);
+}
+
+#[tokio::test]
+async fn a_retried_append_writes_nothing_and_returns_the_original_positions() {
+    let (store, pool) = open().await;
+    let (t, s) = (tenant("clinic"), stream("practice-1"));
+    let events = vec![event(0), event(1), event(2)];
+
+    let first = store
+        .append(&t, &s, ExpectedVersion::NoStream, events.clone())
+        .await
+        .expect("first");
+    // The retry's expected version is now stale; it is answered anyway.
+    let retry = store
+        .append(&t, &s, ExpectedVersion::NoStream, events.clone())
+        .await
+        .expect("retry");
+    assert!(!first.already_stored);
+    assert!(retry.already_stored);
+    assert_eq!(retry.positions, first.positions);
+    assert_eq!(retry.stream_version, first.stream_version);
+    assert_eq!(count(&pool).await, 3);
+
+    let mut changed = events.clone();
+    changed[1].payload = json!({ "n": 99 });
+    let err = store
+        .append(&t, &s, ExpectedVersion::Any, changed)
+        .await
+        .expect_err("same id, other content");
+    assert!(
+        matches!(err, Error::IdempotencyConflict { event_id } if event_id == events[1].id),
+        "{err}"
+    );
+    assert_eq!(count(&pool).await, 3);
+}
+
+#[tokio::test]
+async fn the_same_append_sent_concurrently_is_stored_once() {
+    let (store, pool) = open().await;
+    let (t, s) = (tenant("clinic"), stream("practice-1"));
+    let events = vec![event(0), event(1)];
+    let attempts = (0..20).map(|_| {
+        let (store, t, s, events) = (store.clone(), t.clone(), s.clone(), events.clone());
+        tokio::spawn(async move { store.append(&t, &s, ExpectedVersion::Any, events).await })
+    });
+    let results = futures::future::join_all(attempts).await;
+    let positions: HashSet<_> = results
+        .into_iter()
+        .map(|r| r.expect("task").expect("append").positions)
+        .collect();
+    assert_eq!(positions.len(), 1, "every attempt sees the same positions");
+    assert_eq!(count(&pool).await, 2);
+}
+
+#[tokio::test]
+async fn an_append_is_all_or_nothing() {
+    let (store, pool) = open().await;
+    let t = tenant("clinic");
+    // Two writers race for the same version with five events each: one
+    // wins whole, the other leaves no trace, and nothing interleaves.
+    let racers = (0..2).map(|w| {
+        let (store, t) = (store.clone(), t.clone());
+        tokio::spawn(async move {
+            let events = (0..5).map(|i| event(w * 10 + i)).collect();
+            store
+                .append(&t, &stream("practice-1"), ExpectedVersion::NoStream, events)
+                .await
+        })
+    });
+    let results = futures::future::join_all(racers).await;
+    let won = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    assert_eq!(won, 1);
+    let slice = store
+        .read_stream(&t, &stream("practice-1"), Direction::Forwards, None, 100)
+        .await
+        .expect("read");
+    assert_eq!(slice.events.len(), 5);
+    let writers: HashSet<_> = slice
+        .events
+        .iter()
+        .map(|e| e.payload["n"].as_u64().expect("n") / 10)
+        .collect();
+    assert_eq!(writers.len(), 1, "events of one writer only");
+
+    // A retry that matches only part of an earlier append writes none of it.
+    let stored = store
+        .append(
+            &t,
+            &stream("practice-2"),
+            ExpectedVersion::Any,
+            vec![event(1)],
+        )
+        .await
+        .expect("append");
+    let before = count(&pool).await;
+    let partial = vec![
+        event(5),
+        NewEvent {
+            id: slice.events[0].id,
+            ..event(6)
+        },
+    ];
+    let err = store
+        .append(&t, &stream("practice-2"), ExpectedVersion::Any, partial)
+        .await
+        .expect_err("partial retry");
+    assert!(matches!(err, Error::IdempotencyConflict { .. }), "{err}");
+    assert_eq!(count(&pool).await, before);
+    assert_eq!(stored.positions.len(), 1);
+}
+
+#[tokio::test]
+async fn refuses_malformed_appends() {
+    let (store, pool) = open().await;
+    let t = tenant("clinic");
+    let s = stream("practice-1");
+    let empty = store.append(&t, &s, ExpectedVersion::Any, vec![]).await;
+    assert!(matches!(
+        empty,
+        Err(Error::InvalidInput {
+            field: "events",
+            ..
+        })
+    ));
+
+    let e = event(1);
+    let twice = store
+        .append(&t, &s, ExpectedVersion::Any, vec![e.clone(), e])
+        .await;
+    assert!(matches!(
+        twice,
+        Err(Error::InvalidInput {
+            field: "events",
+            ..
+        })
+    ));
+
+    let nul = NewEvent::new(Uuid::new_v4(), "Noted", 1, &json!({ "x": "a\u{0}b" })).expect("event");
+    let nul = store
+        .append(&t, &s, ExpectedVersion::Any, vec![event(2), nul])
+        .await;
+    assert!(matches!(
+        nul,
+        Err(Error::InvalidInput {
+            field: "payload",
+            ..
+        })
+    ));
+
+    let mut bad_type = event(3);
+    bad_type.event_type = "has spaces".into();
+    let bad_type = store
+        .append(&t, &s, ExpectedVersion::Any, vec![bad_type])
+        .await;
+    assert!(matches!(
+        bad_type,
+        Err(Error::InvalidInput {
+            field: "event_type",
+            ..
+        })
+    ));
+
+    assert!(StreamId::new("nocategory").is_err());
+    assert!(StreamId::new("-x").is_err());
+    assert!(TenantId::new("Upper").is_err());
+    assert_eq!(count(&pool).await, 0);
+}
+
+#[tokio::test]
+async fn reads_a_stream_forwards_and_backwards_in_pages() {
+    let (store, _pool) = open().await;
+    let (t, s) = (tenant("clinic"), stream("practice-1"));
+    store
+        .append(
+            &t,
+            &s,
+            ExpectedVersion::NoStream,
+            (0..5).map(event).collect(),
+        )
+        .await
+        .expect("append");
+    store
+        .append(&t, &stream("other-1"), ExpectedVersion::Any, vec![event(9)])
+        .await
+        .expect("append");
+
+    let page = store
+        .read_stream(&t, &s, Direction::Forwards, Some(1), 2)
+        .await
+        .expect("read");
+    let versions: Vec<_> = page.events.iter().map(|e| e.stream_version).collect();
+    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(page.stream_version, Some(4));
+    assert!(!page.end_of_stream);
+
+    let rest = store
+        .read_stream(&t, &s, Direction::Forwards, Some(3), 10)
+        .await
+        .expect("read");
+    assert_eq!(rest.events.len(), 2);
+    assert!(rest.end_of_stream);
+
+    let back = store
+        .read_stream(&t, &s, Direction::Backwards, None, 3)
+        .await
+        .expect("read");
+    let versions: Vec<_> = back.events.iter().map(|e| e.stream_version).collect();
+    assert_eq!(versions, vec![4, 3, 2]);
+    assert!(!back.end_of_stream);
+    let payloads: Vec<_> = back.events.iter().map(|e| e.payload["n"].clone()).collect();
+    assert_eq!(payloads, vec![json!(4), json!(3), json!(2)]);
+
+    let missing = store
+        .read_stream(&t, &stream("practice-404"), Direction::Forwards, None, 10)
+        .await
+        .expect("read");
+    assert!(missing.events.is_empty());
+    assert_eq!(missing.stream_version, None);
+    assert!(missing.end_of_stream);
+}
+
+#[tokio::test]
+async fn stored_events_cannot_be_changed_or_deleted() {
+    let (store, pool) = open().await;
+    store
+        .append(
+            &tenant("clinic"),
+            &stream("practice-1"),
+            ExpectedVersion::Any,
+            vec![event(1)],
+        )
+        .await
+        .expect("append");
+    for sql in [
+        "UPDATE events SET event_type = 'Other'",
+        "DELETE FROM events",
+        "TRUNCATE events",
+    ] {
+        let err = sqlx::raw_sql(sql).execute(&pool).await.expect_err(sql);
+        assert!(err.to_string().contains("immutable"), "{sql}: {err}");
+    }
+    assert_eq!(count(&pool).await, 1);
+}
+
+#[tokio::test]
+async fn a_tenant_never_reads_another_tenants_events() {
+    let (store, _pool) = open().await;
+    let (a, b) = (tenant("clinic-a"), tenant("clinic-b"));
+    let s = stream("practice-1");
+    for i in 0..10 {
+        let t = if i % 2 == 0 { &a } else { &b };
+        store
+            .append(t, &s, ExpectedVersion::Any, vec![event(i)])
+            .await
+            .expect("append");
+    }
+    let only_a = store
+        .read_stream(&a, &s, Direction::Forwards, None, 100)
+        .await
+        .expect("read");
+    assert_eq!(only_a.events.len(), 5);
+    assert!(only_a.events.iter().all(|e| e.tenant == a));
+    assert_eq!(only_a.stream_version, Some(4));
+
+    let mut sub = store.subscribe(Filter::tenant(a.clone()), 0);
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        match next(&mut sub).await {
+            Delivery::Event(e) => seen.push(e),
+            Delivery::Checkpoint(_) => {}
+        }
+    }
+    assert!(seen.iter().all(|e| e.tenant == a));
+    assert_eq!(
+        seen.iter()
+            .map(|e| e.payload["n"].as_u64().expect("n"))
+            .collect::<Vec<_>>(),
+        vec![0, 2, 4, 6, 8]
+    );
+    // Tenant b's last event (position 10) is passed over with a checkpoint.
+    assert_eq!(next(&mut sub).await, Delivery::Checkpoint(10));
+}
+
+#[tokio::test]
+async fn a_filtered_subscription_still_advances_its_checkpoint() {
+    let (store, _pool) = open().await;
+    let t = tenant("clinic");
+    store
+        .append(
+            &t,
+            &stream("assessment-1"),
+            ExpectedVersion::Any,
+            vec![event(0)],
+        )
+        .await
+        .expect("append");
+    for i in 1..=50 {
+        store
+            .append(
+                &t,
+                &stream("practice-1"),
+                ExpectedVersion::Any,
+                vec![event(i)],
+            )
+            .await
+            .expect("append");
+    }
+    let filter = Filter {
+        tenant: Some(t.clone()),
+        categories: vec!["assessment".into()],
+        event_types: vec![],
+    };
+    let mut sub = store.subscribe(filter, 0);
+    match next(&mut sub).await {
+        Delivery::Event(e) => assert_eq!(e.position, 1),
+        other => panic!("expected the assessment event, got {other:?}"),
+    }
+    assert_eq!(next(&mut sub).await, Delivery::Checkpoint(51));
+    assert_eq!(sub.position(), 51);
+}
+
+#[tokio::test]
+async fn sixteen_concurrent_writers_and_a_live_subscriber_see_every_event_once_in_order() {
+    const WRITERS: usize = 16;
+    const EVENTS: usize = 10_000;
+    let (store, pool) = open().await;
+    let t = tenant("clinic");
+
+    // The subscriber starts before any write and follows live.
+    let mut sub = store.subscribe(Filter::tenant(t.clone()), 0);
+    let reader = tokio::spawn(async move {
+        let mut positions = Vec::with_capacity(EVENTS);
+        let mut ids = HashSet::with_capacity(EVENTS);
+        while positions.len() < EVENTS {
+            match tokio::time::timeout(Duration::from_secs(30), sub.next()).await {
+                Ok(Ok(Delivery::Event(e))) => {
+                    positions.push(e.position);
+                    assert!(ids.insert(e.id), "event {} delivered twice", e.id);
+                }
+                Ok(Ok(Delivery::Checkpoint(_))) => {}
+                Ok(Err(e)) => panic!("subscription failed: {e}"),
+                Err(_) => panic!("stalled after {} events", positions.len()),
+            }
+        }
+        (positions, ids)
+    });
+
+    // Each writer mixes single-event and five-event appends on its own
+    // streams, so commits interleave across writers all the time.
+    let writers = (0..WRITERS).map(|w| {
+        let (store, t) = (store.clone(), t.clone());
+        tokio::spawn(async move {
+            let mut written = Vec::new();
+            let mut left = EVENTS / WRITERS;
+            let mut round = 0;
+            while left > 0 {
+                let n = if round % 2 == 0 { 1 } else { 5.min(left) };
+                let events: Vec<_> = (0..n).map(|_| event(w as u64)).collect();
+                written.extend(events.iter().map(|e| e.id));
+                let s = stream(&format!("practice-{w}_{}", round % 7));
+                store
+                    .append(&t, &s, ExpectedVersion::Any, events)
+                    .await
+                    .expect("append");
+                left -= n;
+                round += 1;
+            }
+            written
+        })
+    });
+    let mut written = HashSet::new();
+    for w in futures::future::join_all(writers).await {
+        written.extend(w.expect("writer"));
+    }
+    assert_eq!(written.len(), EVENTS);
+
+    let (positions, ids) = reader.await.expect("reader");
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "positions strictly increase"
+    );
+    assert_eq!(ids, written, "every written event arrived exactly once");
+    assert_eq!(count(&pool).await, EVENTS as i64);
+}
+
+#[tokio::test]
+async fn a_subscriber_on_one_server_sees_commits_from_another() {
+    let db = fresh_database().await;
+    let quick = Options {
+        poll_interval: Duration::from_secs(60),
+        ..Options::default()
+    };
+    // Two stores on one database, as two servers would be: the subscriber
+    // is woken by the other's notification, not by polling.
+    let writer = EventStore::open(db.pool.clone(), quick.clone())
+        .await
+        .expect("open");
+    let reader = EventStore::open(db.pool.clone(), quick)
+        .await
+        .expect("open");
+    let t = tenant("clinic");
+    let mut sub = reader.subscribe(Filter::tenant(t.clone()), 0);
+    let (next_event, _) = tokio::join!(next(&mut sub), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        writer
+            .append(
+                &t,
+                &stream("practice-1"),
+                ExpectedVersion::Any,
+                vec![event(7)],
+            )
+            .await
+            .expect("append")
+    });
+    match next_event {
+        Delivery::Event(e) => assert_eq!(e.payload, json!({ "n": 7 })),
+        other => panic!("expected the event, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn shutdown_writes_what_was_queued_and_ends_subscriptions() {
+    let (store, pool) = open().await;
+    let t = tenant("clinic");
+    let mut sub = store.subscribe(Filter::tenant(t.clone()), 0);
+    let appends: Vec<_> = (0..50)
+        .map(|i| {
+            let (store, t) = (store.clone(), t.clone());
+            tokio::spawn(async move {
+                store
+                    .append(
+                        &t,
+                        &stream("practice-1"),
+                        ExpectedVersion::Any,
+                        vec![event(i)],
+                    )
+                    .await
+            })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    store.shutdown().await;
+    let mut stored = 0;
+    for a in appends {
+        match a.await.expect("task") {
+            Ok(_) => stored += 1,
+            Err(e) => assert!(matches!(e, Error::ShuttingDown), "{e}"),
+        }
+    }
+    assert_eq!(count(&pool).await, stored);
+    let refused = store
+        .append(
+            &t,
+            &stream("practice-1"),
+            ExpectedVersion::Any,
+            vec![event(0)],
+        )
+        .await;
+    assert!(matches!(refused, Err(Error::ShuttingDown)));
+    // The subscriber drains what was committed, then ends.
+    let mut delivered = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("subscription ends")
+        {
+            Ok(Delivery::Event(_)) => delivered += 1,
+            Ok(Delivery::Checkpoint(_)) => {}
+            Err(e) => {
+                assert!(matches!(e, Error::ShuttingDown), "{e}");
+                break;
+            }
+        }
+    }
+    assert_eq!(delivered, stored);
+}
+
+async fn next(sub: &mut tend_event_store::Subscription) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("delivery within 10 s")
+        .expect("subscription")
+}
