@@ -1,1 +1,49 @@
-fn main() {}
+//! `tend`: the Tend server. It composes the gRPC services over the event
+//! store and owns everything that touches the outside world at start-up:
+//! configuration, logging, the database (or an embedded one), signals.
+
+mod config;
+mod logging;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use config::{Cli, Command, TokenCommand};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tend: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(options) => {
+                logging::init(&options.database.log)?;
+                serve::serve(options).await
+            }
+            Command::Migrate(options) => {
+                logging::init(&options.log)?;
+                serve::migrate_only(options).await
+            }
+            Command::Token {
+                command: TokenCommand::New { tenant },
+            } => serve::new_token(&tenant),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tend: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

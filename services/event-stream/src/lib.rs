@@ -1,1 +1,173 @@
+//! `tend.events.v1.EventStreamService`: a partner's view of the event log,
+//! always limited to the caller's tenant.
+//!
+//! It is an adapter only: validation of the request, conversion between
+//! protobuf and the store's types, and the streaming loop. Ordering and
+//! gap-freedom come from the event store.
 
+mod error;
+
+use tend_api::events::v1 as pb;
+use tend_api::events::v1::event_stream_service_server::{
+    EventStreamService, EventStreamServiceServer,
+};
+use tend_event_store::{Delivery, Direction, EventStore, Filter, RecordedEvent, StreamId};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use error::Error;
+
+/// Messages buffered per subscription between the store and the socket.
+const SUBSCRIPTION_BUFFER: usize = 64;
+const MAX_FILTER_VALUES: usize = 100;
+
+/// The service. `shutdown` ends every open subscription when cancelled.
+#[derive(Debug, Clone)]
+pub struct EventStreamApi {
+    store: EventStore,
+    shutdown: CancellationToken,
+}
+
+impl EventStreamApi {
+    pub fn new(store: EventStore, shutdown: CancellationToken) -> Self {
+        Self { store, shutdown }
+    }
+
+    pub fn into_server(self) -> EventStreamServiceServer<Self> {
+        EventStreamServiceServer::new(self)
+    }
+}
+
+type SubscribeStream = ReceiverStream<Result<pb::SubscribeResponse, Status>>;
+
+#[tonic::async_trait]
+impl EventStreamService for EventStreamApi {
+    type SubscribeStream = SubscribeStream;
+
+    #[tracing::instrument(skip_all, fields(rpc = "Subscribe", after = request.get_ref().after_position))]
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let tenant = tend_auth::tenant_of(&request)?;
+        let request = request.into_inner();
+        let filter = Filter {
+            tenant: Some(tenant),
+            categories: filter_values("categories", request.categories)?,
+            event_types: filter_values("event_types", request.event_types)?,
+        };
+        let mut subscription = self.store.subscribe(filter, request.after_position);
+        let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    _ = shutdown.cancelled() => Err(shutting_down()),
+                    _ = tx.closed() => return,
+                    delivery = subscription.next() => match delivery {
+                        Ok(Delivery::Event(event)) => Ok(pb::SubscribeResponse {
+                            message: Some(pb::subscribe_response::Message::Event(to_proto(event))),
+                        }),
+                        Ok(Delivery::Checkpoint(position)) => Ok(pb::SubscribeResponse {
+                            message: Some(pb::subscribe_response::Message::Checkpoint(
+                                pb::Checkpoint { position },
+                            )),
+                        }),
+                        Err(tend_event_store::Error::ShuttingDown) => Err(shutting_down()),
+                        Err(e) => Err(Status::from(Error::Store(e))),
+                    },
+                };
+                let last = message.is_err();
+                // Waiting here is the backpressure on a slow client; the
+                // subscription reads no further until there is room.
+                let sent = tokio::select! {
+                    sent = tx.send(message) => sent.is_ok(),
+                    _ = shutdown.cancelled() => {
+                        let _ = tx.try_send(Err(shutting_down()));
+                        false
+                    }
+                };
+                if last || !sent {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ReadStream"))]
+    async fn read_stream(
+        &self,
+        request: Request<pb::ReadStreamRequest>,
+    ) -> Result<Response<pb::ReadStreamResponse>, Status> {
+        let tenant = tend_auth::tenant_of(&request)?;
+        let request = request.into_inner();
+        // The store names the field `stream_id`, as the request does.
+        let stream = StreamId::new(request.stream_id).map_err(Error::from)?;
+        let direction = match pb::ReadDirection::try_from(request.direction) {
+            Ok(pb::ReadDirection::Unspecified | pb::ReadDirection::Forwards) => {
+                Direction::Forwards
+            }
+            Ok(pb::ReadDirection::Backwards) => Direction::Backwards,
+            Err(_) => return Err(Error::invalid("direction", "unknown direction").into()),
+        };
+        let max = match request.max_count {
+            0 => 100,
+            n @ 1..=1000 => n as usize,
+            _ => return Err(Error::invalid("max_count", "must be at most 1000").into()),
+        };
+        let slice = self
+            .store
+            .read_stream(&tenant, &stream, direction, request.from_version, max)
+            .await
+            .map_err(Error::from)?;
+        let Some(stream_version) = slice.stream_version else {
+            return Err(Error::StreamNotFound.into());
+        };
+        Ok(Response::new(pb::ReadStreamResponse {
+            events: slice.events.into_iter().map(to_proto).collect(),
+            stream_version,
+            end_of_stream: slice.end_of_stream,
+        }))
+    }
+}
+
+fn shutting_down() -> Status {
+    Status::unavailable("the server is shutting down: resume after the last position received")
+}
+
+fn filter_values(field: &'static str, values: Vec<String>) -> Result<Vec<String>, Error> {
+    if values.len() > MAX_FILTER_VALUES {
+        return Err(Error::invalid(field, "at most 100 values"));
+    }
+    if values.iter().any(|v| v.is_empty() || v.len() > 200) {
+        return Err(Error::invalid(field, "values must be 1 to 200 bytes"));
+    }
+    Ok(values)
+}
+
+fn to_proto(e: RecordedEvent) -> pb::RecordedEvent {
+    let metadata = pb::EventMetadata {
+        correlation_id: e.metadata.correlation_id.map(|u| u.to_string()).unwrap_or_default(),
+        causation_id: e.metadata.causation_id.map(|u| u.to_string()).unwrap_or_default(),
+        actor: e.metadata.actor.unwrap_or_default(),
+        traceparent: e.metadata.traceparent.unwrap_or_default(),
+        tracestate: e.metadata.tracestate.unwrap_or_default(),
+    };
+    pb::RecordedEvent {
+        position: e.position,
+        stream_id: e.stream_id.as_str().to_string(),
+        stream_version: e.stream_version,
+        event_id: e.id.to_string(),
+        event_type: e.event_type,
+        schema_version: e.schema_version,
+        payload_json: e.payload.to_string(),
+        metadata: Some(metadata),
+        recorded_at: Some(prost_types::Timestamp {
+            seconds: e.recorded_at.timestamp(),
+            nanos: e.recorded_at.timestamp_subsec_nanos() as i32,
+        }),
+    }
+}

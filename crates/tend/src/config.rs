@@ -1,0 +1,119 @@
+//! Every setting, as a flag and as a `TEND_*` environment variable (flags
+//! win). The README's configuration table lists these.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "tend", version, about = "Tend: event-sourced gRPC backend for integration programs")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the gRPC API.
+    Serve(ServeOptions),
+    /// Apply database migrations and exit.
+    Migrate(DatabaseOptions),
+    /// Partner tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Issue a new token: prints the token (give it to the partner) and the
+    /// hash entry for TEND_AUTH_TOKENS (keep it in the configuration).
+    New {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseOptions {
+    /// PostgreSQL URL. Unset: an embedded cluster under --data-dir.
+    #[arg(long, env = "TEND_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Where the embedded PostgreSQL keeps its files when no URL is set.
+    /// Default: $XDG_DATA_HOME/tend or ~/.local/share/tend; /var/lib/tend as root.
+    #[arg(long, env = "TEND_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Most connections to PostgreSQL.
+    #[arg(long, env = "TEND_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    #[command(flatten)]
+    pub log: LogOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeOptions {
+    /// Address for gRPC.
+    #[arg(long, env = "TEND_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Partner tokens: `<tenant>=sha256:<hex>` entries, comma separated.
+    /// Unset with the embedded database: a development token is issued.
+    #[arg(long, env = "TEND_AUTH_TOKENS", hide_env_values = true)]
+    pub auth_tokens: Option<String>,
+
+    /// Apply pending migrations at start-up.
+    #[arg(long, env = "TEND_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate: bool,
+
+    /// Seconds to let calls in flight finish after SIGTERM or SIGINT.
+    #[arg(long, env = "TEND_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
+    pub shutdown_grace_seconds: u64,
+
+    #[command(flatten)]
+    pub database: DatabaseOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct LogOptions {
+    /// Log filter, in tracing's EnvFilter syntax.
+    #[arg(long, env = "TEND_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log format; `auto` is JSON unless standard error is a terminal.
+    #[arg(long, env = "TEND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+impl DatabaseOptions {
+    pub fn data_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.data_dir {
+            return dir.clone();
+        }
+        let root = std::fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+            .unwrap_or(false);
+        if root {
+            // PostgreSQL runs as `postgres` then; root's home is closed to it.
+            return PathBuf::from("/var/lib/tend");
+        }
+        if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(xdg).join("tend");
+        }
+        match std::env::var_os("HOME") {
+            Some(home) => PathBuf::from(home).join(".local/share/tend"),
+            None => PathBuf::from(".tend"),
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Start-up, serving and an orderly shutdown.
+
+use std::error::Error;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tend_api::events::v1::event_stream_service_server::EventStreamServiceServer;
+use tend_auth::{Authenticator, TokenHash, Tokens};
+use tend_event_store::{EventStore, TenantId};
+use tend_event_stream::EventStreamApi;
+use tend_local_postgres::Cluster;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+
+use crate::config::{DatabaseOptions, ServeOptions};
+
+type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
+
+/// The tenant of the development token issued with the embedded database.
+const DEV_TENANT: &str = "dev";
+
+/// Where the data lives: a configured server, or our own cluster.
+struct Database {
+    pool: PgPool,
+    embedded: Option<Cluster>,
+}
+
+impl Database {
+    async fn open(options: &DatabaseOptions) -> Result<Self> {
+        let pool_options = PgPoolOptions::new()
+            .max_connections(options.db_max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(10));
+        match &options.database_url {
+            Some(url) => {
+                let connect: PgConnectOptions = url
+                    .parse()
+                    .map_err(|e| format!("TEND_DATABASE_URL is not a PostgreSQL URL: {e}"))?;
+                let pool = pool_options
+                    .connect_with(connect.application_name("tend"))
+                    .await
+                    .map_err(|e| format!("cannot connect to TEND_DATABASE_URL: {e}"))?;
+                Ok(Self {
+                    pool,
+                    embedded: None,
+                })
+            }
+            None => {
+                let dir = options.data_dir().join("postgres");
+                tracing::info!(data_dir = %dir.display(), "no TEND_DATABASE_URL: starting the embedded PostgreSQL");
+                let cluster = Cluster::start(tend_local_postgres::Options::new(&dir)).await?;
+                let pool = pool_options
+                    .connect_with(cluster.connect_options().application_name("tend"))
+                    .await?;
+                Ok(Self {
+                    pool,
+                    embedded: Some(cluster),
+                })
+            }
+        }
+    }
+
+    async fn close(self) -> Result<()> {
+        self.pool.close().await;
+        if let Some(cluster) = self.embedded {
+            cluster.stop()?;
+        }
+        Ok(())
+    }
+}
+
+pub async fn migrate_only(options: DatabaseOptions) -> Result<()> {
+    let database = Database::open(&options).await?;
+    let applied = tend_event_store::migrate(&database.pool).await;
+    database.close().await?;
+    applied?;
+    println!("migrations applied");
+    Ok(())
+}
+
+pub fn new_token(tenant: &str) -> Result<()> {
+    let tenant = TenantId::new(tenant)?;
+    let token = tend_auth::generate_token()?;
+    println!("token (give it to the partner; it is not stored anywhere): {token}");
+    println!(
+        "TEND_AUTH_TOKENS entry (keep it in the server's configuration): {tenant}={}",
+        TokenHash::of(&token)
+    );
+    Ok(())
+}
+
+pub async fn serve(options: ServeOptions) -> Result<()> {
+    let database = Database::open(&options.database).await?;
+    let served = run(&options, &database).await;
+    let closed = database.close().await;
+    served?;
+    closed
+}
+
+async fn run(options: &ServeOptions, database: &Database) -> Result<()> {
+    if options.migrate {
+        tend_event_store::migrate(&database.pool).await?;
+    }
+    let (tokens, dev_token) = tokens(options, database.embedded.is_some())?;
+    let store = EventStore::open(database.pool.clone(), Default::default()).await?;
+    let shutdown = CancellationToken::new();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<EventStreamServiceServer<EventStreamApi>>()
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tend_api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let auth = Authenticator::new(tokens);
+    let events = InterceptedService::new(
+        EventStreamApi::new(store.clone(), shutdown.clone()).into_server(),
+        auth,
+    );
+
+    let listener = TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", options.listen))?;
+    let addr = listener.local_addr()?;
+    let server = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(events)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    tracing::info!(%addr, "serving gRPC");
+    print_banner(addr, database, dev_token.as_deref());
+
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let signal = stop_signal().await;
+            tracing::info!(signal, "shutting down: no new calls; finishing calls in flight");
+            health
+                .set_not_serving::<EventStreamServiceServer<EventStreamApi>>()
+                .await;
+            shutdown.cancel();
+        }
+    });
+
+    let grace = Duration::from_secs(options.shutdown_grace_seconds);
+    tokio::pin!(server);
+    tokio::select! {
+        served = &mut server => served?,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(seconds = grace.as_secs(), "calls still in flight after the grace period; closing them");
+        }
+    }
+    store.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn tokens(options: &ServeOptions, embedded: bool) -> Result<(Tokens, Option<String>)> {
+    match &options.auth_tokens {
+        Some(spec) => {
+            let tokens = Tokens::parse(spec)?;
+            if tokens.is_empty() {
+                return Err("TEND_AUTH_TOKENS holds no token entry".into());
+            }
+            Ok((tokens, None))
+        }
+        None if embedded => {
+            // Development only: a fresh token each start, never written down.
+            let token = tend_auth::generate_token()?;
+            let mut tokens = Tokens::default();
+            tokens.insert(TokenHash::of(&token), TenantId::new(DEV_TENANT)?)?;
+            Ok((tokens, Some(token)))
+        }
+        None => Err("TEND_AUTH_TOKENS is not set: with an external database Tend needs partner \
+                     tokens (issue one with `tend token new --tenant <tenant>`)"
+            .into()),
+    }
+}
+
+fn print_banner(addr: SocketAddr, database: &Database, dev_token: Option<&str>) {
+    println!("Tend is serving gRPC on {addr}");
+    if let Some(cluster) = &database.embedded {
+        println!(
+            "  database: embedded PostgreSQL in {} (psql \"{}\")",
+            cluster.data_dir().display(),
+            cluster.url()
+        );
+    }
+    if let Some(token) = dev_token {
+        println!("  development token for tenant \"{DEV_TENANT}\" (new at each start): {token}");
+        println!("  try: grpcurl -plaintext {addr} list");
+        println!(
+            "       grpcurl -plaintext -H 'authorization: Bearer {token}' -d '{{}}' {addr} tend.events.v1.EventStreamService/Subscribe"
+        );
+    }
+}
+
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
