@@ -1,1 +1,133 @@
+//! Drives the real `tend` binary as a process, over real sockets, against
+//! the run's real PostgreSQL. The tests live in `tests/tests/`.
+//!
+//! The binary is found beside the test executable (`target/<profile>/tend`),
+//! or at `TEND_BIN`; `scripts/test` builds it before the tests run.
 
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `tend serve`.
+#[derive(Debug)]
+pub struct TendProcess {
+    child: Child,
+    pub addr: String,
+    /// What it printed on standard output before it began serving.
+    pub banner: Vec<String>,
+}
+
+/// The path of the `tend` binary under test.
+pub fn tend_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TEND_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/tend
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("tend"))
+        .expect("target directory");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build -p tend`, which scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+impl TendProcess {
+    /// Starts `tend serve` on a free loopback port with the given
+    /// environment, and waits until it says it is serving.
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(tend_binary());
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .env_remove("TEND_DATABASE_URL")
+            .env_remove("TEND_AUTH_TOKENS")
+            .env("TEND_LOG_FORMAT", "json")
+            .env("TEND_LOG", "warn")
+            .env("TEND_SHUTDOWN_GRACE_SECONDS", "10")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn tend");
+        let stdout = child.stdout.take().expect("stdout");
+        // Read the banner on a thread so that a server that never prints
+        // fails the test after a timeout instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut banner: Vec<String> = Vec::new();
+            // The banner ends with an empty line.
+            while let Some(Ok(line)) = lines.next() {
+                if line.is_empty() && banner.iter().any(|l| l.starts_with("Tend is serving")) {
+                    let _ = tx.send(banner);
+                    break;
+                }
+                banner.push(line);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let banner = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!("tend did not start serving within 60 s")
+            });
+        let addr = banner
+            .iter()
+            .find_map(|l| l.strip_prefix("Tend is serving gRPC on "))
+            .expect("address line")
+            .to_string();
+        Self {
+            child,
+            addr,
+            banner,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (for example "TERM") and waits for the process to end.
+    pub fn stop_with(mut self, signal: &str, within: Duration) -> ExitStatus {
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{signal} failed");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("tend did not exit within {within:?} of SIG{signal}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TendProcess {
+    fn drop(&mut self) {
+        // A failed test must not leave a server behind.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

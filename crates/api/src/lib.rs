@@ -8,6 +8,7 @@
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/tend_descriptor.bin"));
 
+#[allow(clippy::all)] // generated code
 pub mod events {
     pub mod v1 {
         tonic::include_proto!("tend.events.v1");

@@ -222,9 +222,7 @@ mod tests {
             Some(token.clone()),
             Some(format!("Basic {token}")),
         ] {
-            let status = auth
-                .call(request(header.as_deref()))
-                .expect_err("refused");
+            let status = auth.call(request(header.as_deref())).expect_err("refused");
             assert_eq!(status.code(), tonic::Code::Unauthenticated, "{header:?}");
         }
         assert!(tenant_of(&request(None)).is_err());
@@ -234,7 +232,10 @@ mod tests {
     fn parses_several_entries_and_rejects_bad_ones_without_echoing_secrets() {
         let (a, b) = (TokenHash::of("one"), TokenHash::of("two"));
         let tokens = Tokens::parse(&format!("clinic-a={a},\nclinic-b={b}")).expect("parse");
-        assert_eq!(tokens.tenant_of("two").map(TenantId::as_str), Some("clinic-b"));
+        assert_eq!(
+            tokens.tenant_of("two").map(TenantId::as_str),
+            Some("clinic-b")
+        );
         assert!(tokens.tenant_of("three").is_none());
 
         let err = Tokens::parse("clinic-a=tend_plaintextsecret").expect_err("not a hash");

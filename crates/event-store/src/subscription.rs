@@ -13,6 +13,9 @@ use tokio::sync::watch;
 use crate::{Error, EventStore, Filter, RecordedEvent};
 
 /// What a subscription delivers next.
+// Deliveries are handed over one at a time, never stored in bulk: boxing
+// the event would only add an allocation per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Delivery {
     Event(RecordedEvent),

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "tend", version, about = "Tend: event-sourced gRPC backend for integration programs")]
+#[command(
+    name = "tend",
+    version,
+    about = "Tend: event-sourced gRPC backend for integration programs"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -144,7 +144,10 @@ async fn run(options: &ServeOptions, database: &Database) -> Result<()> {
         let shutdown = shutdown.clone();
         async move {
             let signal = stop_signal().await;
-            tracing::info!(signal, "shutting down: no new calls; finishing calls in flight");
+            tracing::info!(
+                signal,
+                "shutting down: no new calls; finishing calls in flight"
+            );
             health
                 .set_not_serving::<EventStreamServiceServer<EventStreamApi>>()
                 .await;
@@ -181,9 +184,11 @@ fn tokens(options: &ServeOptions, embedded: bool) -> Result<(Tokens, Option<Stri
             tokens.insert(TokenHash::of(&token), TenantId::new(DEV_TENANT)?)?;
             Ok((tokens, Some(token)))
         }
-        None => Err("TEND_AUTH_TOKENS is not set: with an external database Tend needs partner \
+        None => Err(
+            "TEND_AUTH_TOKENS is not set: with an external database Tend needs partner \
                      tokens (issue one with `tend token new --tenant <tenant>`)"
-            .into()),
+                .into(),
+        ),
     }
 }
 
@@ -203,6 +208,8 @@ fn print_banner(addr: SocketAddr, database: &Database, dev_token: Option<&str>) 
             "       grpcurl -plaintext -H 'authorization: Bearer {token}' -d '{{}}' {addr} tend.events.v1.EventStreamService/Subscribe"
         );
     }
+    // The empty line ends the banner (scripts and tests wait for it).
+    println!();
 }
 
 async fn stop_signal() -> &'static str {

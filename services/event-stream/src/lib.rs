@@ -107,9 +107,7 @@ impl EventStreamService for EventStreamApi {
         // The store names the field `stream_id`, as the request does.
         let stream = StreamId::new(request.stream_id).map_err(Error::from)?;
         let direction = match pb::ReadDirection::try_from(request.direction) {
-            Ok(pb::ReadDirection::Unspecified | pb::ReadDirection::Forwards) => {
-                Direction::Forwards
-            }
+            Ok(pb::ReadDirection::Unspecified | pb::ReadDirection::Forwards) => Direction::Forwards,
             Ok(pb::ReadDirection::Backwards) => Direction::Backwards,
             Err(_) => return Err(Error::invalid("direction", "unknown direction").into()),
         };
@@ -150,8 +148,16 @@ fn filter_values(field: &'static str, values: Vec<String>) -> Result<Vec<String>
 
 fn to_proto(e: RecordedEvent) -> pb::RecordedEvent {
     let metadata = pb::EventMetadata {
-        correlation_id: e.metadata.correlation_id.map(|u| u.to_string()).unwrap_or_default(),
-        causation_id: e.metadata.causation_id.map(|u| u.to_string()).unwrap_or_default(),
+        correlation_id: e
+            .metadata
+            .correlation_id
+            .map(|u| u.to_string())
+            .unwrap_or_default(),
+        causation_id: e
+            .metadata
+            .causation_id
+            .map(|u| u.to_string())
+            .unwrap_or_default(),
         actor: e.metadata.actor.unwrap_or_default(),
         traceparent: e.metadata.traceparent.unwrap_or_default(),
         tracestate: e.metadata.tracestate.unwrap_or_default(),
