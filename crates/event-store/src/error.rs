@@ -60,7 +60,7 @@ impl Error {
     }
 }
 
-pub(crate) fn sqlx_is_unavailable(e: &sqlx::Error) -> bool {
+fn sqlx_is_unavailable(e: &sqlx::Error) -> bool {
     matches!(
         e,
         sqlx::Error::Io(_)

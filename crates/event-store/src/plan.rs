@@ -50,7 +50,6 @@ pub(crate) struct Row {
 pub(crate) struct Plan {
     pub outcomes: Vec<Result<Appended, Error>>,
     pub rows: Vec<Row>,
-    pub head: u64,
 }
 
 /// Decides every request in order, as if each ran alone after the ones
@@ -99,11 +98,7 @@ pub(crate) fn plan(requests: &[AppendRequest], mut snapshot: Snapshot) -> Plan {
         });
         outcomes.push(outcome);
     }
-    Plan {
-        outcomes,
-        rows,
-        head: snapshot.head,
-    }
+    Plan { outcomes, rows }
 }
 
 enum Decision {
@@ -221,7 +216,7 @@ mod tests {
         assert_eq!(appended[1].stream_version, 0);
         assert_eq!(appended[2].positions, vec![14]);
         assert_eq!(appended[2].stream_version, 7);
-        assert_eq!(plan.head, 14);
+        assert_eq!(plan.rows.last().map(|r| r.position), Some(14));
         let versions: Vec<_> = plan.rows.iter().map(|r| r.stream_version).collect();
         assert_eq!(versions, vec![5, 6, 0, 7]);
     }
@@ -248,7 +243,6 @@ mod tests {
             );
         }
         assert!(plan.rows.is_empty());
-        assert_eq!(plan.head, 3);
     }
 
     #[test]

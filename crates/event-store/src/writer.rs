@@ -1,20 +1,18 @@
 //! The imperative shell around [`crate::plan`]: one task per server takes
-//! queued appends, and writes as many as are waiting in one transaction
-//! under the log's head-row lock (group commit). The lock is held until
-//! commit, so positions become visible in order, across servers too.
+//! queued appends and writes as many as are waiting in one statement, one
+//! commit (group commit in the application).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgListener};
+use sqlx::{ConnectOptions, PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
-use crate::error::sqlx_is_unavailable;
-use crate::plan::{self, AppendRequest, Snapshot, StoredEvent};
-use crate::{Appended, Error, StreamId, TenantId};
+use crate::plan::{self, AppendRequest, Plan, Snapshot, StoredEvent};
+use crate::{Appended, Error, ExpectedVersion, StreamId, TenantId};
 
 /// The channel that wakes other servers' subscribers after a commit.
 pub(crate) const NOTIFY_CHANNEL: &str = "tend_events";
@@ -31,60 +29,227 @@ pub(crate) async fn run(
     head: Arc<watch::Sender<u64>>,
     max_batch_events: usize,
 ) {
-    while let Some(first) = queue.recv().await {
+    let connect_options = (*pool.connect_options())
+        .clone()
+        .application_name("tend-writer")
+        // One statement shape, run thousands of times a second: plan it once.
+        .options([("plan_cache_mode", "force_generic_plan")]);
+    let mut writer = Writer {
+        pool,
+        connect_options,
+        connection: None,
+        head,
+        versions: HashMap::new(),
+        last_notified: None,
+        notify_owed: false,
+    };
+    loop {
+        let first = if writer.notify_owed {
+            // A commit went out without a notification: send one if no
+            // batch comes to carry it soon.
+            match tokio::time::timeout(NOTIFY_EVERY, queue.recv()).await {
+                Ok(job) => job,
+                Err(_) => {
+                    writer.notify().await;
+                    continue;
+                }
+            }
+        } else {
+            queue.recv().await
+        };
+        let Some(first) = first else { break };
         let mut events = first.request.events.len();
         let mut batch = vec![first];
-        while events < max_batch_events {
-            match queue.try_recv() {
-                Ok(job) => {
-                    events += job.request.events.len();
-                    batch.push(job);
+        // Take what is queued; then yield a few times, so that callers
+        // just answered by the last batch can join this one.
+        for _ in 0..3 {
+            let before = batch.len();
+            while events < max_batch_events {
+                match queue.try_recv() {
+                    Ok(job) => {
+                        events += job.request.events.len();
+                        batch.push(job);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
+            if events >= max_batch_events || (batch.len() == before && before > 1) {
+                break;
+            }
+            tokio::task::yield_now().await;
         }
-        write(&pool, batch, &head).await;
+        writer.write(batch).await;
+    }
+    if writer.notify_owed {
+        writer.notify().await;
     }
 }
 
-async fn write(pool: &PgPool, batch: Vec<Job>, head: &watch::Sender<u64>) {
-    let (requests, replies): (Vec<_>, Vec<_>) =
-        batch.into_iter().map(|j| (j.request, j.reply)).unzip();
-    match transact(pool, &requests).await {
-        Ok((outcomes, new_head)) => {
-            advance(head, new_head);
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                let _ = reply.send(outcome);
+/// Other servers learn of commits by NOTIFY, at most this often from one
+/// writer. Each NOTIFY costs every listening server a wake-up, and costs
+/// the commit a global lock; this server's own subscribers are woken
+/// in-process at once.
+const NOTIFY_EVERY: Duration = Duration::from_millis(5);
+
+/// Rounds of optimistic appends before a batch gives up under contention
+/// from other servers.
+const MAX_ROUNDS: usize = 8;
+/// Stream versions remembered as hints; past this the memory is dropped.
+const MAX_REMEMBERED_STREAMS: usize = 100_000;
+
+struct Writer {
+    pool: PgPool,
+    /// The writer's own connection, opened on first use and again after a
+    /// failure.
+    connect_options: PgConnectOptions,
+    connection: Option<PgConnection>,
+    head: Arc<watch::Sender<u64>>,
+    /// The versions this writer last wrote: hints for the next append to
+    /// the same stream, verified by the database on every write.
+    versions: HashMap<(TenantId, StreamId), u64>,
+    last_notified: Option<tokio::time::Instant>,
+    /// A commit has not been announced to other servers yet.
+    notify_owed: bool,
+}
+
+impl Writer {
+    async fn write(&mut self, batch: Vec<Job>) {
+        let (requests, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|j| (j.request, j.reply)).unzip();
+        match self.append(&requests).await {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(appends = requests.len(), error = %e, "database unavailable; batch refused");
+                let reason = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(Error::Unavailable(reason.clone())));
+                }
+            }
+            Err(e) if requests.len() == 1 => {
+                if let Some(reply) = replies.into_iter().next() {
+                    let _ = reply.send(Err(e));
+                }
+            }
+            Err(e) => {
+                // Something in one append broke the whole batch: write each
+                // alone so that only the culprit fails.
+                tracing::warn!(appends = requests.len(), error = %e, "batch failed; retrying appends one by one");
+                for (request, reply) in requests.into_iter().zip(replies) {
+                    let requests = [request];
+                    let outcome = match self.append(&requests).await {
+                        Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(Error::ShuttingDown)),
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(outcome);
+                }
             }
         }
-        Err(e) if sqlx_is_unavailable(&e) => {
-            tracing::warn!(appends = requests.len(), error = %e, "database unavailable; batch refused");
-            let reason = e.to_string();
-            for reply in replies {
-                let _ = reply.send(Err(Error::Unavailable(reason.clone())));
+    }
+
+    /// Appends a batch in one statement (one round trip, one commit). The
+    /// first round decides from what this writer remembers and what callers
+    /// expect; the database then verifies every assumption: a stream's
+    /// version, and through unique constraints, new event ids and stream
+    /// versions. When one does not hold (another server wrote, or a caller
+    /// retried), the next round reads the facts and decides again.
+    async fn append(&mut self, requests: &[AppendRequest]) -> Result<Outcomes, Error> {
+        for round in 0..MAX_ROUNDS {
+            let (snapshot, authoritative) = if round == 0 {
+                (self.guess(requests), false)
+            } else {
+                (lookup(&self.pool, requests).await?, true)
+            };
+            let assumed_head = snapshot.head;
+            let plan = plan::plan(requests, snapshot);
+            if !authoritative && plan.outcomes.iter().any(Result::is_err) {
+                // A refusal must rest on facts, not on hints.
+                continue;
             }
-        }
-        Err(e) if requests.len() == 1 => {
-            let _ = replies
-                .into_iter()
-                .next()
-                .map(|r| r.send(Err(Error::Database(e))));
-        }
-        Err(e) => {
-            // Something in one append broke the whole transaction: write
-            // each alone so that only the culprit fails.
-            tracing::warn!(appends = requests.len(), error = %e, "batch failed; retrying appends one by one");
-            for (request, reply) in requests.into_iter().zip(replies) {
-                let requests = [request];
-                let outcome = match transact(pool, &requests).await {
-                    Ok((mut outcomes, new_head)) => {
-                        advance(head, new_head);
-                        outcomes.pop().unwrap_or(Err(Error::ShuttingDown))
+            if plan.rows.is_empty() {
+                return Ok(plan.outcomes);
+            }
+            let notify = self
+                .last_notified
+                .is_none_or(|at| at.elapsed() >= NOTIFY_EVERY);
+            let connection = match self.connection.as_mut() {
+                Some(c) => c,
+                None => self
+                    .connection
+                    .insert(self.connect_options.connect().await?),
+            };
+            match insert(connection, requests, &plan, assumed_head, notify).await {
+                Ok(Some(base)) => {
+                    if notify {
+                        self.last_notified = Some(tokio::time::Instant::now());
                     }
-                    Err(e) => Err(Error::Database(e)),
-                };
-                let _ = reply.send(outcome);
+                    self.notify_owed = !notify;
+                    advance(&self.head, base + plan.rows.len() as u64);
+                    self.remember(requests, &plan);
+                    return Ok(rebase(plan.outcomes, assumed_head, base));
+                }
+                Ok(None) => continue,
+                Err(e) if is_unique_violation(&e) => continue,
+                Err(e) => {
+                    // The connection may be broken; the next batch opens another.
+                    self.connection = None;
+                    return Err(Error::Database(e));
+                }
             }
+        }
+        Err(Error::Unavailable(
+            "too many concurrent writes to the same streams; retry".into(),
+        ))
+    }
+
+    async fn notify(&mut self) {
+        let head = *self.head.borrow();
+        let sent = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(head.to_string())
+            .execute(&self.pool)
+            .await;
+        if let Err(e) = sent {
+            // Other servers still find the commit by polling.
+            tracing::warn!(error = %e, "cannot notify other servers of a commit");
+        }
+        self.last_notified = Some(tokio::time::Instant::now());
+        self.notify_owed = false;
+    }
+
+    fn guess(&self, requests: &[AppendRequest]) -> Snapshot {
+        let mut versions = HashMap::new();
+        for r in requests {
+            let key = (r.tenant.clone(), r.stream.clone());
+            if versions.contains_key(&key) {
+                continue;
+            }
+            let guess = self.versions.get(&key).copied().or(match r.expected {
+                ExpectedVersion::Exact(v) => Some(v),
+                ExpectedVersion::NoStream | ExpectedVersion::Any => None,
+            });
+            if let Some(v) = guess {
+                versions.insert(key, v);
+            }
+        }
+        Snapshot {
+            head: *self.head.borrow(),
+            versions,
+            stored: HashMap::new(),
+        }
+    }
+
+    fn remember(&mut self, requests: &[AppendRequest], plan: &Plan) {
+        if self.versions.len() > MAX_REMEMBERED_STREAMS {
+            self.versions.clear();
+        }
+        for row in &plan.rows {
+            let r = &requests[row.request];
+            self.versions
+                .insert((r.tenant.clone(), r.stream.clone()), row.stream_version);
         }
     }
 }
@@ -99,30 +264,60 @@ fn advance(head: &watch::Sender<u64>, to: u64) {
 
 type Outcomes = Vec<Result<Appended, Error>>;
 
-/// One transaction for the whole batch. Returns each request's outcome and
-/// the head after commit.
-async fn transact(
-    pool: &PgPool,
-    requests: &[AppendRequest],
-) -> Result<(Outcomes, u64), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let head: i64 =
-        sqlx::query_scalar("SELECT position FROM event_log_head WHERE singleton FOR UPDATE")
-            .fetch_one(&mut *tx)
-            .await?;
-    let snapshot = Snapshot {
-        head: head as u64,
-        versions: stream_versions(&mut tx, requests).await?,
-        stored: stored_events(&mut tx, requests).await?,
-    };
-    let plan = plan::plan(requests, snapshot);
-    if plan.rows.is_empty() {
-        tx.rollback().await?;
-        return Ok((plan.outcomes, head as u64));
-    }
+/// The plan numbered new events after `assumed`; the database put them
+/// after `base`. Positions at or below `assumed` were read from the log.
+fn rebase(outcomes: Outcomes, assumed: u64, base: u64) -> Outcomes {
+    outcomes
+        .into_iter()
+        .map(|o| {
+            o.map(|mut a| {
+                for p in &mut a.positions {
+                    if *p > assumed {
+                        *p = *p - assumed + base;
+                    }
+                }
+                a
+            })
+        })
+        .collect()
+}
 
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+/// Reads what a batch needs to know: current stream versions and events
+/// already stored under its ids. The head is read last, so every stored
+/// position seen is at or below it.
+async fn lookup(pool: &PgPool, requests: &[AppendRequest]) -> Result<Snapshot, Error> {
+    let versions = stream_versions(pool, requests).await?;
+    let stored = stored_events(pool, requests).await?;
+    let head: i64 = sqlx::query_scalar("SELECT position FROM event_log_head WHERE singleton")
+        .fetch_one(pool)
+        .await?;
+    Ok(Snapshot {
+        head: head as u64,
+        versions,
+        stored,
+    })
+}
+
+/// Writes the plan's rows in one autocommitted statement, if every stream
+/// is still at the version the plan assumed. Returns the position after
+/// which the rows were placed, or `None` when an assumption failed.
+///
+/// Taking the head row's lock hands out positions; the lock is held until
+/// commit, so positions become visible in order, across servers too.
+async fn insert(
+    connection: &mut PgConnection,
+    requests: &[AppendRequest],
+    plan: &Plan,
+    assumed_head: u64,
+    notify: bool,
+) -> Result<Option<u64>, sqlx::Error> {
     let n = plan.rows.len();
-    let mut positions = Vec::with_capacity(n);
+    let mut offsets = Vec::with_capacity(n);
     let mut tenants = Vec::with_capacity(n);
     let mut streams = Vec::with_capacity(n);
     let mut categories = Vec::with_capacity(n);
@@ -132,10 +327,18 @@ async fn transact(
     let mut schemas = Vec::with_capacity(n);
     let mut payloads = Vec::with_capacity(n);
     let mut metadata = Vec::with_capacity(n);
+    let (mut guard_tenants, mut guard_streams, mut guard_versions) = (vec![], vec![], vec![]);
+    let mut guarded = std::collections::HashSet::new();
     for row in &plan.rows {
         let request = &requests[row.request];
         let event = &request.events[row.event];
-        positions.push(row.position as i64);
+        if guarded.insert((&request.tenant, &request.stream)) {
+            // The version before this batch's first event; -1: no stream.
+            guard_tenants.push(request.tenant.as_str());
+            guard_streams.push(request.stream.as_str());
+            guard_versions.push(row.stream_version as i64 - 1);
+        }
+        offsets.push((row.position - assumed_head) as i64);
         tenants.push(request.tenant.as_str());
         streams.push(request.stream.as_str());
         categories.push(request.stream.category());
@@ -146,21 +349,32 @@ async fn transact(
         payloads.push(&event.payload);
         metadata.push(serde_json::to_value(&event.metadata).unwrap_or_default());
     }
-    sqlx::query(
-        "WITH inserted AS (
+    // The guard reads with the statement's snapshot, which may predate a
+    // concurrent commit; that commit's versions then collide with ours on
+    // the unique constraint instead. Versions only grow, so the guard just
+    // has to catch a stream that is behind what was assumed.
+    sqlx::query_scalar(
+        "WITH guard AS (
+             SELECT bool_and(coalesce((SELECT max(e.stream_version) FROM events e
+                                       WHERE e.tenant_id = g.t AND e.stream_id = g.s), -1) = g.v) AS ok
+             FROM unnest($11::text[], $12::text[], $13::bigint[]) AS g(t, s, v)
+         ), moved AS (
+             UPDATE event_log_head SET position = position + $14
+             WHERE singleton AND (SELECT ok FROM guard)
+             RETURNING position - $14 AS base
+         ), inserted AS (
              INSERT INTO events (position, tenant_id, stream_id, category, stream_version,
                                  event_id, event_type, schema_version, payload, metadata, recorded_at)
-             SELECT p, t, s, c, v, i, y, sv, d, m, now()
-             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[],
-                         $6::uuid[], $7::text[], $8::int[], $9::jsonb[], $10::jsonb[])
-                  AS r(p, t, s, c, v, i, y, sv, d, m)
+             SELECT moved.base + r.o, r.t, r.s, r.c, r.v, r.i, r.y, r.sv, r.d, r.m, now()
+             FROM moved, unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                                $6::uuid[], $7::text[], $8::int[], $9::jsonb[], $10::jsonb[])
+                         AS r(o, t, s, c, v, i, y, sv, d, m)
              RETURNING 1
-         ), moved AS (
-             UPDATE event_log_head SET position = $11 WHERE singleton RETURNING position
          )
-         SELECT pg_notify($12, (SELECT position FROM moved)::text), (SELECT count(*) FROM inserted)",
+         SELECT moved.base FROM moved
+         LEFT JOIN LATERAL (SELECT pg_notify($15, (moved.base + $14)::text) WHERE $16) n ON true",
     )
-    .bind(positions)
+    .bind(offsets)
     .bind(tenants)
     .bind(streams)
     .bind(categories)
@@ -170,16 +384,19 @@ async fn transact(
     .bind(schemas)
     .bind(payloads)
     .bind(metadata)
-    .bind(plan.head as i64)
+    .bind(guard_tenants)
+    .bind(guard_streams)
+    .bind(guard_versions)
+    .bind(n as i64)
     .bind(NOTIFY_CHANNEL)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok((plan.outcomes, plan.head))
+    .bind(notify)
+    .fetch_optional(connection)
+    .await
+    .map(|base: Option<i64>| base.map(|b| b as u64))
 }
 
 async fn stream_versions(
-    tx: &mut Transaction<'_, Postgres>,
+    pool: &PgPool,
     requests: &[AppendRequest],
 ) -> Result<HashMap<(TenantId, StreamId), u64>, sqlx::Error> {
     let mut keys: Vec<_> = requests.iter().map(|r| (&r.tenant, &r.stream)).collect();
@@ -194,7 +411,7 @@ async fn stream_versions(
     )
     .bind(tenants)
     .bind(streams)
-    .fetch_all(&mut **tx)
+    .fetch_all(pool)
     .await?;
     let mut versions = HashMap::new();
     for row in rows {
@@ -208,7 +425,7 @@ async fn stream_versions(
 }
 
 async fn stored_events(
-    tx: &mut Transaction<'_, Postgres>,
+    pool: &PgPool,
     requests: &[AppendRequest],
 ) -> Result<HashMap<(TenantId, Uuid), StoredEvent>, sqlx::Error> {
     let mut tenants = Vec::new();
@@ -220,14 +437,15 @@ async fn stored_events(
         }
     }
     let rows = sqlx::query(
+        // LATERAL keeps this an index probe per id, whatever the log's size.
         "SELECT e.tenant_id, e.event_id, e.stream_id, e.stream_version, e.position,
                 e.event_type, e.schema_version, e.payload
-         FROM events e
-         JOIN unnest($1::text[], $2::uuid[]) AS k(t, i) ON e.tenant_id = k.t AND e.event_id = k.i",
+         FROM unnest($1::text[], $2::uuid[]) AS k(t, i)
+         CROSS JOIN LATERAL (SELECT * FROM events e WHERE e.tenant_id = k.t AND e.event_id = k.i) e",
     )
     .bind(tenants)
     .bind(ids)
-    .fetch_all(&mut **tx)
+    .fetch_all(pool)
     .await?;
     let mut stored = HashMap::with_capacity(rows.len());
     for row in rows {
