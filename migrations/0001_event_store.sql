@@ -1,10 +1,11 @@
 -- The event log: one row per event, never updated or deleted.
 --
--- `position` is assigned by the appender while it holds the row lock on
--- `event_log_head`, which it keeps until commit. Positions are therefore
--- handed out in commit order: a reader that sees position P already sees
--- every event below P that will ever exist, so it can follow the log by
--- position alone and never skip a late commit.
+-- `position` comes from the `event_position` sequence, taken by the
+-- appender while it holds a transaction-scoped advisory lock, which it keeps
+-- until commit. Positions are therefore handed out in commit order: a reader
+-- that sees position P already sees every event below P that will ever
+-- exist, so it can follow the log by position alone and never skip a late
+-- commit. (A rolled-back append leaves a gap that nothing will fill.)
 CREATE TABLE events (
     position        bigint      PRIMARY KEY,
     tenant_id       text        NOT NULL,
@@ -26,12 +27,8 @@ CREATE TABLE events (
 -- Tenant-scoped reads of the global log (subscriptions, projections).
 CREATE INDEX events_tenant_position ON events (tenant_id, position);
 
--- The last position handed out. Its row lock serialises appenders.
-CREATE TABLE event_log_head (
-    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
-    position  bigint  NOT NULL
-);
-INSERT INTO event_log_head (singleton, position) VALUES (true, 0);
+-- Positions, handed out only under the append lock (see above).
+CREATE SEQUENCE event_position AS bigint MINVALUE 1;
 
 -- Immutability is enforced by the database, not only by the code.
 CREATE FUNCTION tend_reject_event_change() RETURNS trigger

@@ -111,7 +111,7 @@ impl EventStore {
     /// Opens the store on a migrated database and starts its writer and
     /// head watcher.
     pub async fn open(pool: PgPool, options: Options) -> Result<Self, Error> {
-        let head: i64 = sqlx::query_scalar("SELECT position FROM event_log_head WHERE singleton")
+        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
             .fetch_one(&pool)
             .await?;
         let (head_tx, head_rx) = watch::channel(head as u64);

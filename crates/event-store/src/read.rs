@@ -98,7 +98,7 @@ impl EventStore {
         let max = max.clamp(1, 10_000);
         let upto = after.saturating_add(SCAN_WINDOW).min(i64::MAX as u64);
         let rows = sqlx::query(
-            "WITH head AS (SELECT position FROM event_log_head WHERE singleton)
+            "WITH head AS (SELECT coalesce(max(position), 0) AS position FROM events)
              SELECT head.position, e.* FROM head LEFT JOIN LATERAL (
                  SELECT e.position, e.tenant_id, e.stream_id, e.stream_version, e.event_id,
                         e.event_type, e.schema_version, e.payload, e.metadata, e.recorded_at

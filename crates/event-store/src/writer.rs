@@ -14,6 +14,10 @@ use uuid::Uuid;
 use crate::plan::{self, AppendRequest, Plan, Snapshot, StoredEvent};
 use crate::{Appended, Error, ExpectedVersion, StreamId, TenantId};
 
+/// The transaction-scoped advisory lock every append holds from taking its
+/// positions until it commits ("tend" in ASCII, then "events").
+pub(crate) const APPEND_LOCK: i64 = 0x7465_6e64_0000_0001;
+
 /// The channel that wakes other servers' subscribers after a commit.
 pub(crate) const NOTIFY_CHANNEL: &str = "tend_events";
 
@@ -293,7 +297,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 async fn lookup(pool: &PgPool, requests: &[AppendRequest]) -> Result<Snapshot, Error> {
     let versions = stream_versions(pool, requests).await?;
     let stored = stored_events(pool, requests).await?;
-    let head: i64 = sqlx::query_scalar("SELECT position FROM event_log_head WHERE singleton")
+    let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
         .fetch_one(pool)
         .await?;
     Ok(Snapshot {
@@ -358,10 +362,11 @@ async fn insert(
              SELECT bool_and(coalesce((SELECT max(e.stream_version) FROM events e
                                        WHERE e.tenant_id = g.t AND e.stream_id = g.s), -1) = g.v) AS ok
              FROM unnest($11::text[], $12::text[], $13::bigint[]) AS g(t, s, v)
+         ), locked AS (
+             SELECT pg_advisory_xact_lock($16) FROM guard WHERE ok
          ), moved AS (
-             UPDATE event_log_head SET position = position + $14
-             WHERE singleton AND (SELECT ok FROM guard)
-             RETURNING position - $14 AS base
+             SELECT setval('event_position', nextval('event_position') + $14 - 1) - $14 AS base
+             FROM locked
          ), inserted AS (
              INSERT INTO events (position, tenant_id, stream_id, category, stream_version,
                                  event_id, event_type, schema_version, payload, metadata, recorded_at)
@@ -372,7 +377,7 @@ async fn insert(
              RETURNING 1
          )
          SELECT moved.base FROM moved
-         LEFT JOIN LATERAL (SELECT pg_notify($15, (moved.base + $14)::text) WHERE $16) n ON true",
+         LEFT JOIN LATERAL (SELECT pg_notify($15, (moved.base + $14)::text) WHERE $17) n ON true",
     )
     .bind(offsets)
     .bind(tenants)
@@ -389,6 +394,7 @@ async fn insert(
     .bind(guard_versions)
     .bind(n as i64)
     .bind(NOTIFY_CHANNEL)
+    .bind(APPEND_LOCK)
     .bind(notify)
     .fetch_optional(connection)
     .await
@@ -482,7 +488,7 @@ pub(crate) async fn watch_head(pool: PgPool, head: Arc<watch::Sender<u64>>, ever
         }
         tokio::select! {
             _ = tick.tick() => {
-                match sqlx::query_scalar::<_, i64>("SELECT position FROM event_log_head WHERE singleton")
+                match sqlx::query_scalar::<_, i64>("SELECT coalesce(max(position), 0) FROM events")
                     .fetch_one(&pool)
                     .await
                 {
