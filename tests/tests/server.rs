@@ -432,3 +432,36 @@ async fn with_no_database_configured_it_runs_its_own_postgres() {
         "the embedded cluster stopped with the server"
     );
 }
+
+#[test]
+fn migrate_applies_migrations_and_exits() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let db = runtime.block_on(fresh_database());
+    // Already migrated by the test kit: applying again is a no-op.
+    let output = std::process::Command::new(tend_tests::tend_binary())
+        .arg("migrate")
+        .env("TEND_DATABASE_URL", &db.url)
+        .env("TEND_LOG", "warn")
+        .output()
+        .expect("run tend migrate");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "migrations applied"
+    );
+
+    let output = std::process::Command::new(tend_tests::tend_binary())
+        .args([
+            "migrate",
+            "--database-url",
+            "postgres://nobody@127.0.0.1:1/none",
+        ])
+        .env("TEND_LOG", "off")
+        .output()
+        .expect("run tend migrate");
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("cannot connect to TEND_DATABASE_URL"),
+        "{output:?}"
+    );
+}

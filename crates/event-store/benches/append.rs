@@ -133,7 +133,8 @@ fn run_baseline(url: &str, seconds: u64) -> Result<Baseline> {
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         return Err(format!(
-            "pg-baseline failed: {}{}",
+            "pg-baseline failed ({}): {}{}",
+            output.status,
             stdout,
             String::from_utf8_lossy(&output.stderr)
         )

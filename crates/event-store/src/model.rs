@@ -207,6 +207,18 @@ impl NewEvent {
         if self.schema_version == 0 || self.schema_version > i32::MAX as u32 {
             return Err(Error::invalid("schema_version", "must be at least 1"));
         }
+        let m = &self.metadata;
+        for value in [&m.actor, &m.traceparent, &m.tracestate]
+            .into_iter()
+            .flatten()
+        {
+            if value.len() > 512 || value.chars().any(char::is_control) {
+                return Err(Error::invalid(
+                    "metadata",
+                    "actor and trace context must be at most 512 bytes, without control characters",
+                ));
+            }
+        }
         if contains_nul(&self.payload) {
             // PostgreSQL's jsonb cannot hold U+0000; refuse it here rather
             // than fail the whole batch it would be written with.
