@@ -137,13 +137,15 @@ async fn run(options: &ServeOptions, database: &Database) -> Result<()> {
             TcpListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),
         );
+    // Handlers go in before the banner: whoever waits for it may signal.
+    let stop_signal = stop_signal()?;
     tracing::info!(%addr, "serving gRPC");
     print_banner(addr, database, dev_token.as_deref());
 
     tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            let signal = stop_signal().await;
+            let signal = stop_signal.await;
             tracing::info!(
                 signal,
                 "shutting down: no new calls; finishing calls in flight"
@@ -212,17 +214,15 @@ fn print_banner(addr: SocketAddr, database: &Database, dev_token: Option<&str>) 
     println!();
 }
 
-async fn stop_signal() -> &'static str {
+/// Resolves with the name of the first SIGTERM or SIGINT.
+fn stop_signal() -> Result<impl Future<Output = &'static str>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    })
 }
