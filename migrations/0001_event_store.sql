@@ -15,8 +15,11 @@ CREATE TABLE events (
     event_id        uuid        NOT NULL,
     event_type      text        NOT NULL,
     schema_version  integer     NOT NULL,
-    payload         jsonb       NOT NULL,
-    metadata        jsonb       NOT NULL,
+    -- json, not jsonb: kept as written, without the cost of converting it
+    -- under the append lock; nothing queries inside payloads in SQL.
+    payload         json        NOT NULL,
+    -- NULL when the event carries no metadata.
+    metadata        json,
     recorded_at     timestamptz NOT NULL,
     CONSTRAINT events_stream_version_unique UNIQUE (tenant_id, stream_id, stream_version),
     CONSTRAINT events_event_id_unique UNIQUE (tenant_id, event_id),

@@ -220,8 +220,8 @@ impl NewEvent {
             }
         }
         if contains_nul(&self.payload) {
-            // PostgreSQL's jsonb cannot hold U+0000; refuse it here rather
-            // than fail the whole batch it would be written with.
+            // PostgreSQL's jsonb cannot hold U+0000: refuse it at the door,
+            // so that every stored payload can be read as jsonb later.
             return Err(Error::invalid("payload", "must not contain U+0000"));
         }
         Ok(())

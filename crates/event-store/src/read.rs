@@ -146,9 +146,11 @@ fn event_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent, Error> {
         TenantId::new(row.try_get::<String, _>(at + 1)?).map_err(|e| corrupt(e.to_string()))?;
     let stream_id =
         StreamId::new(row.try_get::<String, _>(at + 2)?).map_err(|e| corrupt(e.to_string()))?;
-    let metadata: serde_json::Value = row.try_get(at + 8)?;
-    let metadata: Metadata =
-        serde_json::from_value(metadata).map_err(|e| corrupt(format!("metadata: {e}")))?;
+    let metadata: Option<serde_json::Value> = row.try_get(at + 8)?;
+    let metadata: Metadata = match metadata {
+        Some(m) => serde_json::from_value(m).map_err(|e| corrupt(format!("metadata: {e}")))?,
+        None => Metadata::default(),
+    };
     Ok(RecordedEvent {
         position,
         tenant,

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::plan::{self, AppendRequest, Plan, Snapshot, StoredEvent};
-use crate::{Appended, Error, ExpectedVersion, StreamId, TenantId};
+use crate::{Appended, Error, ExpectedVersion, Metadata, StreamId, TenantId};
 
 /// The transaction-scoped advisory lock every append holds from taking its
 /// positions until it commits ("tend" in ASCII, then "events").
@@ -350,8 +350,11 @@ async fn insert(
         ids.push(event.id);
         types.push(event.event_type.as_str());
         schemas.push(event.schema_version as i32);
-        payloads.push(&event.payload);
-        metadata.push(serde_json::to_value(&event.metadata).unwrap_or_default());
+        payloads.push(event.payload.to_string());
+        metadata.push(
+            (event.metadata != Metadata::default())
+                .then(|| serde_json::to_string(&event.metadata).unwrap_or_default()),
+        );
     }
     // The guard reads with the statement's snapshot, which may predate a
     // concurrent commit; that commit's versions then collide with ours on
@@ -370,9 +373,9 @@ async fn insert(
          ), inserted AS (
              INSERT INTO events (position, tenant_id, stream_id, category, stream_version,
                                  event_id, event_type, schema_version, payload, metadata, recorded_at)
-             SELECT moved.base + r.o, r.t, r.s, r.c, r.v, r.i, r.y, r.sv, r.d, r.m, now()
+             SELECT moved.base + r.o, r.t, r.s, r.c, r.v, r.i, r.y, r.sv, r.d::json, r.m::json, now()
              FROM moved, unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[],
-                                $6::uuid[], $7::text[], $8::int[], $9::jsonb[], $10::jsonb[])
+                                $6::uuid[], $7::text[], $8::int[], $9::text[], $10::text[])
                          AS r(o, t, s, c, v, i, y, sv, d, m)
              RETURNING 1
          )
