@@ -123,23 +123,37 @@ fn run_baseline(url: &str, seconds: u64) -> Result<Baseline> {
         )
         .into());
     }
-    eprintln!("running {} ({seconds} s per figure)…", script.display());
-    let output = Command::new("bash")
-        .arg(&script)
-        .arg(url)
-        .arg(APPENDERS.to_string())
-        .arg(seconds.to_string())
-        .output()?;
+    // The script's random stream ids occasionally collide (a birthday
+    // collision over ~100,000 inserts), and pgbench then aborts with exit
+    // status 2. That says nothing about the server: run it again.
+    let mut attempt = 0;
+    let output = loop {
+        attempt += 1;
+        eprintln!("running {} ({seconds} s per figure)…", script.display());
+        let output = Command::new("bash")
+            .arg(&script)
+            .arg(url)
+            .arg(APPENDERS.to_string())
+            .arg(seconds.to_string())
+            .output()?;
+        if output.status.success() {
+            break output;
+        }
+        if attempt == 3 {
+            return Err(format!(
+                "pg-baseline failed {attempt} times, last ({}): {}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )
+            .into());
+        }
+        eprintln!(
+            "pg-baseline failed ({}): pgbench aborts on a collision of its random stream ids; retrying",
+            output.status
+        );
+    };
     let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        return Err(format!(
-            "pg-baseline failed ({}): {}{}",
-            output.status,
-            stdout,
-            String::from_utf8_lossy(&output.stderr)
-        )
-        .into());
-    }
     let value = |key: &str| -> Result<u64> {
         stdout
             .lines()
