@@ -577,3 +577,46 @@ async fn next(sub: &mut tend_event_store::Subscription) -> Delivery {
         .expect("delivery within 10 s")
         .expect("subscription")
 }
+
+#[tokio::test]
+async fn a_slow_subscriber_is_never_dropped_and_reads_on_from_the_database() {
+    let db = fresh_database().await;
+    let options = Options {
+        page_size: 50,
+        ..Options::default()
+    };
+    let store = EventStore::open(db.pool.clone(), options)
+        .await
+        .expect("open");
+    let t = tenant("clinic");
+    let mut sub = store.subscribe(Filter::tenant(t.clone()), 0);
+    store
+        .append(
+            &t,
+            &stream("practice-1"),
+            ExpectedVersion::Any,
+            vec![event(0)],
+        )
+        .await
+        .expect("append");
+    assert!(matches!(next(&mut sub).await, Delivery::Event(_)));
+
+    // The consumer stalls while 40 pages' worth of events are written.
+    for chunk in 0..20 {
+        let events = (0..100).map(|i| event(1 + chunk * 100 + i)).collect();
+        store
+            .append(&t, &stream("practice-1"), ExpectedVersion::Any, events)
+            .await
+            .expect("append");
+    }
+    let mut last = 0;
+    let mut received = 0;
+    while received < 2000 {
+        if let Delivery::Event(e) = next(&mut sub).await {
+            let n = e.payload["n"].as_u64().expect("n");
+            assert_eq!(n, last + 1, "in order, none missing");
+            last = n;
+            received += 1;
+        }
+    }
+}
