@@ -620,3 +620,63 @@ async fn a_slow_subscriber_is_never_dropped_and_reads_on_from_the_database() {
         }
     }
 }
+
+#[tokio::test]
+async fn two_servers_writing_the_same_streams_keep_versions_dense_and_the_log_in_order() {
+    const PER_WRITER: u64 = 300;
+    let db = fresh_database().await;
+    // Two stores on one database, as two `tend` replicas: each has its own
+    // writer and its own remembered stream versions, which the other's
+    // writes make stale all the time.
+    let a = EventStore::open(db.pool.clone(), Options::default())
+        .await
+        .expect("open a");
+    let b = EventStore::open(db.pool.clone(), Options::default())
+        .await
+        .expect("open b");
+    let t = tenant("clinic");
+    let mut sub = a.subscribe(Filter::tenant(t.clone()), 0);
+
+    let writers = (0..8u64).map(|w| {
+        let store = if w % 2 == 0 { a.clone() } else { b.clone() };
+        let t = t.clone();
+        tokio::spawn(async move {
+            for i in 0..PER_WRITER {
+                // Four streams shared by all writers on both servers.
+                let s = stream(&format!("practice-shared{}", i % 4));
+                store
+                    .append(&t, &s, ExpectedVersion::Any, vec![event(w * 1000 + i)])
+                    .await
+                    .expect("append");
+            }
+        })
+    });
+    for w in futures::future::join_all(writers).await {
+        w.expect("writer");
+    }
+
+    let total = 8 * PER_WRITER as usize;
+    let mut positions = Vec::with_capacity(total);
+    while positions.len() < total {
+        if let Delivery::Event(e) = next(&mut sub).await {
+            positions.push(e.position);
+        }
+    }
+    assert!(positions.windows(2).all(|p| p[0] < p[1]));
+    for i in 0..4 {
+        let slice = a
+            .read_stream(
+                &t,
+                &stream(&format!("practice-shared{i}")),
+                Direction::Forwards,
+                None,
+                10_000,
+            )
+            .await
+            .expect("read");
+        let versions: Vec<_> = slice.events.iter().map(|e| e.stream_version).collect();
+        let dense: Vec<_> = (0..versions.len() as u64).collect();
+        assert_eq!(versions, dense, "stream {i}: versions 0..n without gaps");
+    }
+    assert_eq!(count(&db.pool).await, total as i64);
+}
