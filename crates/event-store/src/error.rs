@@ -28,9 +28,15 @@ pub enum Error {
     ShuttingDown,
 
     /// The database could not be reached or was overloaded while this
-    /// append waited in a batch; nothing of it was written.
+    /// append waited in a batch. If the connection failed as it committed,
+    /// the append may be stored: retrying with the same event ids is safe.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+
+    /// Other servers kept writing the same streams while this append was
+    /// decided again and again; nothing of it was written.
+    #[error("too many concurrent writes to the same stream; retry")]
+    Contended,
 
     /// PostgreSQL failed or could not be reached.
     #[error("database error: {0}")]
@@ -53,7 +59,7 @@ impl Error {
     /// overloaded) and the same call may succeed later.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Self::ShuttingDown | Self::Unavailable(_) => true,
+            Self::ShuttingDown | Self::Unavailable(_) | Self::Contended => true,
             Self::Database(e) => sqlx_is_unavailable(e),
             _ => false,
         }
@@ -72,8 +78,13 @@ fn sqlx_is_unavailable(e: &sqlx::Error) -> bool {
         .as_database_error()
         .and_then(|d| d.code())
         .is_some_and(|c| {
-            // Class 08 connection exceptions, 53 insufficient
-            // resources, 57P0x operator intervention (shutdown).
-            c.starts_with("08") || c.starts_with("53") || c.starts_with("57P")
+            // Class 08 connection exceptions, 53 insufficient resources,
+            // 57P0x operator intervention (shutdown), 57014 cancelled
+            // (statement timeout), 55P03 lock not available, 40001
+            // serialization failure, 40P01 deadlock.
+            c.starts_with("08")
+                || c.starts_with("53")
+                || c.starts_with("57P")
+                || ["57014", "55P03", "40001", "40P01"].contains(&c.as_ref())
         })
 }

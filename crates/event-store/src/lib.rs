@@ -153,6 +153,14 @@ impl EventStore {
         if events.len() > MAX_EVENTS_PER_APPEND {
             return Err(Error::invalid("events", "at most 1000 events per append"));
         }
+        if let ExpectedVersion::Exact(v) = expected
+            && v >= i64::MAX as u64
+        {
+            return Err(Error::invalid(
+                "expected_version",
+                "is beyond any stream's version",
+            ));
+        }
         let mut ids = std::collections::HashSet::with_capacity(events.len());
         for event in &events {
             event.validate()?;

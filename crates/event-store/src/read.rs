@@ -40,7 +40,7 @@ impl EventStore {
                 )
                 .bind(tenant.as_str())
                 .bind(stream.as_str())
-                .bind(from.unwrap_or(0) as i64)
+                .bind(from.unwrap_or(0).min(i64::MAX as u64) as i64)
                 .bind(max)
                 .fetch_all(self.pool())
                 .await?

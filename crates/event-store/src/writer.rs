@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener};
-use sqlx::{ConnectOptions, PgConnection, PgPool, Row};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
@@ -95,9 +95,6 @@ pub(crate) async fn run(
 /// in-process at once.
 const NOTIFY_EVERY: Duration = Duration::from_millis(5);
 
-/// Rounds of optimistic appends before a batch gives up under contention
-/// from other servers.
-const MAX_ROUNDS: usize = 8;
 /// Stream versions remembered as hints; past this the memory is dropped.
 const MAX_REMEMBERED_STREAMS: usize = 100_000;
 
@@ -126,6 +123,10 @@ impl Writer {
                     let _ = reply.send(outcome);
                 }
             }
+            Err(Error::Contended) if requests.len() > 1 => {
+                // Only the appends to the contended streams should fail.
+                self.write_one_by_one(requests, replies).await;
+            }
             Err(e) if e.is_unavailable() => {
                 tracing::warn!(appends = requests.len(), error = %e, "database unavailable; batch refused");
                 let reason = e.to_string();
@@ -142,15 +143,23 @@ impl Writer {
                 // Something in one append broke the whole batch: write each
                 // alone so that only the culprit fails.
                 tracing::warn!(appends = requests.len(), error = %e, "batch failed; retrying appends one by one");
-                for (request, reply) in requests.into_iter().zip(replies) {
-                    let requests = [request];
-                    let outcome = match self.append(&requests).await {
-                        Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(Error::ShuttingDown)),
-                        Err(e) => Err(e),
-                    };
-                    let _ = reply.send(outcome);
-                }
+                self.write_one_by_one(requests, replies).await;
             }
+        }
+    }
+
+    async fn write_one_by_one(
+        &mut self,
+        requests: Vec<AppendRequest>,
+        replies: Vec<oneshot::Sender<Result<Appended, Error>>>,
+    ) {
+        for (request, reply) in requests.into_iter().zip(replies) {
+            let requests = [request];
+            let outcome = match self.append(&requests).await {
+                Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(Error::ShuttingDown)),
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(outcome);
         }
     }
 
@@ -161,52 +170,100 @@ impl Writer {
     /// versions. When one does not hold (another server wrote, or a caller
     /// retried), the next round reads the facts and decides again.
     async fn append(&mut self, requests: &[AppendRequest]) -> Result<Outcomes, Error> {
-        for round in 0..MAX_ROUNDS {
-            let (snapshot, authoritative) = if round == 0 {
-                (self.guess(requests), false)
+        let result = self.try_append(requests).await;
+        if let Err(Error::Database(e)) = &result
+            && !is_unique_violation(e)
+        {
+            // The connection may be broken; the next batch opens another.
+            self.connection = None;
+        }
+        result
+    }
+
+    /// Round 0 decides from hints, round 1 from facts read without a lock;
+    /// if other servers keep changing the same streams under it, round 2
+    /// reads the facts and writes while holding the append lock, so nothing
+    /// can change in between and it always decides.
+    async fn try_append(&mut self, requests: &[AppendRequest]) -> Result<Outcomes, Error> {
+        for round in 0..2 {
+            let connection = self.connection().await?;
+            let snapshot = if round == 0 {
+                self.guess(requests)
             } else {
-                (lookup(&self.pool, requests).await?, true)
+                lookup(connection, requests).await?
             };
             let assumed_head = snapshot.head;
             let plan = plan::plan(requests, snapshot);
-            if !authoritative && plan.outcomes.iter().any(Result::is_err) {
+            if round == 0 && plan.outcomes.iter().any(Result::is_err) {
                 // A refusal must rest on facts, not on hints.
                 continue;
             }
             if plan.rows.is_empty() {
                 return Ok(plan.outcomes);
             }
-            let notify = self
-                .last_notified
-                .is_none_or(|at| at.elapsed() >= NOTIFY_EVERY);
-            let connection = match self.connection.as_mut() {
-                Some(c) => c,
-                None => self
-                    .connection
-                    .insert(self.connect_options.connect().await?),
-            };
+            let notify = self.notify_due();
+            let connection = self.connection().await?;
             match insert(connection, requests, &plan, assumed_head, notify).await {
                 Ok(Some(base)) => {
-                    if notify {
-                        self.last_notified = Some(tokio::time::Instant::now());
-                    }
-                    self.notify_owed = !notify;
-                    advance(&self.head, base + plan.rows.len() as u64);
-                    self.remember(requests, &plan);
-                    return Ok(rebase(plan.outcomes, assumed_head, base));
+                    return Ok(self.written(requests, plan, assumed_head, base, notify));
                 }
                 Ok(None) => continue,
                 Err(e) if is_unique_violation(&e) => continue,
-                Err(e) => {
-                    // The connection may be broken; the next batch opens another.
-                    self.connection = None;
-                    return Err(Error::Database(e));
-                }
+                Err(e) => return Err(Error::Database(e)),
             }
         }
-        Err(Error::Unavailable(
-            "too many concurrent writes to the same streams; retry".into(),
-        ))
+
+        let notify = self.notify_due();
+        let connection = self.connection().await?;
+        let mut tx = connection.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(APPEND_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let snapshot = lookup(&mut tx, requests).await?;
+        let assumed_head = snapshot.head;
+        let plan = plan::plan(requests, snapshot);
+        if plan.rows.is_empty() {
+            tx.commit().await?;
+            return Ok(plan.outcomes);
+        }
+        // Under the lock the facts cannot go stale: the guard passes.
+        let base = insert(&mut tx, requests, &plan, assumed_head, notify)
+            .await?
+            .ok_or(Error::Contended)?;
+        tx.commit().await?;
+        Ok(self.written(requests, plan, assumed_head, base, notify))
+    }
+
+    async fn connection(&mut self) -> Result<&mut PgConnection, Error> {
+        if self.connection.is_none() {
+            self.connection = Some(self.connect_options.connect().await?);
+        }
+        self.connection.as_mut().ok_or(Error::ShuttingDown)
+    }
+
+    fn notify_due(&self) -> bool {
+        self.last_notified
+            .is_none_or(|at| at.elapsed() >= NOTIFY_EVERY)
+    }
+
+    /// Bookkeeping after a commit: the head, hints, notifications, and the
+    /// positions the database gave.
+    fn written(
+        &mut self,
+        requests: &[AppendRequest],
+        plan: Plan,
+        assumed_head: u64,
+        base: u64,
+        notified: bool,
+    ) -> Outcomes {
+        if notified {
+            self.last_notified = Some(tokio::time::Instant::now());
+        }
+        self.notify_owed = !notified;
+        advance(&self.head, base + plan.rows.len() as u64);
+        self.remember(requests, &plan);
+        rebase(plan.outcomes, assumed_head, base)
     }
 
     async fn notify(&mut self) {
@@ -294,11 +351,14 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 /// Reads what a batch needs to know: current stream versions and events
 /// already stored under its ids. The head is read last, so every stored
 /// position seen is at or below it.
-async fn lookup(pool: &PgPool, requests: &[AppendRequest]) -> Result<Snapshot, Error> {
-    let versions = stream_versions(pool, requests).await?;
-    let stored = stored_events(pool, requests).await?;
+async fn lookup(
+    connection: &mut PgConnection,
+    requests: &[AppendRequest],
+) -> Result<Snapshot, Error> {
+    let versions = stream_versions(&mut *connection, requests).await?;
+    let stored = stored_events(&mut *connection, requests).await?;
     let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
-        .fetch_one(pool)
+        .fetch_one(&mut *connection)
         .await?;
     Ok(Snapshot {
         head: head as u64,
@@ -405,7 +465,7 @@ async fn insert(
 }
 
 async fn stream_versions(
-    pool: &PgPool,
+    connection: &mut PgConnection,
     requests: &[AppendRequest],
 ) -> Result<HashMap<(TenantId, StreamId), u64>, sqlx::Error> {
     let mut keys: Vec<_> = requests.iter().map(|r| (&r.tenant, &r.stream)).collect();
@@ -420,7 +480,7 @@ async fn stream_versions(
     )
     .bind(tenants)
     .bind(streams)
-    .fetch_all(pool)
+    .fetch_all(&mut *connection)
     .await?;
     let mut versions = HashMap::new();
     for row in rows {
@@ -434,7 +494,7 @@ async fn stream_versions(
 }
 
 async fn stored_events(
-    pool: &PgPool,
+    connection: &mut PgConnection,
     requests: &[AppendRequest],
 ) -> Result<HashMap<(TenantId, Uuid), StoredEvent>, sqlx::Error> {
     let mut tenants = Vec::new();
@@ -454,7 +514,7 @@ async fn stored_events(
     )
     .bind(tenants)
     .bind(ids)
-    .fetch_all(pool)
+    .fetch_all(&mut *connection)
     .await?;
     let mut stored = HashMap::with_capacity(rows.len());
     for row in rows {
@@ -483,7 +543,7 @@ async fn stored_events(
 /// server's commits, and a periodic re-read in case one was lost.
 pub(crate) async fn watch_head(pool: PgPool, head: Arc<watch::Sender<u64>>, every: Duration) {
     let mut listener = None;
-    let mut tick = tokio::time::interval(every);
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if listener.is_none() {

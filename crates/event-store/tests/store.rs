@@ -256,6 +256,17 @@ async fn refuses_malformed_appends() {
         })
     ));
 
+    let beyond = store
+        .append(&t, &s, ExpectedVersion::Exact(u64::MAX), vec![event(4)])
+        .await;
+    assert!(matches!(
+        beyond,
+        Err(Error::InvalidInput {
+            field: "expected_version",
+            ..
+        })
+    ));
+
     assert!(StreamId::new("nocategory").is_err());
     assert!(StreamId::new("-x").is_err());
     assert!(TenantId::new("Upper").is_err());
@@ -305,6 +316,13 @@ async fn reads_a_stream_forwards_and_backwards_in_pages() {
     assert!(!back.end_of_stream);
     let payloads: Vec<_> = back.events.iter().map(|e| e.payload["n"].clone()).collect();
     assert_eq!(payloads, vec![json!(4), json!(3), json!(2)]);
+
+    let past_the_end = store
+        .read_stream(&t, &s, Direction::Forwards, Some(u64::MAX), 10)
+        .await
+        .expect("read");
+    assert!(past_the_end.events.is_empty());
+    assert!(past_the_end.end_of_stream);
 
     let missing = store
         .read_stream(&t, &stream("practice-404"), Direction::Forwards, None, 10)
@@ -679,4 +697,34 @@ async fn two_servers_writing_the_same_streams_keep_versions_dense_and_the_log_in
         assert_eq!(versions, dense, "stream {i}: versions 0..n without gaps");
     }
     assert_eq!(count(&db.pool).await, total as i64);
+}
+
+#[tokio::test]
+async fn a_retry_is_recognised_whatever_numbers_the_payload_holds() {
+    let (store, pool) = open().await;
+    let (t, s) = (tenant("clinic"), stream("assessment-1"));
+    // Doubles that a parser without exact round trips reads back changed.
+    let payload = json!({
+        "score": 99.92497928518063,
+        "tiny": 1.0e-300,
+        "big": 12345678901234567890u64,
+        "negative": -0.1,
+    });
+    let events = vec![NewEvent::new(Uuid::new_v4(), "Scored", 1, &payload).expect("event")];
+    let first = store
+        .append(&t, &s, ExpectedVersion::NoStream, events.clone())
+        .await
+        .expect("first");
+    let retry = store
+        .append(&t, &s, ExpectedVersion::NoStream, events)
+        .await
+        .expect("retry recognised");
+    assert!(retry.already_stored);
+    assert_eq!(retry.positions, first.positions);
+    let read = store
+        .read_stream(&t, &s, Direction::Forwards, None, 10)
+        .await
+        .expect("read");
+    assert_eq!(read.events[0].payload, payload, "read back exactly");
+    assert_eq!(count(&pool).await, 1);
 }

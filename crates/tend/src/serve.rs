@@ -53,9 +53,18 @@ impl Database {
                 let dir = options.data_dir().join("postgres");
                 tracing::info!(data_dir = %dir.display(), "no TEND_DATABASE_URL: starting the embedded PostgreSQL");
                 let cluster = Cluster::start(tend_local_postgres::Options::new(&dir)).await?;
-                let pool = pool_options
+                let pool = match pool_options
                     .connect_with(cluster.connect_options().application_name("tend"))
-                    .await?;
+                    .await
+                {
+                    Ok(pool) => pool,
+                    Err(e) => {
+                        cluster.stop()?;
+                        return Err(
+                            format!("cannot connect to the embedded PostgreSQL: {e}").into()
+                        );
+                    }
+                };
                 Ok(Self {
                     pool,
                     embedded: Some(cluster),
@@ -94,14 +103,22 @@ pub fn new_token(tenant: &str) -> Result<()> {
 }
 
 pub async fn serve(options: ServeOptions) -> Result<()> {
+    // Handlers go in first: a signal during start-up then stops the server
+    // as soon as it serves, through the orderly path, embedded PostgreSQL
+    // included.
+    let stop_signal = stop_signal()?;
     let database = Database::open(&options.database).await?;
-    let served = run(&options, &database).await;
+    let served = run(&options, &database, stop_signal).await;
     let closed = database.close().await;
     served?;
     closed
 }
 
-async fn run(options: &ServeOptions, database: &Database) -> Result<()> {
+async fn run(
+    options: &ServeOptions,
+    database: &Database,
+    stop_signal: impl Future<Output = &'static str> + Send + 'static,
+) -> Result<()> {
     if options.migrate {
         tend_event_store::migrate(&database.pool).await?;
     }
@@ -137,8 +154,6 @@ async fn run(options: &ServeOptions, database: &Database) -> Result<()> {
             TcpListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),
         );
-    // Handlers go in before the banner: whoever waits for it may signal.
-    let stop_signal = stop_signal()?;
     tracing::info!(%addr, "serving gRPC");
     print_banner(addr, database, dev_token.as_deref());
 

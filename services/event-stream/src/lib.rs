@@ -22,6 +22,8 @@ use error::Error;
 /// Messages buffered per subscription between the store and the socket.
 const SUBSCRIPTION_BUFFER: usize = 64;
 const MAX_FILTER_VALUES: usize = 100;
+/// How long a subscription waits for its client to take the shutdown notice.
+const SHUTDOWN_NOTICE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The service. `shutdown` ends every open subscription when cancelled.
 #[derive(Debug, Clone)]
@@ -85,7 +87,13 @@ impl EventStreamService for EventStreamApi {
                 let sent = tokio::select! {
                     sent = tx.send(message) => sent.is_ok(),
                     _ = shutdown.cancelled() => {
-                        let _ = tx.try_send(Err(shutting_down()));
+                        // Wait (briefly) for room, so the client is told why
+                        // the stream ends rather than seeing a clean end.
+                        let _ = tokio::time::timeout(
+                            SHUTDOWN_NOTICE_WAIT,
+                            tx.send(Err(shutting_down())),
+                        )
+                        .await;
                         false
                     }
                 };
