@@ -35,6 +35,10 @@ pub use subscription::{Delivery, Subscription};
 
 use plan::AppendRequest;
 
+/// The last committed position. Never the sequence, which runs ahead of
+/// commits.
+pub(crate) const HEAD_SQL: &str = "SELECT coalesce(max(position), 0) FROM events";
+
 /// The largest number of events one append may carry.
 pub const MAX_EVENTS_PER_APPEND: usize = 1000;
 
@@ -111,9 +115,7 @@ impl EventStore {
     /// Opens the store on a migrated database and starts its writer and
     /// head watcher.
     pub async fn open(pool: PgPool, options: Options) -> Result<Self, Error> {
-        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
-            .fetch_one(&pool)
-            .await?;
+        let head: i64 = sqlx::query_scalar(HEAD_SQL).fetch_one(&pool).await?;
         let (head_tx, head_rx) = watch::channel(head as u64);
         let (queue_tx, queue_rx) = mpsc::channel(options.queue_capacity.max(1));
         let head_tx = Arc::new(head_tx);

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::plan::{self, AppendRequest, Plan, Snapshot, StoredEvent};
-use crate::{Appended, Error, ExpectedVersion, Metadata, StreamId, TenantId};
+use crate::{Appended, Error, ExpectedVersion, HEAD_SQL, Metadata, StreamId, TenantId};
 
 /// The transaction-scoped advisory lock every append holds from taking its
 /// positions until it commits ("tend" in ASCII, then "events").
@@ -307,7 +307,16 @@ impl Writer {
         if self.versions.len() > MAX_REMEMBERED_STREAMS {
             self.versions.clear();
         }
-        for row in &plan.rows {
+        // Rows come in request order; a request's last row holds its
+        // stream's new version.
+        for (i, row) in plan.rows.iter().enumerate() {
+            if plan
+                .rows
+                .get(i + 1)
+                .is_some_and(|next| next.request == row.request)
+            {
+                continue;
+            }
             let r = &requests[row.request];
             self.versions
                 .insert((r.tenant.clone(), r.stream.clone()), row.stream_version);
@@ -357,7 +366,7 @@ async fn lookup(
 ) -> Result<Snapshot, Error> {
     let versions = stream_versions(&mut *connection, requests).await?;
     let stored = stored_events(&mut *connection, requests).await?;
-    let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+    let head: i64 = sqlx::query_scalar(HEAD_SQL)
         .fetch_one(&mut *connection)
         .await?;
     Ok(Snapshot {
@@ -551,7 +560,7 @@ pub(crate) async fn watch_head(pool: PgPool, head: Arc<watch::Sender<u64>>, ever
         }
         tokio::select! {
             _ = tick.tick() => {
-                match sqlx::query_scalar::<_, i64>("SELECT coalesce(max(position), 0) FROM events")
+                match sqlx::query_scalar::<_, i64>(HEAD_SQL)
                     .fetch_one(&pool)
                     .await
                 {

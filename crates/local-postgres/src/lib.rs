@@ -327,7 +327,8 @@ fn find_binaries() -> Option<PathBuf> {
     versions.pop().map(|(_, bin)| bin)
 }
 
-fn running_as_root() -> Result<bool, Error> {
+/// Whether this process runs as root, when the cluster runs as `postgres`.
+pub fn running_as_root() -> Result<bool, Error> {
     // /proc/self belongs to the effective user.
     let meta = std::fs::metadata("/proc/self").map_err(|source| Error::Io {
         action: "cannot read",

@@ -105,9 +105,7 @@ impl DatabaseOptions {
         if let Some(dir) = &self.data_dir {
             return dir.clone();
         }
-        let root = std::fs::metadata("/proc/self")
-            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-            .unwrap_or(false);
+        let root = tend_local_postgres::running_as_root().unwrap_or(false);
         if root {
             // PostgreSQL runs as `postgres` then; root's home is closed to it.
             return PathBuf::from("/var/lib/tend");
