@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["tend/events/v1/events.proto"];
+    let files = [
+        "tend/events/v1/events.proto",
+        "tend/scheduler/v1/scheduler.proto",
+    ];
     let fds = protox::compile(files, [&root])?;
 
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -14,3 +14,10 @@ pub mod events {
         tonic::include_proto!("tend.events.v1");
     }
 }
+
+#[allow(clippy::all)] // generated code
+pub mod scheduler {
+    pub mod v1 {
+        tonic::include_proto!("tend.scheduler.v1");
+    }
+}

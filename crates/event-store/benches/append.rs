@@ -11,70 +11,25 @@
 //! durable cluster in a temporary folder; TEND_PG_BASELINE for the baseline
 //! script's path.
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection};
 use tend_event_store::{EventStore, ExpectedVersion, NewEvent, Options, StreamId, TenantId};
+use tend_testkit::bench::{BenchServer, Result, env_number, median, pg_baseline};
 use uuid::Uuid;
 
 const APPENDERS: usize = 8;
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
 #[tokio::main]
 async fn main() -> Result<()> {
     // `cargo bench` passes `--bench`; there are no other options.
-    let seconds: u64 = std::env::var("TEND_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let rounds_wanted: usize = std::env::var("TEND_BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(3);
-
-    let mut cluster = None;
-    let mut _dir = None;
-    let admin_url = match std::env::var("TEND_BENCH_DATABASE_URL") {
-        Ok(url) => url,
-        Err(_) => {
-            let dir = tempfile::Builder::new().prefix("tend-bench").tempdir()?;
-            std::fs::set_permissions(
-                dir.path(),
-                std::os::unix::fs::PermissionsExt::from_mode(0o755),
-            )?;
-            // Durable, like a production server: fsync on.
-            let mut options = tend_local_postgres::Options::new(dir.path().join("pg"));
-            options.database = "bench".into();
-            let c = tend_local_postgres::Cluster::start(options).await?;
-            let url = c.url();
-            cluster = Some(c);
-            _dir = Some(dir);
-            url
-        }
-    };
-
-    // A database of its own, so the baseline's table and ours never mix.
-    let admin = PgConnectOptions::from_str(&admin_url)?;
-    let name = format!("tend_bench_{}", Uuid::new_v4().simple());
-    let mut conn = admin.connect().await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(16)
-        .connect_with(admin.clone().database(&name))
-        .await?;
-    tend_event_store::migrate(&pool).await?;
-    let store = EventStore::open(pool.clone(), Options::default()).await?;
+    let seconds: u64 = env_number("TEND_BENCH_SECONDS", 5);
+    let rounds_wanted: usize = env_number("TEND_BENCH_ROUNDS", 3_usize).max(1);
+    let server = BenchServer::start().await?;
+    let db = server.database(16).await?;
+    let store = EventStore::open(db.pool.clone(), Options::default()).await?;
 
     // The baseline drifts by a third from one run to the next on a small
     // machine: measure it and Tend side by side in each round, and report
@@ -82,21 +37,15 @@ async fn main() -> Result<()> {
     let mut rounds = Vec::new();
     for round in 1..=rounds_wanted {
         eprintln!("round {round} of {rounds_wanted}");
-        let baseline = run_baseline(&admin_url, seconds)?;
+        let baseline = pg_baseline(&server.admin_url, APPENDERS, seconds)?;
         let single = measure(&store, 1, seconds).await?;
         let batch = measure(&store, 10, seconds).await?;
         rounds.push((baseline, single, batch));
     }
 
     store.shutdown().await;
-    pool.close().await;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
-        .execute(&mut conn)
-        .await?;
-    conn.close().await?;
-    if let Some(c) = cluster {
-        c.stop()?;
-    }
+    db.drop_database().await?;
+    server.stop()?;
 
     println!();
     println!(
@@ -130,74 +79,6 @@ async fn main() -> Result<()> {
         median(&mut batch_ratios)
     );
     Ok(())
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-struct Baseline {
-    single: u64,
-    batch10: u64,
-}
-
-fn run_baseline(url: &str, seconds: u64) -> Result<Baseline> {
-    let script = std::env::var_os("TEND_PG_BASELINE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/bench/pg-baseline")
-        });
-    if !script.exists() {
-        return Err(format!(
-            "the baseline script {} is missing (set TEND_PG_BASELINE)",
-            script.display()
-        )
-        .into());
-    }
-    // The script's random stream ids collide now and then (a birthday
-    // collision among ~100,000 inserts; more likely the longer it runs), and
-    // pgbench then aborts with exit status 2. That says nothing about the
-    // server: run it again.
-    let mut attempt = 0;
-    let output = loop {
-        attempt += 1;
-        eprintln!("running {} ({seconds} s per figure)…", script.display());
-        let output = Command::new("bash")
-            .arg(&script)
-            .arg(url)
-            .arg(APPENDERS.to_string())
-            .arg(seconds.to_string())
-            .output()?;
-        if output.status.success() {
-            break output;
-        }
-        if attempt == 5 {
-            return Err(format!(
-                "pg-baseline failed {attempt} times, last ({}): {}{}",
-                output.status,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            )
-            .into());
-        }
-        eprintln!(
-            "pg-baseline failed ({}): pgbench aborts on a collision of its random stream ids; retrying",
-            output.status
-        );
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let value = |key: &str| -> Result<u64> {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| format!("pg-baseline printed no {key}: {stdout}").into())
-    };
-    Ok(Baseline {
-        single: value("baseline_single_events_per_s")?,
-        batch10: value("baseline_batch10_events_per_s")?,
-    })
 }
 
 struct Measured {

@@ -44,11 +44,18 @@ pub const MAX_EVENTS_PER_APPEND: usize = 1000;
 
 /// The schema migrations in `migrations/`, embedded in the binary.
 pub fn migrator() -> Migrator {
-    let migrations = [(
-        1,
-        "event store",
-        include_str!("../../../migrations/0001_event_store.sql"),
-    )];
+    let migrations = [
+        (
+            1,
+            "event store",
+            include_str!("../../../migrations/0001_event_store.sql"),
+        ),
+        (
+            2,
+            "scheduler",
+            include_str!("../../../migrations/0002_scheduler.sql"),
+        ),
+    ];
     Migrator::with_migrations(
         migrations
             .into_iter()

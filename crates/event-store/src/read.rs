@@ -138,6 +138,83 @@ impl EventStore {
     }
 }
 
+/// The most stream ids one [`EventStore::list_streams`] call returns.
+pub const MAX_LISTED_STREAMS: usize = 10_000;
+
+impl EventStore {
+    /// The event with this id in the tenant, if any: ids are unique per
+    /// tenant, so an id chosen as an entity's id finds its stream.
+    pub async fn find_event(
+        &self,
+        tenant: &TenantId,
+        event_id: uuid::Uuid,
+    ) -> Result<Option<RecordedEvent>, Error> {
+        let row = sqlx::query(
+            "SELECT position, tenant_id, stream_id, stream_version, event_id, event_type,
+                    schema_version, payload, metadata, recorded_at
+             FROM events WHERE tenant_id = $1 AND event_id = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(event_id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|row| event_from_row(&row, 0)).transpose()
+    }
+
+    /// Every stream of `category` in the tenant, in id order, at most
+    /// [`MAX_LISTED_STREAMS`].
+    pub async fn list_streams(
+        &self,
+        tenant: &TenantId,
+        category: &str,
+    ) -> Result<Vec<StreamId>, Error> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT stream_id FROM events
+             WHERE tenant_id = $1 AND category = $2 AND stream_version = 0
+             ORDER BY stream_id LIMIT $3",
+        )
+        .bind(tenant.as_str())
+        .bind(category)
+        .bind(MAX_LISTED_STREAMS as i64)
+        .fetch_all(self.pool())
+        .await?;
+        ids.into_iter()
+            .map(|id| {
+                StreamId::new(id).map_err(|e| Error::Corrupt {
+                    position: 0,
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Every event of one stream, reading page by page; with the stream's
+    /// version (`None` when it has no events).
+    pub async fn read_whole_stream(
+        &self,
+        tenant: &TenantId,
+        stream: &StreamId,
+    ) -> Result<(Vec<RecordedEvent>, Option<u64>), Error> {
+        const PAGE: usize = 2000;
+        let mut events = Vec::new();
+        loop {
+            let from = events.last().map(|e: &RecordedEvent| e.stream_version + 1);
+            let slice = self
+                .read_stream(tenant, stream, Direction::Forwards, from, PAGE)
+                .await?;
+            let version = slice.stream_version;
+            let end = slice.end_of_stream;
+            events.extend(slice.events);
+            if end {
+                // Versions are dense, so the last event read is the version
+                // the caller may append after.
+                let version = events.last().map(|e| e.stream_version).or(version);
+                return Ok((events, version));
+            }
+        }
+    }
+}
+
 /// Decodes the event columns of `row`, starting at column `at`.
 fn event_from_row(row: &PgRow, at: usize) -> Result<RecordedEvent, Error> {
     let position = row.try_get::<i64, _>(at)? as u64;

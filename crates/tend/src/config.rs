@@ -78,6 +78,18 @@ pub struct ServeOptions {
     #[arg(long, env = "TEND_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
 
+    /// Milliseconds between scheduler rounds: how promptly due and missed
+    /// events follow the clock.
+    #[arg(long, env = "TEND_SCHEDULER_TICK_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub scheduler_tick_ms: u64,
+
+    /// Seconds a scheduler lease lasts unrenewed: how soon another server
+    /// takes over from one that died.
+    #[arg(long, env = "TEND_SCHEDULER_LEASE_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub scheduler_lease_seconds: u64,
+
     #[command(flatten)]
     pub database: DatabaseOptions,
 }

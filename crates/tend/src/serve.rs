@@ -7,10 +7,12 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tend_api::events::v1::event_stream_service_server::EventStreamServiceServer;
+use tend_api::scheduler::v1::protocol_scheduler_service_server::ProtocolSchedulerServiceServer;
 use tend_auth::{Authenticator, TokenHash, Tokens};
 use tend_event_store::{EventStore, TenantId};
 use tend_event_stream::EventStreamApi;
 use tend_local_postgres::Cluster;
+use tend_protocol_scheduler::{SchedulerApi, SystemClock, Worker, WorkerOptions};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -130,6 +132,9 @@ async fn run(
     health
         .set_serving::<EventStreamServiceServer<EventStreamApi>>()
         .await;
+    health
+        .set_serving::<ProtocolSchedulerServiceServer<SchedulerApi>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tend_api::FILE_DESCRIPTOR_SET)
@@ -138,7 +143,24 @@ async fn run(
     let auth = Authenticator::new(tokens);
     let events = InterceptedService::new(
         EventStreamApi::new(store.clone(), shutdown.clone()).into_server(),
+        auth.clone(),
+    );
+    let clock = std::sync::Arc::new(SystemClock);
+    let scheduler = InterceptedService::new(
+        SchedulerApi::new(store.clone(), clock.clone()).into_server(),
         auth,
+    );
+    let worker = tokio::spawn(
+        Worker::new(
+            store.clone(),
+            clock,
+            WorkerOptions {
+                tick_interval: Duration::from_millis(options.scheduler_tick_ms),
+                lease_ttl: Duration::from_secs(options.scheduler_lease_seconds),
+                ..WorkerOptions::default()
+            },
+        )
+        .run(shutdown.clone()),
     );
 
     let listener = TcpListener::bind(options.listen)
@@ -150,6 +172,7 @@ async fn run(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(events)
+        .add_service(scheduler)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
             shutdown.clone().cancelled_owned(),
@@ -168,6 +191,9 @@ async fn run(
             health
                 .set_not_serving::<EventStreamServiceServer<EventStreamApi>>()
                 .await;
+            health
+                .set_not_serving::<ProtocolSchedulerServiceServer<SchedulerApi>>()
+                .await;
             shutdown.cancel();
         }
     });
@@ -180,6 +206,9 @@ async fn run(
             tracing::warn!(seconds = grace.as_secs(), "calls still in flight after the grace period; closing them");
         }
     }
+    // The worker gives its lease up on the way out, so that another server
+    // takes over at once.
+    let _ = worker.await;
     store.shutdown().await;
     tracing::info!("stopped");
     Ok(())

@@ -4,6 +4,8 @@
 //!
 //! It is not a mock: every test talks to a real PostgreSQL server.
 
+pub mod bench;
+
 use std::str::FromStr;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

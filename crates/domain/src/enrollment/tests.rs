@@ -1,0 +1,910 @@
+//! Given / when / then: past events in, a command, the events out (or the
+//! refusal).
+
+use jiff::civil::DateTime;
+
+use super::*;
+use crate::protocol::{Activity, ActivityKind, Cadence, DaySpan, built_in};
+use crate::schedule::{ProtocolSet, change};
+
+const E: Uuid = Uuid::from_u128(0xe1);
+
+fn ts(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn local(s: &str) -> DateTime {
+    crate::time::parse_local_date_time("t", s).unwrap()
+}
+
+fn zone(name: &str) -> Zone {
+    Zone::new(name).unwrap()
+}
+
+fn arc() -> Protocol {
+    built_in("integration-arc-8w").unwrap().clone()
+}
+
+/// A one-activity protocol, for time-zone cases.
+fn daily_at(times: &[&str], days: (i32, i32), window_minutes: u32) -> Protocol {
+    Protocol {
+        id: "daily".into(),
+        version: 1,
+        title: "Daily".into(),
+        weeks_before: 4,
+        weeks_after: 4,
+        activities: vec![Activity {
+            key: "practice".into(),
+            kind: ActivityKind::Practice {
+                practice: "formal-meditation".into(),
+            },
+            span: DaySpan::days(days.0, days.1).unwrap(),
+            cadence: Cadence::Daily,
+            times: times.iter().map(|t| t.parse().unwrap()).collect(),
+            target_minutes: 10,
+            window_minutes,
+        }],
+    }
+}
+
+struct Spec {
+    state: Participant,
+    protocols: ProtocolSet,
+}
+
+fn given(protocols: &[Protocol], events: &[Event]) -> Spec {
+    let mut set = ProtocolSet::default();
+    for p in protocols {
+        set.insert(p.clone());
+    }
+    Spec {
+        state: events.iter().fold(Participant::default(), evolve),
+        protocols: set,
+    }
+}
+
+impl Spec {
+    fn when(&self, command: Command) -> Result<Vec<Event>, Error> {
+        decide(&self.state, command, &self.protocols)
+    }
+
+    /// Applies a command that must succeed, returning the new spec.
+    fn then_apply(mut self, command: Command) -> Self {
+        let events = self.when(command).expect("command accepted");
+        self.state = events.iter().fold(self.state, evolve);
+        self
+    }
+
+    fn schedule(&self, now: Timestamp) -> Vec<Occurrence> {
+        self.state
+            .enrollment(E)
+            .unwrap()
+            .schedule(&self.protocols, now)
+            .unwrap()
+    }
+}
+
+fn enrolled(protocol: &Protocol, session: &str, zone_name: &str, at: &str) -> Event {
+    Event::Enrolled(ParticipantEnrolled {
+        enrollment_id: E,
+        participant_ref: "P-001".into(),
+        protocol_id: protocol.id.clone(),
+        protocol_version: protocol.version,
+        session_at: local(session),
+        time_zone: zone(zone_name),
+        arc_first_day: protocol.arc_days().0,
+        arc_last_day: protocol.arc_days().1,
+        enrolled_at: ts(at),
+    })
+}
+
+/// A participant enrolled on `p` alone.
+fn on(p: &Protocol, session: &str, zone_name: &str, at: &str) -> Spec {
+    given(
+        std::slice::from_ref(p),
+        &[enrolled(p, session, zone_name, at)],
+    )
+}
+
+fn enroll(protocol: &Protocol, session: &str, zone_name: &str, now: &str) -> Command {
+    Command::Enroll {
+        enrollment_id: E,
+        participant_ref: "P-001".into(),
+        protocol: protocol.clone(),
+        session_at: local(session),
+        time_zone: zone(zone_name),
+        now: ts(now),
+    }
+}
+
+fn local_times(schedule: &[Occurrence]) -> Vec<String> {
+    schedule
+        .iter()
+        .map(|o| format!("{} {}", o.local_date, o.local_time))
+        .collect()
+}
+
+fn utc_times(schedule: &[Occurrence]) -> Vec<String> {
+    schedule.iter().map(|o| o.at.to_string()).collect()
+}
+
+// ---- Enrolling ----
+
+#[test]
+fn enrolling_records_the_arc_and_expands_the_whole_schedule() {
+    let spec = given(&[], &[]);
+    let events = spec
+        .when(enroll(
+            &arc(),
+            "2026-12-15T10:00",
+            "Europe/London",
+            "2026-11-10T09:00:00Z",
+        ))
+        .unwrap();
+    assert_eq!(
+        events,
+        vec![enrolled(
+            &arc(),
+            "2026-12-15T10:00",
+            "Europe/London",
+            "2026-11-10T09:00:00Z"
+        )]
+    );
+    let spec = given(&[], &events);
+    let schedule = spec.schedule(ts("2026-11-10T09:00:00Z"));
+    // 28 days × (break + 2 touches + journal) + 2 once before; 7 × 3 daily
+    // weeks after; baseline/post/plan/support; 4 integration sessions.
+    assert_eq!(schedule.len(), 28 * 4 + 2 + 3 * 7 + 2 + 4);
+    let first = &schedule[0];
+    assert_eq!(first.local_date.to_string(), "2026-11-17");
+    assert_eq!(first.local_time.to_string(), "08:00");
+    assert_eq!(first.arc_week, -4);
+    assert!(schedule.iter().all(|o| o.status == Status::Upcoming));
+    let sessions: Vec<_> = schedule
+        .iter()
+        .filter(|o| o.activity_key == "integration-session")
+        .map(|o| o.local_date.to_string())
+        .collect();
+    assert_eq!(
+        sessions,
+        ["2026-12-16", "2026-12-23", "2026-12-30", "2027-01-06"]
+    );
+}
+
+#[test]
+fn enrolling_again_with_the_same_request_is_a_no_op() {
+    let spec = given(
+        &[],
+        &[enrolled(
+            &arc(),
+            "2026-12-15T10:00",
+            "Europe/London",
+            "2026-11-10T09:00:00Z",
+        )],
+    );
+    let again = spec.when(enroll(
+        &arc(),
+        "2026-12-15T10:00",
+        "Europe/London",
+        "2026-11-10T09:05:00Z",
+    ));
+    assert_eq!(again, Ok(vec![]));
+    let other = spec.when(enroll(
+        &arc(),
+        "2026-12-16T10:00",
+        "Europe/London",
+        "2026-11-10T09:05:00Z",
+    ));
+    assert!(
+        matches!(other, Err(Error::AlreadyExists { ref field, .. }) if field == "request_id"),
+        "{other:?}"
+    );
+}
+
+#[test]
+fn refuses_an_overlapping_enrollment_in_the_same_protocol() {
+    let spec = given(
+        &[],
+        &[enrolled(
+            &arc(),
+            "2026-12-15T10:00",
+            "Europe/London",
+            "2026-11-10T09:00:00Z",
+        )],
+    );
+    let mut second = enroll(
+        &arc(),
+        "2027-01-20T10:00",
+        "Europe/London",
+        "2026-11-10T09:00:00Z",
+    );
+    if let Command::Enroll { enrollment_id, .. } = &mut second {
+        *enrollment_id = Uuid::from_u128(0xe2);
+    }
+    let refused = spec.when(second.clone());
+    assert!(
+        matches!(refused, Err(Error::Refused { ref field, .. }) if field == "session_at"),
+        "{refused:?}"
+    );
+    // After the first arc ends, a new one may begin.
+    if let Command::Enroll { session_at, .. } = &mut second {
+        *session_at = local("2027-02-15T10:00");
+    }
+    assert_eq!(spec.when(second.clone()).unwrap().len(), 1);
+    // A withdrawn enrollment does not block.
+    let spec = spec.then_apply(Command::Withdraw {
+        enrollment_id: E,
+        now: ts("2026-11-11T00:00:00Z"),
+    });
+    if let Command::Enroll { session_at, .. } = &mut second {
+        *session_at = local("2027-01-20T10:00");
+    }
+    assert_eq!(spec.when(second).unwrap().len(), 1);
+}
+
+#[test]
+fn refuses_a_session_whose_arc_is_already_over_or_years_ahead() {
+    let spec = given(&[], &[]);
+    let over = spec.when(enroll(
+        &arc(),
+        "2026-01-01T10:00",
+        "UTC",
+        "2026-11-10T09:00:00Z",
+    ));
+    assert!(
+        matches!(over, Err(Error::Refused { ref field, .. }) if field == "session_at"),
+        "{over:?}"
+    );
+    let far = spec.when(enroll(
+        &arc(),
+        "2029-01-01T10:00",
+        "UTC",
+        "2026-11-10T09:00:00Z",
+    ));
+    assert!(
+        matches!(far, Err(Error::Invalid { ref field, .. }) if field == "session_at"),
+        "{far:?}"
+    );
+}
+
+#[test]
+fn enrolling_late_drops_closed_windows_and_keeps_open_ones() {
+    // Enrolled on day -20 at 10:00 UTC: the baseline window (7 days from day
+    // -28) has closed, the 08:00 break of day -20 is still open.
+    let spec = given(
+        &[],
+        &[enrolled(
+            &arc(),
+            "2026-12-15T10:00",
+            "UTC",
+            "2026-11-25T10:00:00Z",
+        )],
+    );
+    let schedule = spec.schedule(ts("2026-11-25T10:00:00Z"));
+    assert!(!schedule.iter().any(|o| o.activity_key == "baseline-scs-sf"));
+    let first = &schedule[0];
+    assert_eq!(
+        (first.activity_key.as_str(), first.day),
+        ("self-compassion-break", -20)
+    );
+    assert_eq!(first.status, Status::Due);
+}
+
+// ---- Time zones ----
+
+#[test]
+fn local_times_hold_across_spring_forward_in_new_york() {
+    let p = daily_at(&["08:00"], (-3, 3), 60);
+    let spec = on(
+        &p,
+        "2026-03-09T10:00",
+        "America/New_York",
+        "2026-03-01T00:00:00Z",
+    );
+    let s = spec.schedule(ts("2026-03-01T00:00:00Z"));
+    assert!(local_times(&s).iter().all(|t| t.ends_with("08:00")));
+    assert_eq!(
+        utc_times(&s),
+        [
+            "2026-03-06T13:00:00Z",
+            "2026-03-07T13:00:00Z",
+            // DST from 2026-03-08 02:00: 08:00 is now 12:00 UTC.
+            "2026-03-08T12:00:00Z",
+            "2026-03-09T12:00:00Z",
+            "2026-03-10T12:00:00Z",
+            "2026-03-11T12:00:00Z",
+            "2026-03-12T12:00:00Z",
+        ]
+    );
+}
+
+#[test]
+fn a_session_inside_the_spring_forward_gap_moves_forward_by_the_gap() {
+    let p = daily_at(&["02:30"], (-1, 1), 60);
+    let spec = on(
+        &p,
+        "2026-03-08T02:30",
+        "America/New_York",
+        "2026-03-01T00:00:00Z",
+    );
+    let e = spec.state.enrollment(E).unwrap();
+    assert_eq!(e.session_instant().to_string(), "2026-03-08T07:30:00Z");
+    let s = spec.schedule(ts("2026-03-01T00:00:00Z"));
+    assert_eq!(
+        utc_times(&s),
+        [
+            "2026-03-07T07:30:00Z",
+            "2026-03-08T07:30:00Z",
+            "2026-03-09T06:30:00Z"
+        ]
+    );
+    // The wall-clock intention is kept: it still says 02:30.
+    assert!(local_times(&s).iter().all(|t| t.ends_with("02:30")));
+}
+
+#[test]
+fn an_hour_that_happens_twice_in_london_is_taken_the_first_time() {
+    let p = daily_at(&["01:30"], (-1, 1), 30);
+    let spec = on(
+        &p,
+        "2026-10-25T12:00",
+        "Europe/London",
+        "2026-10-01T00:00:00Z",
+    );
+    assert_eq!(
+        utc_times(&spec.schedule(ts("2026-10-01T00:00:00Z"))),
+        [
+            "2026-10-24T00:30:00Z",
+            "2026-10-25T00:30:00Z",
+            "2026-10-26T01:30:00Z"
+        ]
+    );
+}
+
+#[test]
+fn lord_howe_half_hour_shift_is_handled_both_ways() {
+    let p = daily_at(&["02:15"], (-1, 1), 60);
+    // Spring forward 02:00 -> 02:30 on 2026-10-04: 02:15 becomes 02:45 (+11).
+    let spec = on(
+        &p,
+        "2026-10-04T12:00",
+        "Australia/Lord_Howe",
+        "2026-09-01T00:00:00Z",
+    );
+    assert_eq!(
+        utc_times(&spec.schedule(ts("2026-09-01T00:00:00Z"))),
+        [
+            "2026-10-02T15:45:00Z",
+            "2026-10-03T15:45:00Z",
+            "2026-10-04T15:15:00Z"
+        ]
+    );
+    // Fall back 02:00 -> 01:30 on 2026-04-05: 01:45 happens twice, first at +11.
+    let p = daily_at(&["01:45"], (-1, 1), 10);
+    let spec = on(
+        &p,
+        "2026-04-05T12:00",
+        "Australia/Lord_Howe",
+        "2026-03-01T00:00:00Z",
+    );
+    assert_eq!(
+        utc_times(&spec.schedule(ts("2026-03-01T00:00:00Z"))),
+        [
+            "2026-04-03T14:45:00Z",
+            "2026-04-04T14:45:00Z",
+            "2026-04-05T15:15:00Z"
+        ]
+    );
+}
+
+#[test]
+fn a_zone_without_dst_keeps_one_offset() {
+    let p = daily_at(&["08:00"], (-3, 3), 60);
+    let spec = on(
+        &p,
+        "2026-03-09T10:00",
+        "Asia/Kolkata",
+        "2026-03-01T00:00:00Z",
+    );
+    assert!(
+        utc_times(&spec.schedule(ts("2026-03-01T00:00:00Z")))
+            .iter()
+            .all(|t| t.ends_with("T02:30:00Z"))
+    );
+}
+
+#[test]
+fn changing_time_zone_keeps_local_clock_times_for_the_future_only() {
+    let p = daily_at(&["08:00"], (-3, 3), 60);
+    let spec = on(
+        &p,
+        "2026-06-10T10:00",
+        "Europe/London",
+        "2026-06-01T00:00:00Z",
+    )
+    .then_apply(Command::ChangeTimeZone {
+        enrollment_id: E,
+        time_zone: zone("America/New_York"),
+        now: ts("2026-06-09T00:00:00Z"),
+    });
+    let s = spec.schedule(ts("2026-06-09T00:00:00Z"));
+    assert!(local_times(&s).iter().all(|t| t.ends_with("08:00")));
+    assert_eq!(
+        utc_times(&s),
+        [
+            // Already due in London before the change: kept.
+            "2026-06-07T07:00:00Z",
+            "2026-06-08T07:00:00Z",
+            // From then on, 08:00 in New York.
+            "2026-06-09T12:00:00Z",
+            "2026-06-10T12:00:00Z",
+            "2026-06-11T12:00:00Z",
+            "2026-06-12T12:00:00Z",
+            "2026-06-13T12:00:00Z",
+        ]
+    );
+    assert_eq!(s[0].zone.name(), "Europe/London");
+    assert_eq!(s[2].zone.name(), "America/New_York");
+}
+
+// ---- Rescheduling ----
+
+fn done_first_two(spec: Spec) -> Spec {
+    let s = spec.schedule(ts("2026-06-09T00:00:00Z"));
+    let (a, b) = (s[0].clone(), s[1].clone());
+    spec.then_apply(Command::Complete {
+        enrollment_id: E,
+        occurrence_id: a.id,
+        completed_at: a.at,
+        now: ts("2026-06-09T00:00:00Z"),
+    })
+    .then_apply(Command::Complete {
+        enrollment_id: E,
+        occurrence_id: b.id,
+        completed_at: b.at,
+        now: ts("2026-06-09T00:00:00Z"),
+    })
+}
+
+#[test]
+fn rescheduling_later_moves_the_future_and_keeps_done_history_and_ids() {
+    let p = daily_at(&["08:00"], (-5, 2), 60);
+    let spec = done_first_two(on(&p, "2026-06-10T10:00", "UTC", "2026-06-01T00:00:00Z"));
+    let now = ts("2026-06-07T09:30:00Z");
+    let before = spec.schedule(now);
+    let spec = spec.then_apply(Command::RescheduleSession {
+        enrollment_id: E,
+        session_at: local("2026-06-17T10:00"),
+        now,
+    });
+    let after = spec.schedule(now);
+    assert_eq!(
+        local_times(&after),
+        [
+            // Days -5, -4 done; day -3 (06-07 08:00) was due before the change.
+            "2026-06-05 08:00",
+            "2026-06-06 08:00",
+            "2026-06-07 08:00",
+            // Days -2.. follow the new session (2026-06-17).
+            "2026-06-15 08:00",
+            "2026-06-16 08:00",
+            "2026-06-17 08:00",
+            "2026-06-18 08:00",
+            "2026-06-19 08:00",
+        ]
+    );
+    assert_eq!(after[0].status, Status::Done);
+    assert_eq!(after[1].status, Status::Done);
+    assert_eq!(after[2].status, Status::Missed);
+    // Same slots, same ids.
+    let ids = |s: &[Occurrence]| s.iter().map(|o| (o.id, o.day)).collect::<Vec<_>>();
+    assert_eq!(ids(&before), ids(&after));
+    let report = change(&before, &after, now);
+    assert_eq!(
+        (report.moved.len(), report.added.len(), report.removed.len()),
+        (5, 0, 0)
+    );
+}
+
+#[test]
+fn rescheduling_earlier_skips_the_slots_it_jumps_over() {
+    let p = daily_at(&["08:00"], (-5, 2), 60);
+    let spec = on(&p, "2026-06-10T10:00", "UTC", "2026-06-01T00:00:00Z");
+    let now = ts("2026-06-06T12:00:00Z");
+    let before = spec.schedule(now);
+    let spec = spec.then_apply(Command::RescheduleSession {
+        enrollment_id: E,
+        session_at: local("2026-06-08T10:00"),
+        now,
+    });
+    let after = spec.schedule(now);
+    assert_eq!(
+        local_times(&after),
+        [
+            "2026-06-05 08:00",
+            "2026-06-06 08:00",
+            // Day -3 would now be 06-05, day -2 06-06 (closed): skipped.
+            "2026-06-07 08:00",
+            "2026-06-08 08:00",
+            "2026-06-09 08:00",
+            "2026-06-10 08:00",
+        ]
+    );
+    let report = change(&before, &after, now);
+    assert_eq!((report.moved.len(), report.removed.len()), (4, 2));
+}
+
+#[test]
+fn rescheduling_to_the_same_time_changes_nothing() {
+    let p = daily_at(&["08:00"], (-5, 2), 60);
+    let spec = on(&p, "2026-06-10T10:00", "UTC", "2026-06-01T00:00:00Z");
+    assert_eq!(
+        spec.when(Command::RescheduleSession {
+            enrollment_id: E,
+            session_at: local("2026-06-10T10:00"),
+            now: ts("2026-06-02T00:00:00Z")
+        }),
+        Ok(vec![])
+    );
+}
+
+// ---- Pause, resume, withdraw ----
+
+#[test]
+fn a_pause_cancels_what_falls_in_it_and_resume_picks_up_after() {
+    let p = daily_at(&["08:00"], (-5, 2), 60);
+    let spec =
+        on(&p, "2026-06-10T10:00", "UTC", "2026-06-01T00:00:00Z").then_apply(Command::Pause {
+            enrollment_id: E,
+            now: ts("2026-06-06T08:30:00Z"),
+        });
+    // While paused nothing comes due, however much time passes.
+    let tick = spec
+        .when(Command::Tick {
+            now: ts("2026-06-08T12:00:00Z"),
+        })
+        .unwrap();
+    let due: Vec<_> = tick
+        .iter()
+        .filter_map(|e| match e {
+            Event::Due(d) => Some(d.local_date.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(due, ["2026-06-05"]);
+    let spec = spec.then_apply(Command::Resume {
+        enrollment_id: E,
+        now: ts("2026-06-08T12:00:00Z"),
+    });
+    let s = spec.schedule(ts("2026-06-08T12:00:00Z"));
+    let statuses: Vec<_> = s.iter().map(|o| o.status).collect();
+    use Status::*;
+    // 06-05 missed; 06-06 open at the pause, 06-07 and 06-08 inside it:
+    // cancelled; from 06-09 on, upcoming again.
+    assert_eq!(
+        statuses,
+        [
+            Missed, Cancelled, Cancelled, Cancelled, Upcoming, Upcoming, Upcoming, Upcoming
+        ]
+    );
+    assert!(matches!(
+        spec.when(Command::Resume {
+            enrollment_id: E,
+            now: ts("2026-06-08T13:00:00Z")
+        }),
+        Err(Error::Refused { .. })
+    ));
+}
+
+#[test]
+fn a_withdrawn_enrollment_refuses_every_change() {
+    let p = daily_at(&["08:00"], (-5, 2), 60);
+    let spec =
+        on(&p, "2026-06-10T10:00", "UTC", "2026-06-01T00:00:00Z").then_apply(Command::Withdraw {
+            enrollment_id: E,
+            now: ts("2026-06-06T00:00:00Z"),
+        });
+    let now = ts("2026-06-07T00:00:00Z");
+    for command in [
+        Command::RescheduleSession {
+            enrollment_id: E,
+            session_at: local("2026-06-12T10:00"),
+            now,
+        },
+        Command::ChangeTimeZone {
+            enrollment_id: E,
+            time_zone: zone("Europe/Paris"),
+            now,
+        },
+        Command::Pause {
+            enrollment_id: E,
+            now,
+        },
+        Command::Resume {
+            enrollment_id: E,
+            now,
+        },
+    ] {
+        let result = spec.when(command.clone());
+        assert!(
+            matches!(result, Err(Error::Refused { ref field, ref reason }) if field == "enrollment_id" && reason.contains("withdrawn")),
+            "{command:?}: {result:?}"
+        );
+    }
+    // Withdrawing again is a no-op; the future is cancelled and nothing is due.
+    assert_eq!(
+        spec.when(Command::Withdraw {
+            enrollment_id: E,
+            now
+        }),
+        Ok(vec![])
+    );
+    assert!(
+        spec.schedule(now)
+            .iter()
+            .filter(|o| o.day >= -4)
+            .all(|o| o.status == Status::Cancelled)
+    );
+    let tick = spec
+        .when(Command::Tick {
+            now: ts("2026-06-30T00:00:00Z"),
+        })
+        .unwrap();
+    assert_eq!(
+        tick.len(),
+        2,
+        "only day -5 (due and missed before withdrawal): {tick:?}"
+    );
+}
+
+// ---- Time-driven events ----
+
+#[test]
+fn a_window_opening_is_due_once_and_closing_is_missed_once() {
+    let p = daily_at(&["08:00"], (-5, -5), 60);
+    let spec = on(&p, "2026-06-10T10:00", "UTC", "2026-06-01T00:00:00Z");
+    assert_eq!(
+        spec.when(Command::Tick {
+            now: ts("2026-06-05T07:59:59Z")
+        }),
+        Ok(vec![])
+    );
+    let due = spec
+        .when(Command::Tick {
+            now: ts("2026-06-05T08:00:00Z"),
+        })
+        .unwrap();
+    assert!(
+        matches!(due.as_slice(), [Event::Due(d)] if d.window_closes_at == ts("2026-06-05T09:00:00Z"))
+    );
+    let spec = given(
+        std::slice::from_ref(&p),
+        &[
+            enrolled(&p, "2026-06-10T10:00", "UTC", "2026-06-01T00:00:00Z"),
+            due[0].clone(),
+        ],
+    );
+    assert_eq!(
+        spec.when(Command::Tick {
+            now: ts("2026-06-05T08:30:00Z")
+        }),
+        Ok(vec![])
+    );
+    let missed = spec
+        .when(Command::Tick {
+            now: ts("2026-06-05T09:00:00Z"),
+        })
+        .unwrap();
+    assert!(matches!(missed.as_slice(), [Event::Missed(_)]));
+    let spec = spec.then_apply(Command::Tick {
+        now: ts("2026-06-05T09:00:00Z"),
+    });
+    assert_eq!(
+        spec.when(Command::Tick {
+            now: ts("2026-07-01T00:00:00Z")
+        }),
+        Ok(vec![])
+    );
+    assert_eq!(
+        Enrollment::next_wake(&spec.schedule(ts("2026-07-01T00:00:00Z"))),
+        None
+    );
+}
+
+#[test]
+fn after_downtime_every_window_is_caught_up_in_time_order() {
+    let p = daily_at(&["08:00", "20:00"], (-5, -4), 60);
+    let spec = on(&p, "2026-06-10T10:00", "UTC", "2026-06-01T00:00:00Z");
+    let events = spec
+        .when(Command::Tick {
+            now: ts("2026-06-20T00:00:00Z"),
+        })
+        .unwrap();
+    let kinds: Vec<_> = events.iter().map(|e| e.event_type()).collect();
+    assert_eq!(kinds, ["OccurrenceDue", "OccurrenceMissed"].repeat(4));
+    let ids: std::collections::HashSet<_> = events
+        .iter()
+        .map(|e| e.deterministic_id().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 8, "every time-driven event has its own id");
+}
+
+#[test]
+fn a_completed_occurrence_is_never_missed_whichever_arrives_first() {
+    let p = daily_at(&["08:00"], (-5, -5), 60);
+    let base = enrolled(&p, "2026-06-10T10:00", "UTC", "2026-06-01T00:00:00Z");
+    let spec = given(std::slice::from_ref(&p), std::slice::from_ref(&base));
+    let o = spec.schedule(ts("2026-06-05T08:10:00Z"))[0].clone();
+    // Completed inside the window, before any tick: no due, no missed.
+    let spec = spec.then_apply(Command::Complete {
+        enrollment_id: E,
+        occurrence_id: o.id,
+        completed_at: ts("2026-06-05T08:10:00Z"),
+        now: ts("2026-06-05T08:10:00Z"),
+    });
+    assert_eq!(
+        spec.when(Command::Tick {
+            now: ts("2026-06-06T00:00:00Z")
+        }),
+        Ok(vec![])
+    );
+    assert_eq!(
+        spec.schedule(ts("2026-06-06T00:00:00Z"))[0].status,
+        Status::Done
+    );
+    // Missed first, then completed late: the history keeps the miss and the
+    // occurrence reads as late.
+    let spec = given(std::slice::from_ref(&p), &[base]).then_apply(Command::Tick {
+        now: ts("2026-06-05T10:00:00Z"),
+    });
+    let spec = spec.then_apply(Command::Complete {
+        enrollment_id: E,
+        occurrence_id: o.id,
+        completed_at: ts("2026-06-05T10:00:00Z"),
+        now: ts("2026-06-05T10:00:00Z"),
+    });
+    let s = spec.schedule(ts("2026-06-06T00:00:00Z"));
+    assert_eq!((s[0].status, s[0].missed_recorded), (Status::Late, true));
+    assert_eq!(
+        spec.when(Command::Tick {
+            now: ts("2026-06-07T00:00:00Z")
+        }),
+        Ok(vec![])
+    );
+}
+
+#[test]
+fn refuses_completion_before_the_window_or_in_the_future() {
+    let p = daily_at(&["08:00"], (-5, -5), 60);
+    let spec = on(&p, "2026-06-10T10:00", "UTC", "2026-06-01T00:00:00Z");
+    let o = spec.schedule(ts("2026-06-01T00:00:00Z"))[0].clone();
+    let early = spec.when(Command::Complete {
+        enrollment_id: E,
+        occurrence_id: o.id,
+        completed_at: ts("2026-06-05T07:00:00Z"),
+        now: ts("2026-06-05T07:00:00Z"),
+    });
+    assert!(
+        matches!(early, Err(Error::Refused { ref field, .. }) if field == "completed_at"),
+        "{early:?}"
+    );
+    let future = spec.when(Command::Complete {
+        enrollment_id: E,
+        occurrence_id: o.id,
+        completed_at: ts("2026-06-05T09:00:00Z"),
+        now: ts("2026-06-05T08:30:00Z"),
+    });
+    assert!(
+        matches!(future, Err(Error::Invalid { ref field, .. }) if field == "completed_at"),
+        "{future:?}"
+    );
+    let unknown = spec.when(Command::Complete {
+        enrollment_id: E,
+        occurrence_id: Uuid::nil(),
+        completed_at: ts("2026-06-05T08:30:00Z"),
+        now: ts("2026-06-05T08:30:00Z"),
+    });
+    assert!(matches!(unknown, Err(Error::NotFound { .. })));
+}
+
+// ---- Protocol versions ----
+
+#[test]
+fn migrating_to_a_new_version_changes_only_the_future_and_reports_it() {
+    let v1 = daily_at(&["08:00"], (-5, 2), 60);
+    let mut v2 = v1.clone();
+    v2.version = 2;
+    v2.activities[0].times = vec!["09:00".parse().unwrap()];
+    v2.activities[0].span = DaySpan::days(-5, 1).unwrap();
+    let spec = given(
+        &[v1.clone(), v2.clone()],
+        &[enrolled(
+            &v1,
+            "2026-06-10T10:00",
+            "UTC",
+            "2026-06-01T00:00:00Z",
+        )],
+    );
+    let now = ts("2026-06-07T00:00:00Z");
+    let before = spec.schedule(now);
+    let spec = spec.then_apply(Command::Migrate {
+        enrollment_id: E,
+        protocol: v2,
+        now,
+    });
+    let after = spec.schedule(now);
+    assert_eq!(
+        local_times(&after),
+        [
+            "2026-06-05 08:00",
+            "2026-06-06 08:00",
+            "2026-06-07 09:00",
+            "2026-06-08 09:00",
+            "2026-06-09 09:00",
+            "2026-06-10 09:00",
+            "2026-06-11 09:00",
+        ]
+    );
+    assert_eq!(after[1].protocol_version, 1);
+    assert_eq!(after[2].protocol_version, 2);
+    let report = change(&before, &after, now);
+    assert_eq!(
+        (report.moved.len(), report.removed.len(), report.added.len()),
+        (5, 1, 0)
+    );
+}
+
+#[test]
+fn an_enrollment_keeps_its_version_when_a_new_one_is_published() {
+    let v1 = daily_at(&["08:00"], (-5, 2), 60);
+    let mut v2 = v1.clone();
+    v2.version = 2;
+    v2.activities[0].times = vec!["09:00".parse().unwrap()];
+    let spec = given(
+        &[v1.clone(), v2],
+        &[enrolled(
+            &v1,
+            "2026-06-10T10:00",
+            "UTC",
+            "2026-06-01T00:00:00Z",
+        )],
+    );
+    assert!(
+        spec.schedule(ts("2026-06-01T00:00:00Z"))
+            .iter()
+            .all(|o| o.protocol_version == 1 && o.local_time.to_string() == "08:00")
+    );
+}
+
+#[test]
+fn events_round_trip_through_their_stored_form() {
+    let p = daily_at(&["08:00"], (-5, -4), 60);
+    let spec = on(
+        &p,
+        "2026-06-10T10:00",
+        "Europe/London",
+        "2026-06-01T00:00:00Z",
+    );
+    let mut events = vec![enrolled(
+        &p,
+        "2026-06-10T10:00",
+        "Europe/London",
+        "2026-06-01T00:00:00Z",
+    )];
+    events.extend(
+        spec.when(Command::Tick {
+            now: ts("2026-06-20T00:00:00Z"),
+        })
+        .unwrap(),
+    );
+    events.push(Event::SessionRescheduled(SessionRescheduled {
+        enrollment_id: E,
+        session_at: local("2026-06-11T10:00"),
+        previous_session_at: local("2026-06-10T10:00"),
+        effective_from: ts("2026-06-02T00:00:00Z"),
+    }));
+    for event in events {
+        let back = Event::from_stored(event.event_type(), 1, &event.to_payload()).unwrap();
+        assert_eq!(back, event);
+    }
+}

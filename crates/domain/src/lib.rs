@@ -1,0 +1,73 @@
+//! Tend's domain: protocols, enrollments and their dated schedules.
+//!
+//! Pure and synchronous, in the Decider shape: `decide(&state, command)`
+//! returns the events a command causes (or why it is refused) and
+//! `evolve(state, &event)` folds an event into state. Everything from
+//! outside (the current instant, ids, the protocol definitions a command
+//! needs) arrives inside the command.
+//!
+//! It is not a storage or transport layer: it does no IO, never reads the
+//! clock, and knows nothing of PostgreSQL, gRPC or protobuf. Time-zone rules
+//! come from the IANA database bundled into the binary.
+
+pub mod enrollment;
+mod error;
+pub mod protocol;
+pub mod schedule;
+pub mod time;
+
+pub use error::Error;
+
+/// An event with the type name and schema version stored beside its body.
+/// Reading an older schema version is the job of `from_stored` (the
+/// upcaster); a stored body is never edited in place.
+pub trait DomainEvent: Sized {
+    /// The stored type name, e.g. `ParticipantEnrolled`.
+    fn event_type(&self) -> &'static str;
+    /// The schema version of the body `to_payload` writes.
+    fn schema_version(&self) -> u32 {
+        1
+    }
+    fn to_payload(&self) -> serde_json::Value;
+    fn from_stored(
+        event_type: &str,
+        schema_version: u32,
+        payload: &serde_json::Value,
+    ) -> Result<Self, DecodeError>;
+}
+
+/// A stored event this build cannot read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot read stored event {event_type} v{schema_version}: {reason}")]
+pub struct DecodeError {
+    pub event_type: String,
+    pub schema_version: u32,
+    pub reason: String,
+}
+
+impl DecodeError {
+    fn unknown(event_type: &str, schema_version: u32) -> Self {
+        Self {
+            event_type: event_type.to_owned(),
+            schema_version,
+            reason: "unknown type or schema version".to_owned(),
+        }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    event_type: &str,
+    payload: &serde_json::Value,
+) -> Result<T, DecodeError> {
+    T::deserialize(payload).map_err(|e| DecodeError {
+        event_type: event_type.to_owned(),
+        schema_version: 1,
+        reason: e.to_string(),
+    })
+}
+
+fn to_payload<T: serde::Serialize>(body: &T) -> serde_json::Value {
+    // Event bodies are plain structs of strings, numbers and timestamps:
+    // serialising them cannot fail.
+    serde_json::to_value(body).unwrap_or(serde_json::Value::Null)
+}

@@ -1,0 +1,260 @@
+//! Expanding an enrollment into dated occurrences, and what state each is in.
+//!
+//! An enrollment's timing has a history of *revisions*: the one it was
+//! enrolled with, then one per session reschedule, time-zone change or
+//! protocol migration, each in effect from the instant it was made. A slot
+//! (an activity, a day relative to the session, the n-th time of that day)
+//! is placed by the revisions in order:
+//! - a slot whose time came before the next revision took effect stays where
+//!   it was: it was due, and its history (done, late, missed) is kept;
+//! - otherwise the next revision places it anew: the future moves;
+//! - a slot that a revision places with its window already closed when the
+//!   revision takes effect is dropped (moving the session earlier skips the
+//!   slots it jumps over); one whose window is still open is due at once;
+//! - a slot the next revision's protocol does not have is dropped, unless it
+//!   had already come due.
+//!
+//! A slot keeps its occurrence id across every revision.
+
+use std::collections::BTreeMap;
+
+use jiff::civil::Date;
+use jiff::{SignedDuration, Timestamp, ToSpan};
+use uuid::Uuid;
+
+use crate::enrollment::Enrollment;
+use crate::protocol::{ActivityKind, Protocol, arc_week};
+use crate::time::{LocalTime, Zone, resolve};
+
+/// Looks up protocol versions (built in or a partner's).
+pub trait Protocols {
+    fn get(&self, protocol_id: &str, version: u32) -> Option<&Protocol>;
+}
+
+/// A set of protocol versions, with the built-ins always present.
+#[derive(Debug, Clone, Default)]
+pub struct ProtocolSet {
+    versions: BTreeMap<(String, u32), Protocol>,
+}
+
+impl ProtocolSet {
+    pub fn insert(&mut self, protocol: Protocol) {
+        self.versions
+            .insert((protocol.id.clone(), protocol.version), protocol);
+    }
+
+    pub fn contains(&self, protocol_id: &str, version: u32) -> bool {
+        self.get(protocol_id, version).is_some()
+    }
+}
+
+impl Protocols for ProtocolSet {
+    fn get(&self, protocol_id: &str, version: u32) -> Option<&Protocol> {
+        match crate::protocol::built_in(protocol_id) {
+            Some(p) if p.version == version => Some(p),
+            Some(_) => None,
+            None => self.versions.get(&(protocol_id.to_owned(), version)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Its window has not opened yet.
+    Upcoming,
+    /// Its window is open and it is not done.
+    Due,
+    /// Completed within its window.
+    Done,
+    /// Completed after its window closed.
+    Late,
+    /// Its window closed without completion.
+    Missed,
+    /// It will not be asked for: the enrollment was paused or withdrawn over
+    /// it.
+    Cancelled,
+}
+
+/// One dated instance of an activity in a participant's schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Occurrence {
+    pub id: Uuid,
+    pub enrollment_id: Uuid,
+    pub activity_key: String,
+    pub kind: ActivityKind,
+    /// Day relative to the session.
+    pub day: i32,
+    /// Which of the day's times (0-based).
+    pub slot: u8,
+    pub arc_week: i32,
+    pub local_date: Date,
+    pub local_time: LocalTime,
+    pub zone: Zone,
+    /// When the window opens (and the occurrence falls due).
+    pub at: Timestamp,
+    pub closes_at: Timestamp,
+    pub target_minutes: u32,
+    pub protocol_version: u32,
+    pub status: Status,
+    pub completed_at: Option<Timestamp>,
+    /// A due event is already recorded for it.
+    pub due_recorded: bool,
+    /// A missed event is already recorded for it.
+    pub missed_recorded: bool,
+}
+
+/// The stable id of a slot of an enrollment.
+pub fn occurrence_id(enrollment_id: Uuid, activity_key: &str, day: i32, slot: u8) -> Uuid {
+    Uuid::new_v5(
+        &enrollment_id,
+        format!("{activity_key}/{day}/{slot}").as_bytes(),
+    )
+}
+
+struct Placed {
+    occurrence: Occurrence,
+    frozen: bool,
+}
+
+/// Every occurrence of `enrollment`, ordered by time, with its status at
+/// `now`. `None` when a protocol version it needs is missing from
+/// `protocols`.
+pub fn occurrences(
+    enrollment: &Enrollment,
+    protocols: &impl Protocols,
+    now: Timestamp,
+) -> Option<Vec<Occurrence>> {
+    let mut placed: BTreeMap<Uuid, Placed> = BTreeMap::new();
+    let revisions = &enrollment.revisions;
+    for (i, revision) in revisions.iter().enumerate() {
+        let protocol = protocols.get(&enrollment.protocol_id, revision.protocol_version)?;
+        let next = revisions.get(i + 1).map(|r| r.from);
+        let mut present = std::collections::HashSet::new();
+        for activity in &protocol.activities {
+            let window = SignedDuration::from_mins(i64::from(activity.window_minutes));
+            for day in activity.days() {
+                let Ok(date) = revision.session.date().checked_add(day.days()) else {
+                    continue;
+                };
+                for (slot, &time) in activity.times.iter().enumerate() {
+                    let slot = slot as u8;
+                    let id = occurrence_id(enrollment.id, &activity.key, day, slot);
+                    present.insert(id);
+                    if placed.get(&id).is_some_and(|p| p.frozen) {
+                        continue;
+                    }
+                    let at = resolve(&revision.zone, date, time);
+                    let closes_at = at.saturating_add(window).unwrap_or(Timestamp::MAX);
+                    if closes_at <= revision.from {
+                        placed.remove(&id);
+                        continue;
+                    }
+                    let occurrence = Occurrence {
+                        id,
+                        enrollment_id: enrollment.id,
+                        activity_key: activity.key.clone(),
+                        kind: activity.kind.clone(),
+                        day,
+                        slot,
+                        arc_week: arc_week(day),
+                        local_date: date,
+                        local_time: time,
+                        zone: revision.zone.clone(),
+                        at,
+                        closes_at,
+                        target_minutes: activity.target_minutes,
+                        protocol_version: revision.protocol_version,
+                        status: Status::Upcoming,
+                        completed_at: None,
+                        due_recorded: false,
+                        missed_recorded: false,
+                    };
+                    let frozen = next.is_some_and(|n| at < n);
+                    placed.insert(id, Placed { occurrence, frozen });
+                }
+            }
+        }
+        placed.retain(|id, p| p.frozen || present.contains(id));
+    }
+    let mut out: Vec<Occurrence> = placed
+        .into_values()
+        .map(|p| {
+            let mut o = p.occurrence;
+            o.completed_at = enrollment.completions.get(&o.id).copied();
+            o.due_recorded = enrollment.due.contains(&o.id);
+            o.missed_recorded = enrollment.missed.contains(&o.id);
+            o.status = status(enrollment, &o, now);
+            o
+        })
+        .collect();
+    out.sort_by_key(|o| (o.at, o.id));
+    Some(out)
+}
+
+/// The state of `o` at `now`.
+fn status(enrollment: &Enrollment, o: &Occurrence, now: Timestamp) -> Status {
+    if let Some(done) = o.completed_at {
+        return if done <= o.closes_at {
+            Status::Done
+        } else {
+            Status::Late
+        };
+    }
+    // Withdrawn before the window closed.
+    if enrollment.withdrawn_at.is_some_and(|w| o.closes_at > w) {
+        return Status::Cancelled;
+    }
+    let paused_over = enrollment.pauses.iter().any(|p| {
+        let opened_in_pause = o.at >= p.from && p.until.is_none_or(|u| o.at < u);
+        let open_at_pause = o.at < p.from && o.closes_at > p.from;
+        opened_in_pause || open_at_pause
+    });
+    if paused_over {
+        return Status::Cancelled;
+    }
+    if now < o.at {
+        Status::Upcoming
+    } else if now < o.closes_at {
+        Status::Due
+    } else {
+        Status::Missed
+    }
+}
+
+/// What a change to an enrollment (reschedule, new zone, new protocol
+/// version) does to the occurrences that have not yet come due.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Change {
+    /// Same slot, new time.
+    pub moved: Vec<Uuid>,
+    /// Slots the change adds.
+    pub added: Vec<Uuid>,
+    /// Slots the change drops (skipped over, or not in the new version).
+    pub removed: Vec<Uuid>,
+    /// Future slots at the same time as before.
+    pub unchanged: usize,
+}
+
+/// Compares the schedules before and after a change made at `now`.
+pub fn change(before: &[Occurrence], after: &[Occurrence], now: Timestamp) -> Change {
+    // Slots already due before the change keep their place (and stay in the
+    // past), so only future ones can move, appear or disappear.
+    let future = |o: &&Occurrence| o.at >= now;
+    let before: BTreeMap<Uuid, &Occurrence> =
+        before.iter().filter(future).map(|o| (o.id, o)).collect();
+    let after_all: BTreeMap<Uuid, &Occurrence> = after.iter().map(|o| (o.id, o)).collect();
+    let mut change = Change::default();
+    for (id, b) in &before {
+        match after_all.get(id) {
+            None => change.removed.push(*id),
+            Some(a) if a.at != b.at || a.closes_at != b.closes_at => change.moved.push(*id),
+            Some(_) => change.unchanged += 1,
+        }
+    }
+    for (id, a) in &after_all {
+        if a.at >= now && !before.contains_key(id) {
+            change.added.push(*id);
+        }
+    }
+    change
+}

@@ -1,0 +1,252 @@
+//! Conversions between protobuf messages and the domain. Parsing a request
+//! field either yields a domain value or an error naming the field.
+
+use jiff::Timestamp;
+use tend_api::scheduler::v1 as pb;
+use tend_domain::enrollment::Enrollment;
+use tend_domain::protocol::{self, Activity, ActivityKind, Cadence, DaySpan, Protocol};
+use tend_domain::schedule::{Change, Occurrence, Status};
+use tend_domain::time::LocalTime;
+use uuid::Uuid;
+
+use crate::Error;
+
+pub(crate) fn uuid(field: &str, s: &str) -> Result<Uuid, Error> {
+    if s.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    Uuid::parse_str(s).map_err(|_| Error::invalid(field, "must be a UUID"))
+}
+
+pub(crate) fn timestamp(t: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.as_second(),
+        nanos: t.subsec_nanosecond(),
+    }
+}
+
+pub(crate) fn from_timestamp(field: &str, t: &prost_types::Timestamp) -> Result<Timestamp, Error> {
+    Timestamp::new(t.seconds, t.nanos)
+        .map_err(|_| Error::invalid(field, "is not a valid timestamp"))
+}
+
+// ---- Protocols ----
+
+pub(crate) fn protocol_from_pb(p: pb::Protocol) -> Result<Protocol, Error> {
+    let activities = p
+        .activities
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            activity_from_pb(a).map_err(|e| within(e, &format!("protocol.activities[{i}]")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Protocol {
+        id: p.protocol_id,
+        version: 1,
+        title: p.title,
+        weeks_before: p.weeks_before,
+        weeks_after: p.weeks_after,
+        activities,
+    })
+}
+
+fn within(e: Error, prefix: &str) -> Error {
+    match e {
+        Error::Domain(d) => Error::Domain(d.within(prefix)),
+        other => other,
+    }
+}
+
+fn activity_from_pb(a: pb::Activity) -> Result<Activity, Error> {
+    use pb::activity::{Kind, Span};
+    let kind = match a.kind {
+        Some(Kind::Practice(p)) => ActivityKind::Practice {
+            practice: p.practice,
+        },
+        Some(Kind::Assessment(p)) => ActivityKind::Assessment {
+            instrument: p.instrument,
+        },
+        Some(Kind::IntegrationSession(_)) => ActivityKind::IntegrationSession,
+        Some(Kind::Task(_)) => ActivityKind::Task,
+        None => {
+            return Err(Error::invalid(
+                "kind",
+                "is required: practice, assessment, integration_session or task",
+            ));
+        }
+    };
+    let span = match a.span {
+        Some(Span::Weeks(w)) => DaySpan::weeks(w.first, w.last)?,
+        Some(Span::Days(d)) => DaySpan::days(d.first, d.last)?,
+        None => return Err(Error::invalid("span", "is required: weeks or days")),
+    };
+    let cadence = match pb::Cadence::try_from(a.cadence) {
+        Ok(pb::Cadence::Once) => Cadence::Once,
+        Ok(pb::Cadence::Daily) => Cadence::Daily,
+        Ok(pb::Cadence::Weekly) => Cadence::Weekly,
+        _ => return Err(Error::invalid("cadence", "must be ONCE, DAILY or WEEKLY")),
+    };
+    let times = a
+        .times
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            t.parse::<LocalTime>()
+                .map_err(|why| Error::invalid(format!("times[{i}]"), why))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Activity {
+        key: a.key,
+        kind,
+        span,
+        cadence,
+        times,
+        target_minutes: a.target_minutes,
+        window_minutes: a.window_minutes,
+    })
+}
+
+pub(crate) fn protocol_to_pb(
+    p: &Protocol,
+    published_at: Option<Timestamp>,
+    built_in: bool,
+) -> pb::Protocol {
+    let state = if built_in || published_at.is_some() {
+        pb::ProtocolState::Published
+    } else {
+        pb::ProtocolState::Draft
+    };
+    pb::Protocol {
+        protocol_id: p.id.clone(),
+        version: p.version,
+        title: p.title.clone(),
+        weeks_before: p.weeks_before,
+        weeks_after: p.weeks_after,
+        activities: p.activities.iter().map(activity_to_pb).collect(),
+        state: state as i32,
+        published_at: published_at.map(timestamp),
+        built_in,
+    }
+}
+
+fn activity_to_pb(a: &Activity) -> pb::Activity {
+    use pb::activity::{Kind, Span};
+    let kind = match &a.kind {
+        ActivityKind::Practice { practice } => Kind::Practice(pb::PracticeActivity {
+            practice: practice.clone(),
+        }),
+        ActivityKind::Assessment { instrument } => Kind::Assessment(pb::AssessmentActivity {
+            instrument: instrument.clone(),
+        }),
+        ActivityKind::IntegrationSession => {
+            Kind::IntegrationSession(pb::IntegrationSessionActivity {})
+        }
+        ActivityKind::Task => Kind::Task(pb::TaskActivity {}),
+    };
+    pb::Activity {
+        key: a.key.clone(),
+        kind: Some(kind),
+        span: Some(Span::Days(pb::DayRange {
+            first: a.span.first,
+            last: a.span.last,
+        })),
+        cadence: match a.cadence {
+            Cadence::Once => pb::Cadence::Once,
+            Cadence::Daily => pb::Cadence::Daily,
+            Cadence::Weekly => pb::Cadence::Weekly,
+        } as i32,
+        times: a.times.iter().map(ToString::to_string).collect(),
+        target_minutes: a.target_minutes,
+        window_minutes: a.window_minutes,
+    }
+}
+
+pub(crate) fn protocol_version_to_pb(v: &protocol::Version) -> pb::Protocol {
+    protocol_to_pb(&v.protocol, v.published_at, false)
+}
+
+// ---- Enrollments and occurrences ----
+
+pub(crate) fn enrollment_to_pb(e: &Enrollment) -> pb::Enrollment {
+    let current = e.current();
+    let state = if e.withdrawn_at.is_some() {
+        pb::EnrollmentState::Withdrawn
+    } else if e.is_paused() {
+        pb::EnrollmentState::Paused
+    } else {
+        pb::EnrollmentState::Active
+    };
+    let (start, end) = e.arc_dates();
+    pb::Enrollment {
+        enrollment_id: e.id.to_string(),
+        participant_ref: e.participant_ref.clone(),
+        protocol_id: e.protocol_id.clone(),
+        protocol_version: current.protocol_version,
+        session_local_time: current.session.to_string(),
+        session_at: Some(timestamp(e.session_instant())),
+        time_zone: current.zone.name().to_owned(),
+        state: state as i32,
+        enrolled_at: Some(timestamp(e.enrolled_at)),
+        arc_start_date: start.to_string(),
+        arc_end_date: end.to_string(),
+    }
+}
+
+pub(crate) fn status_to_pb(s: Status) -> pb::OccurrenceStatus {
+    match s {
+        Status::Upcoming => pb::OccurrenceStatus::Upcoming,
+        Status::Due => pb::OccurrenceStatus::Due,
+        Status::Done => pb::OccurrenceStatus::Done,
+        Status::Late => pb::OccurrenceStatus::Late,
+        Status::Missed => pb::OccurrenceStatus::Missed,
+        Status::Cancelled => pb::OccurrenceStatus::Cancelled,
+    }
+}
+
+pub(crate) fn kind_to_pb(kind: &ActivityKind) -> pb::occurrence::Kind {
+    use pb::occurrence::Kind;
+    match kind {
+        ActivityKind::Practice { practice } => Kind::Practice(pb::PracticeActivity {
+            practice: practice.clone(),
+        }),
+        ActivityKind::Assessment { instrument } => Kind::Assessment(pb::AssessmentActivity {
+            instrument: instrument.clone(),
+        }),
+        ActivityKind::IntegrationSession => {
+            Kind::IntegrationSession(pb::IntegrationSessionActivity {})
+        }
+        ActivityKind::Task => Kind::Task(pb::TaskActivity {}),
+    }
+}
+
+pub(crate) fn occurrence_to_pb(o: &Occurrence) -> pb::Occurrence {
+    pb::Occurrence {
+        occurrence_id: o.id.to_string(),
+        enrollment_id: o.enrollment_id.to_string(),
+        activity_key: o.activity_key.clone(),
+        kind: Some(kind_to_pb(&o.kind)),
+        day: o.day,
+        arc_week: o.arc_week,
+        local_date: o.local_date.to_string(),
+        local_time: o.local_time.to_string(),
+        time_zone: o.zone.name().to_owned(),
+        scheduled_at: Some(timestamp(o.at)),
+        window_closes_at: Some(timestamp(o.closes_at)),
+        target_minutes: o.target_minutes,
+        status: status_to_pb(o.status) as i32,
+        completed_at: o.completed_at.map(timestamp),
+        protocol_version: o.protocol_version,
+        participant_ref: String::new(),
+    }
+}
+
+pub(crate) fn change_to_pb(c: &Change) -> pb::ScheduleChange {
+    let ids = |v: &[Uuid]| v.iter().map(ToString::to_string).collect();
+    pb::ScheduleChange {
+        moved_occurrence_ids: ids(&c.moved),
+        added_occurrence_ids: ids(&c.added),
+        removed_occurrence_ids: ids(&c.removed),
+        unchanged_count: c.unchanged as u32,
+    }
+}

@@ -1,0 +1,562 @@
+//! The background scheduler: records due and missed occurrences as time
+//! passes, and keeps the tenant-wide occurrence table that `ListDue` reads.
+//!
+//! One server at a time does this, the holder of a lease row in PostgreSQL;
+//! any server takes over once the holder stops renewing it. Each round:
+//! 1. *catch up*: read the global log (participant streams only) after the
+//!    checkpoint and note, per stream, the newest version seen;
+//! 2. *process*: every stream seen past the version its schedule was built
+//!    from, or whose next window opens or closes by now, is loaded, ticked
+//!    (the domain decides which due and missed events time has caused), and
+//!    its occurrences rewritten.
+//!
+//! Exactly once: due and missed events carry ids derived from the
+//! occurrence and its instant, and are appended at the stream version they
+//! were decided on. A second scheduler deciding the same thing (a holder
+//! that lost its lease mid-round) writes nothing new; a completion that
+//! lands first makes the append fail its version check, and the next round
+//! decides again, without a missed event. After downtime, the first round
+//! finds every stream whose windows opened or closed meanwhile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgPool, Postgres, Transaction};
+use tend_domain::enrollment::{self, Enrollment};
+use tend_domain::protocol::ActivityKind;
+use tend_domain::schedule::{Occurrence, Status};
+use tend_event_store::{EventStore, Filter, StreamId, TenantId};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::repo::{Loaded, Repo};
+use crate::{Clock, Error};
+
+const LEASE: &str = "scheduler";
+const CHECKPOINT: &str = "scheduler";
+const LOG_PAGE: usize = 1000;
+/// Streams processed per batch, and batches per round before the lease is
+/// renewed again.
+const MAX_BATCHES_PER_ROUND: usize = 20;
+/// Streams processed at once: their reads and writes overlap.
+const CONCURRENCY: usize = 8;
+/// How long a stream that failed to process waits before it is tried again.
+const RETRY_AFTER: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// How often the scheduler wakes: the granularity of due and missed
+    /// events.
+    pub tick_interval: Duration,
+    /// How long a lease lasts without renewal: how soon another server
+    /// takes over from one that died.
+    pub lease_ttl: Duration,
+    /// Streams loaded per batch.
+    pub batch_size: usize,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            tick_interval: Duration::from_secs(1),
+            lease_ttl: Duration::from_secs(10),
+            batch_size: 100,
+        }
+    }
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Round {
+    /// This worker held the lease and did the round.
+    pub held_lease: bool,
+    /// Participant streams rebuilt.
+    pub streams: usize,
+    /// Due and missed events appended.
+    pub events: usize,
+}
+
+#[derive(Debug)]
+pub struct Worker {
+    repo: Repo,
+    clock: Arc<dyn Clock>,
+    options: WorkerOptions,
+    holder: Uuid,
+}
+
+/// The rest of an occurrence, stored beside its indexed columns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Detail {
+    pub participant_ref: String,
+    pub activity_key: String,
+    pub kind: ActivityKind,
+    pub day: i32,
+    pub arc_week: i32,
+    pub local_date: String,
+    pub local_time: String,
+    pub time_zone: String,
+    pub target_minutes: u32,
+    pub protocol_version: u32,
+}
+
+pub(crate) fn chrono_time(t: Timestamp) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.as_microsecond()).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+pub(crate) fn jiff_time(t: DateTime<Utc>) -> Timestamp {
+    Timestamp::from_microsecond(t.timestamp_micros()).unwrap_or(Timestamp::MAX)
+}
+
+impl Worker {
+    pub fn new(store: EventStore, clock: Arc<dyn Clock>, options: WorkerOptions) -> Self {
+        Self {
+            repo: Repo::new(store),
+            clock,
+            options,
+            holder: Uuid::new_v4(),
+        }
+    }
+
+    fn pool(&self) -> &PgPool {
+        self.repo.store.pool()
+    }
+
+    /// Runs rounds until `shutdown`, then gives the lease up so that another
+    /// server takes over at once.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut held = false;
+        loop {
+            match self.run_once().await {
+                Ok(round) => {
+                    if round.held_lease != held {
+                        held = round.held_lease;
+                        tracing::info!(holder = %self.holder, held, "scheduler lease changed hands");
+                    }
+                    if round.streams > 0 {
+                        tracing::debug!(
+                            streams = round.streams,
+                            events = round.events,
+                            "scheduler round"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "scheduler round failed; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(self.options.tick_interval) => {}
+            }
+        }
+        if let Err(e) = sqlx::query("DELETE FROM scheduler_lease WHERE name = $1 AND holder = $2")
+            .bind(LEASE)
+            .bind(self.holder)
+            .execute(self.pool())
+            .await
+        {
+            tracing::warn!(error = %e, "could not release the scheduler lease; it will expire");
+        }
+    }
+
+    /// One round, if this worker holds (or can take) the lease.
+    pub async fn run_once(&self) -> Result<Round, Error> {
+        if !self.acquire().await? {
+            return Ok(Round::default());
+        }
+        let mut round = Round {
+            held_lease: true,
+            ..Round::default()
+        };
+        match self.catch_up().await {
+            Err(Error::LeaseLost) => return Ok(Round::default()),
+            other => other?,
+        }
+        let now = self.clock.now();
+        for batch_number in 0..MAX_BATCHES_PER_ROUND {
+            // A long round renews its lease as it goes, so that it never
+            // outlives it.
+            if batch_number > 0 && !self.acquire().await? {
+                return Ok(round);
+            }
+            let pending = self.pending(now).await?;
+            let batch = pending.len();
+            let results: Vec<_> = futures::stream::iter(pending)
+                .map(|(tenant, stream)| async move {
+                    let result = self.process(&tenant, &stream, now).await;
+                    (tenant, stream, result)
+                })
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+            for (tenant, stream, result) in results {
+                match result {
+                    Ok(events) => {
+                        round.streams += 1;
+                        round.events += events;
+                    }
+                    Err(Error::Store(tend_event_store::Error::WrongExpectedVersion { .. })) => {
+                        // Changed while we decided; the change is in the log
+                        // and the next round sees it.
+                    }
+                    Err(e) if is_lease_lost(&e) => return Ok(round),
+                    Err(e) => {
+                        // The stream id is derived from a participant's
+                        // reference: it stays out of the log.
+                        tracing::error!(error = %e, tenant = %tenant, "cannot schedule a participant stream; retrying in a minute");
+                        self.defer(&tenant, &stream, now).await?;
+                    }
+                }
+            }
+            if batch < self.options.batch_size {
+                break;
+            }
+        }
+        Ok(round)
+    }
+
+    async fn acquire(&self) -> Result<bool, Error> {
+        let ttl_ms = self.options.lease_ttl.as_millis().min(i64::MAX as u128) as i64;
+        let row: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO scheduler_lease (name, holder, expires_at)
+             VALUES ($1, $2, clock_timestamp() + $3 * interval '1 millisecond')
+             ON CONFLICT (name) DO UPDATE
+                SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+                WHERE scheduler_lease.holder = EXCLUDED.holder
+                   OR scheduler_lease.expires_at < clock_timestamp()
+             RETURNING holder",
+        )
+        .bind(LEASE)
+        .bind(self.holder)
+        .bind(ttl_ms)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(store_error)?;
+        Ok(row.is_some())
+    }
+
+    /// Opens a transaction that writes only while this worker holds the
+    /// lease. The share lock on the lease row keeps a taker waiting until
+    /// the transaction ends, and lets this worker's own transactions run
+    /// side by side.
+    async fn fenced(&self) -> Result<Transaction<'static, Postgres>, Error> {
+        let mut tx = self.pool().begin().await.map_err(store_error)?;
+        let held: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM scheduler_lease
+             WHERE name = $1 AND holder = $2 AND expires_at > clock_timestamp()
+             FOR SHARE",
+        )
+        .bind(LEASE)
+        .bind(self.holder)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        if held.is_none() {
+            return Err(Error::LeaseLost);
+        }
+        Ok(tx)
+    }
+
+    async fn catch_up(&self) -> Result<(), Error> {
+        let filter = Filter {
+            tenant: None,
+            categories: vec!["participant".to_owned()],
+            event_types: vec![],
+        };
+        let mut checkpoint: u64 = sqlx::query_scalar::<_, i64>(
+            "SELECT position FROM scheduler_checkpoint WHERE name = $1",
+        )
+        .bind(CHECKPOINT)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(store_error)?
+        .unwrap_or(0) as u64;
+        loop {
+            let page = self
+                .repo
+                .store
+                .read_log(&filter, checkpoint, LOG_PAGE)
+                .await?;
+            if page.scanned_through == checkpoint {
+                return Ok(());
+            }
+            let mut seen: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
+            for e in &page.events {
+                let v = seen
+                    .entry((e.tenant.as_str(), e.stream_id.as_str()))
+                    .or_default();
+                *v = (*v).max(e.stream_version as i64);
+            }
+            let (tenants, rest): (Vec<&str>, Vec<(&str, i64)>) =
+                seen.iter().map(|((t, s), v)| (*t, (*s, *v))).unzip();
+            let (streams, versions): (Vec<&str>, Vec<i64>) = rest.into_iter().unzip();
+            let mut tx = self.fenced().await?;
+            sqlx::query(
+                "INSERT INTO scheduler_streams (tenant_id, stream_id, seen_version)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+                 ON CONFLICT (tenant_id, stream_id) DO UPDATE
+                    SET seen_version = GREATEST(scheduler_streams.seen_version, EXCLUDED.seen_version)",
+            )
+            .bind(&tenants)
+            .bind(&streams)
+            .bind(&versions)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            sqlx::query(
+                "INSERT INTO scheduler_checkpoint (name, position) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
+            )
+            .bind(CHECKPOINT)
+            .bind(page.scanned_through as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            tx.commit().await.map_err(store_error)?;
+            checkpoint = page.scanned_through;
+            if !self.acquire().await? {
+                return Err(Error::LeaseLost);
+            }
+        }
+    }
+
+    async fn pending(&self, now: Timestamp) -> Result<Vec<(TenantId, StreamId)>, Error> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT tenant_id, stream_id FROM scheduler_streams
+             WHERE seen_version > processed_version OR next_at <= $1
+             ORDER BY next_at NULLS FIRST LIMIT $2",
+        )
+        .bind(chrono_time(now))
+        .bind(self.options.batch_size as i64)
+        .fetch_all(self.pool())
+        .await
+        .map_err(store_error)?;
+        rows.into_iter()
+            .map(|(t, s)| Ok((TenantId::new(t)?, StreamId::new(s)?)))
+            .collect()
+    }
+
+    /// Ticks one participant and rewrites their occurrences. Returns how
+    /// many events it appended.
+    async fn process(
+        &self,
+        tenant: &TenantId,
+        stream: &StreamId,
+        now: Timestamp,
+    ) -> Result<usize, Error> {
+        let mut loaded: Loaded = self.repo.load_participant(tenant, stream).await?;
+        let events = enrollment::decide(
+            &loaded.state,
+            enrollment::Command::Tick { now },
+            &loaded.protocols,
+        )?;
+        if !events.is_empty() {
+            let version = self.repo.append_tick(tenant, &loaded, &events).await?;
+            loaded.state = events.iter().fold(loaded.state, enrollment::evolve);
+            loaded.version = Some(version);
+        }
+        let mut rows = Vec::new();
+        let mut next: Option<Timestamp> = None;
+        for e in &loaded.state.enrollments {
+            let schedule = e.schedule(&loaded.protocols, now)?;
+            next = match (next, Enrollment::next_wake(&schedule)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            rows.extend(schedule.into_iter().map(|o| (e.participant_ref.clone(), o)));
+        }
+        self.write(tenant, stream, loaded.version, next, &rows)
+            .await?;
+        Ok(events.len())
+    }
+
+    async fn write(
+        &self,
+        tenant: &TenantId,
+        stream: &StreamId,
+        version: Option<u64>,
+        next: Option<Timestamp>,
+        rows: &[(String, Occurrence)],
+    ) -> Result<(), Error> {
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut enrollments = Vec::with_capacity(rows.len());
+        let mut at = Vec::with_capacity(rows.len());
+        let mut closes = Vec::with_capacity(rows.len());
+        let mut completed = Vec::with_capacity(rows.len());
+        let mut cancelled = Vec::with_capacity(rows.len());
+        let mut details = Vec::with_capacity(rows.len());
+        for (participant_ref, o) in rows {
+            ids.push(o.id);
+            enrollments.push(o.enrollment_id);
+            at.push(chrono_time(o.at));
+            closes.push(chrono_time(o.closes_at));
+            completed.push(o.completed_at.map(chrono_time));
+            cancelled.push(o.status == Status::Cancelled);
+            details.push(
+                serde_json::to_value(Detail {
+                    participant_ref: participant_ref.clone(),
+                    activity_key: o.activity_key.clone(),
+                    kind: o.kind.clone(),
+                    day: o.day,
+                    arc_week: o.arc_week,
+                    local_date: o.local_date.to_string(),
+                    local_time: o.local_time.to_string(),
+                    time_zone: o.zone.name().to_owned(),
+                    target_minutes: o.target_minutes,
+                    protocol_version: o.protocol_version,
+                })
+                .unwrap_or_default(),
+            );
+        }
+        let digest = digest(&ids, &at, &closes, &completed, &cancelled, &details);
+        let mut tx = self.fenced().await?;
+        let previous: Option<i64> = sqlx::query_scalar(
+            "SELECT rows_digest FROM scheduler_streams WHERE tenant_id = $1 AND stream_id = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(stream.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(store_error)?
+        .flatten();
+        if previous != Some(digest) {
+            self.replace_rows(
+                &mut tx,
+                tenant,
+                stream,
+                Rows {
+                    ids: &ids,
+                    enrollments: &enrollments,
+                    at: &at,
+                    closes: &closes,
+                    completed: &completed,
+                    cancelled: &cancelled,
+                    details: &details,
+                },
+            )
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO scheduler_streams
+                (tenant_id, stream_id, seen_version, processed_version, next_at, rows_digest)
+             VALUES ($1, $2, $3, $3, $4, $5)
+             ON CONFLICT (tenant_id, stream_id) DO UPDATE
+                SET processed_version = EXCLUDED.processed_version, next_at = EXCLUDED.next_at,
+                    rows_digest = EXCLUDED.rows_digest",
+        )
+        .bind(tenant.as_str())
+        .bind(stream.as_str())
+        .bind(version.map_or(-1, |v| v as i64))
+        .bind(next.map(chrono_time))
+        .bind(digest)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn replace_rows(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        tenant: &TenantId,
+        stream: &StreamId,
+        rows: Rows<'_>,
+    ) -> Result<(), Error> {
+        sqlx::query("DELETE FROM scheduler_occurrences WHERE tenant_id = $1 AND stream_id = $2")
+            .bind(tenant.as_str())
+            .bind(stream.as_str())
+            .execute(&mut **tx)
+            .await
+            .map_err(store_error)?;
+        sqlx::query(
+            "INSERT INTO scheduler_occurrences
+                (tenant_id, stream_id, occurrence_id, enrollment_id, scheduled_at, closes_at,
+                 completed_at, cancelled, detail)
+             SELECT $1, $2, * FROM unnest($3::uuid[], $4::uuid[], $5::timestamptz[],
+                 $6::timestamptz[], $7::timestamptz[], $8::bool[], $9::jsonb[])",
+        )
+        .bind(tenant.as_str())
+        .bind(stream.as_str())
+        .bind(rows.ids)
+        .bind(rows.enrollments)
+        .bind(rows.at)
+        .bind(rows.closes)
+        .bind(rows.completed)
+        .bind(rows.cancelled)
+        .bind(rows.details)
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Parks a stream that cannot be processed, so that it does not hold up
+    /// the others; it is tried again after [`RETRY_AFTER`].
+    async fn defer(
+        &self,
+        tenant: &TenantId,
+        stream: &StreamId,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let retry = now.saturating_add(RETRY_AFTER).unwrap_or(now);
+        let mut tx = self.fenced().await?;
+        sqlx::query(
+            "UPDATE scheduler_streams SET processed_version = seen_version, next_at = $3
+             WHERE tenant_id = $1 AND stream_id = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(stream.as_str())
+        .bind(chrono_time(retry))
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(())
+    }
+}
+
+/// One stream's occurrence rows, column by column.
+struct Rows<'a> {
+    ids: &'a [Uuid],
+    enrollments: &'a [Uuid],
+    at: &'a [DateTime<Utc>],
+    closes: &'a [DateTime<Utc>],
+    completed: &'a [Option<DateTime<Utc>>],
+    cancelled: &'a [bool],
+    details: &'a [serde_json::Value],
+}
+
+/// A digest of the rows: equal digests mean nothing to rewrite. Only ever
+/// compared with digests this same code wrote; a different build at worst
+/// rewrites the rows once.
+fn digest(
+    ids: &[Uuid],
+    at: &[DateTime<Utc>],
+    closes: &[DateTime<Utc>],
+    completed: &[Option<DateTime<Utc>>],
+    cancelled: &[bool],
+    details: &[serde_json::Value],
+) -> i64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ids.hash(&mut h);
+    at.hash(&mut h);
+    closes.hash(&mut h);
+    completed.hash(&mut h);
+    cancelled.hash(&mut h);
+    for d in details {
+        d.to_string().hash(&mut h);
+    }
+    h.finish() as i64
+}
+
+fn is_lease_lost(e: &Error) -> bool {
+    matches!(e, Error::LeaseLost)
+}
+
+fn store_error(e: sqlx::Error) -> Error {
+    Error::Store(tend_event_store::Error::from(e))
+}

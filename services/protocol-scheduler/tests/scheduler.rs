@@ -1,0 +1,625 @@
+//! The scheduler against a real PostgreSQL, with a hand-moved clock: due and
+//! missed events exactly once with two schedulers, after downtime, and with
+//! completions racing them; ListDue across a tenant; lease takeover.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use tend_api::scheduler::v1 as pb;
+use tend_api::scheduler::v1::protocol_scheduler_service_server::ProtocolSchedulerService;
+use tend_auth::Caller;
+use tend_event_store::{EventStore, Filter, TenantId};
+use tend_protocol_scheduler::{ManualClock, SchedulerApi, Worker, WorkerOptions};
+use tokio_util::sync::CancellationToken;
+use tonic::Request;
+use uuid::Uuid;
+
+fn ts(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn req<T>(tenant: &str, message: T) -> Request<T> {
+    let mut r = Request::new(message);
+    r.extensions_mut().insert(Caller {
+        tenant: TenantId::new(tenant).unwrap(),
+    });
+    r
+}
+
+fn pb_ts(t: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.as_second(),
+        nanos: 0,
+    }
+}
+
+struct Harness {
+    store: EventStore,
+    clock: ManualClock,
+    api: SchedulerApi,
+}
+
+async fn harness(start: &str) -> Harness {
+    let db = tend_testkit::fresh_database().await;
+    let store = EventStore::open(db.pool.clone(), Default::default())
+        .await
+        .unwrap();
+    let clock = ManualClock::new(ts(start));
+    let api = SchedulerApi::new(store.clone(), Arc::new(clock.clone()));
+    Harness { store, clock, api }
+}
+
+impl Harness {
+    fn worker(&self, lease_ttl: Duration) -> Worker {
+        Worker::new(
+            self.store.clone(),
+            Arc::new(self.clock.clone()),
+            WorkerOptions {
+                tick_interval: Duration::from_millis(20),
+                lease_ttl,
+                batch_size: 7,
+            },
+        )
+    }
+
+    /// A published two-a-day protocol over days -7..7.
+    async fn twice_daily(&self, tenant: &str) {
+        let activity = pb::Activity {
+            key: "practice".into(),
+            kind: Some(pb::activity::Kind::Practice(pb::PracticeActivity {
+                practice: "self-compassion-break".into(),
+            })),
+            span: Some(pb::activity::Span::Days(pb::DayRange {
+                first: -7,
+                last: 7,
+            })),
+            cadence: pb::Cadence::Daily as i32,
+            times: vec!["08:00".into(), "20:00".into()],
+            target_minutes: 10,
+            window_minutes: 120,
+        };
+        self.api
+            .create_protocol(req(
+                tenant,
+                pb::CreateProtocolRequest {
+                    protocol: Some(pb::Protocol {
+                        protocol_id: "twice-daily".into(),
+                        title: "Twice daily".into(),
+                        weeks_before: 1,
+                        weeks_after: 1,
+                        activities: vec![activity],
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await
+            .unwrap();
+        self.api
+            .publish_protocol(req(
+                tenant,
+                pb::PublishProtocolRequest {
+                    protocol_id: "twice-daily".into(),
+                    version: 1,
+                },
+            ))
+            .await
+            .unwrap();
+    }
+
+    async fn enroll(&self, tenant: &str, participant: &str, zone: &str) -> pb::Enrollment {
+        self.api
+            .enroll(req(
+                tenant,
+                pb::EnrollRequest {
+                    request_id: Uuid::new_v4().to_string(),
+                    participant_ref: participant.into(),
+                    protocol_id: "twice-daily".into(),
+                    protocol_version: 0,
+                    session_local_time: "2026-06-08T10:00".into(),
+                    time_zone: zone.into(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .enrollment
+            .unwrap()
+    }
+
+    async fn schedule(&self, tenant: &str, enrollment_id: &str) -> Vec<pb::Occurrence> {
+        self.api
+            .get_schedule(req(
+                tenant,
+                pb::GetScheduleRequest {
+                    enrollment_id: enrollment_id.into(),
+                    from: None,
+                    to: None,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .occurrences
+    }
+
+    /// Due and missed events per occurrence id, from the whole log.
+    async fn time_driven_events(&self) -> HashMap<String, (usize, usize)> {
+        let filter = Filter {
+            tenant: None,
+            categories: vec![],
+            event_types: vec!["OccurrenceDue".into(), "OccurrenceMissed".into()],
+        };
+        let mut counts: HashMap<String, (usize, usize)> = HashMap::new();
+        let mut after = 0;
+        loop {
+            let page = self.store.read_log(&filter, after, 1000).await.unwrap();
+            for e in &page.events {
+                let id = e.payload["occurrence_id"].as_str().unwrap().to_owned();
+                let c = counts.entry(id).or_default();
+                match e.event_type.as_str() {
+                    "OccurrenceDue" => c.0 += 1,
+                    _ => c.1 += 1,
+                }
+            }
+            if page.scanned_through == after {
+                return counts;
+            }
+            after = page.scanned_through;
+        }
+    }
+}
+
+const ZONES: [&str; 4] = [
+    "America/New_York",
+    "Europe/London",
+    "Australia/Lord_Howe",
+    "Asia/Kolkata",
+];
+
+#[tokio::test]
+async fn two_schedulers_record_each_due_and_missed_exactly_once() {
+    let h = harness("2026-05-31T00:00:00Z").await;
+    h.twice_daily("clinic").await;
+    let mut enrollments = Vec::new();
+    for i in 0..16 {
+        enrollments.push(h.enroll("clinic", &format!("P-{i:03}"), ZONES[i % 4]).await);
+    }
+    // Long enough that a round never outlives its lease on a slow machine.
+    let ttl = Duration::from_secs(2);
+    let (a, b) = (h.worker(ttl), h.worker(ttl));
+    let mut completed = Vec::new();
+    let mut a_alive = true;
+    // 80 × 5 h runs past the last window of every zone.
+    for step in 0..80 {
+        h.clock.advance(SignedDuration::from_hours(5));
+        // Participants with an even number complete what is open now,
+        // racing the schedulers.
+        for e in enrollments.iter().step_by(2) {
+            for o in h.schedule("clinic", &e.enrollment_id).await {
+                if o.status == pb::OccurrenceStatus::Due as i32 {
+                    h.api
+                        .complete_occurrence(req(
+                            "clinic",
+                            pb::CompleteOccurrenceRequest {
+                                enrollment_id: e.enrollment_id.clone(),
+                                occurrence_id: o.occurrence_id.clone(),
+                                completed_at: None,
+                            },
+                        ))
+                        .await
+                        .unwrap();
+                    completed.push(o.occurrence_id);
+                }
+            }
+        }
+        if step == 25 {
+            // A dies without giving up its lease; B takes over once it expires.
+            a_alive = false;
+            tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+        }
+        let (ra, rb) = if a_alive {
+            tokio::join!(a.run_once(), b.run_once())
+        } else {
+            (Ok(Default::default()), b.run_once().await)
+        };
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        assert!(
+            !(ra.held_lease && rb.held_lease),
+            "one lease holder at a time"
+        );
+    }
+    let counts = h.time_driven_events().await;
+    let mut expected = 0;
+    for e in &enrollments {
+        for o in h.schedule("clinic", &e.enrollment_id).await {
+            let (due, missed) = counts.get(&o.occurrence_id).copied().unwrap_or((0, 0));
+            assert!(
+                due <= 1 && missed <= 1,
+                "{} recorded {due} due, {missed} missed",
+                o.occurrence_id
+            );
+            if completed.contains(&o.occurrence_id) {
+                assert_eq!(missed, 0, "a completed occurrence is never missed");
+                assert_eq!(o.status, pb::OccurrenceStatus::Done as i32);
+            } else {
+                assert_eq!((due, missed), (1, 1), "every window opened and closed once");
+                assert_eq!(o.status, pb::OccurrenceStatus::Missed as i32);
+                expected += 2;
+            }
+        }
+    }
+    assert!(!completed.is_empty());
+    assert!(expected > 200, "the test exercised {expected} events");
+}
+
+#[tokio::test]
+async fn downtime_is_caught_up_in_one_round_without_duplicates() {
+    let h = harness("2026-05-31T00:00:00Z").await;
+    h.twice_daily("clinic").await;
+    let e = h.enroll("clinic", "P-1", "Europe/London").await;
+    let worker = h.worker(Duration::from_secs(10));
+    assert_eq!(worker.run_once().await.unwrap().events, 0);
+    // Down for ten days.
+    h.clock.set(ts("2026-06-10T12:00:00Z"));
+    let round = worker.run_once().await.unwrap();
+    let schedule = h.schedule("clinic", &e.enrollment_id).await;
+    let closed = schedule
+        .iter()
+        .filter(|o| o.status == pb::OccurrenceStatus::Missed as i32)
+        .count();
+    let open = schedule
+        .iter()
+        .filter(|o| o.status == pb::OccurrenceStatus::Due as i32)
+        .count();
+    assert_eq!(round.events, 2 * closed + open);
+    // 06-01 to 06-09 twice a day, and 06-10 08:00 (closed at 10:00).
+    assert_eq!(closed, 19);
+    assert_eq!(worker.run_once().await.unwrap().events, 0);
+    // Events arrived in the order time made them.
+    let filter = Filter::tenant(TenantId::new("clinic").unwrap());
+    let page = h.store.read_log(&filter, 0, 10_000).await.unwrap();
+    let instants: Vec<Timestamp> = page
+        .events
+        .iter()
+        .filter_map(|e| match e.event_type.as_str() {
+            "OccurrenceDue" => e.payload["scheduled_at"].as_str(),
+            "OccurrenceMissed" => e.payload["window_closed_at"].as_str(),
+            _ => None,
+        })
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert!(instants.windows(2).all(|w| w[0] <= w[1]));
+}
+
+#[tokio::test]
+async fn list_due_answers_for_the_callers_tenant_in_pages() {
+    let h = harness("2026-05-31T00:00:00Z").await;
+    for tenant in ["clinic", "other"] {
+        h.twice_daily(tenant).await;
+    }
+    let mut enrolled = Vec::new();
+    for (i, zone) in ZONES.iter().take(3).enumerate() {
+        enrolled.push(h.enroll("clinic", &format!("P-{i}"), zone).await);
+    }
+    h.enroll("other", "P-0", "UTC").await;
+    let worker = h.worker(Duration::from_secs(10));
+    worker.run_once().await.unwrap();
+    let (from, to) = (ts("2026-06-05T00:00:00Z"), ts("2026-06-07T00:00:00Z"));
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = h
+            .api
+            .list_due(req(
+                "clinic",
+                pb::ListDueRequest {
+                    from: Some(pb_ts(from)),
+                    to: Some(pb_ts(to)),
+                    page_size: 5,
+                    page_token: token.clone(),
+                    open_only: false,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.occurrences.len() <= 5);
+        all.extend(page.occurrences);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    // Two days, twice a day, three participants.
+    assert_eq!(all.len(), 12);
+    let refs: BTreeMap<&str, usize> = all.iter().fold(BTreeMap::new(), |mut m, o| {
+        *m.entry(o.participant_ref.as_str()).or_default() += 1;
+        m
+    });
+    assert_eq!(refs.len(), 3, "only the caller's tenant: {refs:?}");
+    let times: Vec<i64> = all
+        .iter()
+        .map(|o| o.scheduled_at.unwrap().seconds)
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "in time order");
+    assert!(
+        all.iter()
+            .all(|o| o.status == pb::OccurrenceStatus::Upcoming as i32)
+    );
+
+    // Time passes (due events only: the rows stay as they were), then one
+    // occurrence is completed: the next round shows it done.
+    h.clock.set(ts("2026-06-05T12:30:00Z"));
+    assert!(worker.run_once().await.unwrap().events > 0);
+    let open = h.schedule("clinic", &enrolled[0].enrollment_id).await;
+    let done = open
+        .iter()
+        .find(|o| o.local_date == "2026-06-05" && o.local_time == "08:00")
+        .unwrap();
+    assert_eq!(done.status, pb::OccurrenceStatus::Due as i32);
+    h.api
+        .complete_occurrence(req(
+            "clinic",
+            pb::CompleteOccurrenceRequest {
+                enrollment_id: enrolled[0].enrollment_id.clone(),
+                occurrence_id: done.occurrence_id.clone(),
+                completed_at: None,
+            },
+        ))
+        .await
+        .unwrap();
+    worker.run_once().await.unwrap();
+    let listed = |open_only| {
+        h.api.list_due(req(
+            "clinic",
+            pb::ListDueRequest {
+                from: Some(pb_ts(from)),
+                to: Some(pb_ts(to)),
+                page_size: 100,
+                page_token: String::new(),
+                open_only,
+            },
+        ))
+    };
+    let everything = listed(false).await.unwrap().into_inner().occurrences;
+    assert_eq!(everything.len(), 12);
+    let status_of = |id: &str| {
+        everything
+            .iter()
+            .find(|o| o.occurrence_id == id)
+            .unwrap()
+            .status
+    };
+    assert_eq!(
+        status_of(&done.occurrence_id),
+        pb::OccurrenceStatus::Done as i32
+    );
+    let open_only = listed(true).await.unwrap().into_inner().occurrences;
+    assert_eq!(open_only.len(), 11);
+    assert!(
+        open_only
+            .iter()
+            .all(|o| o.occurrence_id != done.occurrence_id)
+    );
+
+    let bad = h
+        .api
+        .list_due(req(
+            "clinic",
+            pb::ListDueRequest {
+                from: Some(pb_ts(to)),
+                to: Some(pb_ts(from)),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().starts_with("to:"), "{}", bad.message());
+}
+
+#[tokio::test]
+async fn a_dead_schedulers_lease_passes_on_and_a_stopped_one_hands_it_over() {
+    let h = harness("2026-06-01T07:00:00Z").await;
+    h.twice_daily("clinic").await;
+    let e = h.enroll("clinic", "P-1", "UTC").await;
+    let pool = h.store.pool().clone();
+    let holder = || async {
+        sqlx::query_scalar::<_, Uuid>("SELECT holder FROM scheduler_lease")
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+    };
+    let ttl = Duration::from_millis(500);
+    let a = tokio::spawn(h.worker(ttl).run(CancellationToken::new()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while holder().await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A never took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = holder().await;
+    a.abort(); // dies: the lease is left behind
+    let stop = CancellationToken::new();
+    let b = tokio::spawn(h.worker(ttl).run(stop.clone()));
+    // 08:00 UTC on day -7 falls due; only B can record it.
+    h.clock.set(ts("2026-06-01T08:00:00Z"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = h.schedule("clinic", &e.enrollment_id).await;
+        let counts = h.time_driven_events().await;
+        if counts.get(&s[0].occurrence_id) == Some(&(1, 0)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "B never took over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(holder().await, first);
+    stop.cancel();
+    b.await.unwrap();
+    assert_eq!(
+        holder().await,
+        None,
+        "a stopping scheduler gives its lease up"
+    );
+}
+
+#[tokio::test]
+async fn migrating_reports_the_change_and_a_dry_run_writes_nothing() {
+    let h = harness("2026-05-31T00:00:00Z").await;
+    h.twice_daily("clinic").await;
+    let e = h.enroll("clinic", "P-1", "Europe/London").await;
+    // Version 2: one time a day, at 09:00.
+    let mut v2 = h
+        .api
+        .get_protocol(req(
+            "clinic",
+            pb::GetProtocolRequest {
+                protocol_id: "twice-daily".into(),
+                version: 1,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .protocol
+        .unwrap();
+    v2.activities[0].times = vec!["09:00".into()];
+    let draft = h
+        .api
+        .create_protocol(req(
+            "clinic",
+            pb::CreateProtocolRequest { protocol: Some(v2) },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .protocol
+        .unwrap();
+    assert_eq!(draft.version, 2);
+    let migrate = |dry_run| pb::MigrateEnrollmentRequest {
+        enrollment_id: e.enrollment_id.clone(),
+        protocol_version: 2,
+        dry_run,
+    };
+    let refused = h
+        .api
+        .migrate_enrollment(req("clinic", migrate(true)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "v2 is a draft"
+    );
+    h.api
+        .publish_protocol(req(
+            "clinic",
+            pb::PublishProtocolRequest {
+                protocol_id: "twice-daily".into(),
+                version: 2,
+            },
+        ))
+        .await
+        .unwrap();
+
+    // Three days in: days -7..-5 are history, days -4..7 change.
+    h.clock.set(ts("2026-06-03T21:00:00Z"));
+    let before = h.schedule("clinic", &e.enrollment_id).await;
+    let stream_version = || async {
+        let filter = Filter::tenant(TenantId::new("clinic").unwrap());
+        h.store
+            .read_log(&filter, 0, 10_000)
+            .await
+            .unwrap()
+            .events
+            .len()
+    };
+    let events_before = stream_version().await;
+    let dry = h
+        .api
+        .migrate_enrollment(req("clinic", migrate(true)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        stream_version().await,
+        events_before,
+        "a dry run writes nothing"
+    );
+    assert_eq!(h.schedule("clinic", &e.enrollment_id).await, before);
+    let real = h
+        .api
+        .migrate_enrollment(req("clinic", migrate(false)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dry.change, real.change, "the dry run told the truth");
+    let change = real.change.unwrap();
+    // 12 future days: the 08:00 slot moves to 09:00, the 20:00 slot goes.
+    assert_eq!(
+        (
+            change.moved_occurrence_ids.len(),
+            change.removed_occurrence_ids.len(),
+            change.added_occurrence_ids.len()
+        ),
+        (12, 12, 0)
+    );
+    assert_eq!(real.enrollment.unwrap().protocol_version, 2);
+    let after = h.schedule("clinic", &e.enrollment_id).await;
+    assert_eq!(after.len(), 6 + 12);
+    assert!(
+        after[6..]
+            .iter()
+            .all(|o| o.local_time == "09:00" && o.protocol_version == 2)
+    );
+    assert!(after[..6].iter().all(|o| o.protocol_version == 1));
+}
+
+#[tokio::test]
+async fn another_tenant_cannot_see_or_change_an_enrollment() {
+    let h = harness("2026-05-31T00:00:00Z").await;
+    h.twice_daily("clinic").await;
+    let e = h.enroll("clinic", "P-1", "UTC").await;
+    let schedule = h
+        .api
+        .get_schedule(req(
+            "other",
+            pb::GetScheduleRequest {
+                enrollment_id: e.enrollment_id.clone(),
+                from: None,
+                to: None,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(schedule.code(), tonic::Code::NotFound);
+    let pause = h
+        .api
+        .pause_enrollment(req(
+            "other",
+            pb::PauseEnrollmentRequest {
+                enrollment_id: e.enrollment_id.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(pause.code(), tonic::Code::NotFound);
+    // Nor its protocols.
+    let protocol = h
+        .api
+        .get_protocol(req(
+            "other",
+            pb::GetProtocolRequest {
+                protocol_id: "twice-daily".into(),
+                version: 0,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(protocol.code(), tonic::Code::NotFound);
+}
