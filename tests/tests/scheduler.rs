@@ -203,7 +203,7 @@ async fn a_partner_enrolls_on_the_integration_arc_and_moving_the_session_moves_t
         .await
         .unwrap_err();
     assert_eq!(overlap.code(), Code::FailedPrecondition);
-    assert_eq!(field_of(&overlap), "session_at");
+    assert_eq!(field_of(&overlap), "session_local_time");
 
     // The session moves a week: every occurrence follows, ids unchanged.
     let moved_to = format!("{}T10:00", day0.checked_add(7.days()).unwrap());
@@ -351,7 +351,7 @@ async fn bad_requests_name_the_field_and_write_nothing() {
         (
             enroll_request(Uuid::new_v4(), "P-1", "2020-01-01T10:00", "UTC"),
             Code::FailedPrecondition,
-            "session_at",
+            "session_local_time",
         ),
         (
             pb::EnrollRequest {

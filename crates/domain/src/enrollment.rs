@@ -21,12 +21,17 @@ use crate::{DecodeError, DomainEvent, Error};
 /// How far ahead a session may be booked.
 pub const MAX_LEAD: SignedDuration = SignedDuration::from_hours(2 * 366 * 24);
 
-/// The stream id part for a participant: derived from the partner's
-/// reference so that no lookup table is needed, and so that the reference
-/// itself never appears in a stream id.
-pub fn participant_key(participant_ref: &str) -> Uuid {
+/// The stream id part for a participant: derived from the tenant and the
+/// partner's reference, so that no lookup table is needed, the reference
+/// itself never appears in a stream id, and one reference in two tenants
+/// gives two unrelated ids.
+pub fn participant_key(tenant: &str, participant_ref: &str) -> Uuid {
     const NAMESPACE: Uuid = Uuid::from_u128(0x7e4d_0c1e_5b1a_4f3e_9a55_2a8d_6f0b_3c11);
-    Uuid::new_v5(&NAMESPACE, participant_ref.as_bytes())
+    let mut name = Vec::with_capacity(tenant.len() + 1 + participant_ref.len());
+    name.extend_from_slice(tenant.as_bytes());
+    name.push(0);
+    name.extend_from_slice(participant_ref.as_bytes());
+    Uuid::new_v5(&NAMESPACE, &name)
 }
 
 /// The enrollment id for an `Enroll` request id: a retry maps to the same
@@ -80,7 +85,8 @@ pub struct Enrollment {
     pub pauses: Vec<Pause>,
     pub withdrawn_at: Option<Timestamp>,
     pub completions: BTreeMap<Uuid, Timestamp>,
-    pub due: BTreeSet<Uuid>,
+    /// Occurrences recorded due, with the instant they were due at.
+    pub due: BTreeMap<Uuid, Timestamp>,
     pub missed: BTreeSet<Uuid>,
 }
 
@@ -349,7 +355,7 @@ pub fn evolve(mut state: Participant, event: &Event) -> Participant {
                 pauses: vec![],
                 withdrawn_at: None,
                 completions: BTreeMap::new(),
-                due: BTreeSet::new(),
+                due: BTreeMap::new(),
                 missed: BTreeSet::new(),
             });
         }
@@ -394,7 +400,7 @@ pub fn evolve(mut state: Participant, event: &Event) -> Participant {
                 .insert(e.occurrence_id, e.completed_at);
         }
         Event::Due(e) => {
-            enrollment.due.insert(e.occurrence_id);
+            enrollment.due.insert(e.occurrence_id, e.scheduled_at);
         }
         Event::Missed(e) => {
             enrollment.missed.insert(e.occurrence_id);
@@ -412,6 +418,10 @@ pub enum Command {
         participant_ref: String,
         /// The published protocol version to enroll on.
         protocol: Protocol,
+        /// The version the caller asked for; 0 for the latest published,
+        /// so that a retry after a new version is published is still the
+        /// same request.
+        requested_version: u32,
         session_at: DateTime,
         time_zone: Zone,
         now: Timestamp,
@@ -447,7 +457,9 @@ pub enum Command {
     Complete {
         enrollment_id: Uuid,
         occurrence_id: Uuid,
-        completed_at: Timestamp,
+        /// `None`: now. A retry without a time of an occurrence already
+        /// completed is then the same request.
+        completed_at: Option<Timestamp>,
         now: Timestamp,
     },
     /// Records what time alone has made happen by `now`, for every
@@ -469,6 +481,7 @@ pub fn decide(
             enrollment_id,
             participant_ref,
             protocol,
+            requested_version,
             session_at,
             time_zone,
             now,
@@ -478,7 +491,8 @@ pub fn decide(
             if let Some(existing) = state.enrollment(enrollment_id) {
                 let same = existing.participant_ref == participant_ref
                     && existing.protocol_id == protocol.id
-                    && existing.revisions[0].protocol_version == protocol.version
+                    && (requested_version == 0
+                        || existing.revisions[0].protocol_version == requested_version)
                     && existing.revisions[0].session == session_at
                     && existing.revisions[0].zone == time_zone;
                 return if same {
@@ -525,7 +539,7 @@ pub fn decide(
                 enrollment_id,
                 session_at,
                 previous_session_at: e.current().session,
-                effective_from: now,
+                effective_from: effective(e, now),
             })])
         }
         Command::ChangeTimeZone {
@@ -541,7 +555,7 @@ pub fn decide(
                 enrollment_id,
                 previous_time_zone: e.current().zone.clone(),
                 time_zone,
-                effective_from: now,
+                effective_from: effective(e, now),
             })])
         }
         Command::Migrate {
@@ -574,7 +588,7 @@ pub fn decide(
                 to_version: protocol.version,
                 arc_first_day: arc.0,
                 arc_last_day: arc.1,
-                effective_from: now,
+                effective_from: effective(e, now),
             })])
         }
         Command::Pause { enrollment_id, now } => {
@@ -625,7 +639,7 @@ pub fn decide(
                 return Err(Error::not_found("occurrence"));
             };
             if let Some(at) = o.completed_at {
-                return if at == completed_at {
+                return if completed_at.is_none_or(|c| c == at) {
                     Ok(vec![])
                 } else {
                     Err(Error::already_exists(
@@ -634,6 +648,7 @@ pub fn decide(
                     ))
                 };
             }
+            let completed_at = completed_at.unwrap_or(now);
             if completed_at > now {
                 return Err(Error::invalid("completed_at", "must not be in the future"));
             }
@@ -709,6 +724,12 @@ fn tick(
     Ok(out)
 }
 
+/// When a change made at `now` takes effect: never before the previous
+/// change, so that revisions stay in order even when servers' clocks differ.
+fn effective(e: &Enrollment, now: Timestamp) -> Timestamp {
+    now.max(e.current().from)
+}
+
 fn existing(state: &Participant, id: Uuid) -> Result<&Enrollment, Error> {
     state
         .enrollment(id)
@@ -737,7 +758,10 @@ fn check_session(
 ) -> Result<(), Error> {
     let at = resolve_date_time(zone, *session_at);
     if at.duration_since(now) > MAX_LEAD {
-        return Err(Error::invalid("session_at", "is more than two years ahead"));
+        return Err(Error::invalid(
+            "session_local_time",
+            "is more than two years ahead",
+        ));
     }
     let (_, last) = arc_dates(session_at.date(), arc);
     let arc_over = resolve_date_time(
@@ -748,7 +772,7 @@ fn check_session(
     );
     if arc_over <= now {
         return Err(Error::refused(
-            "session_at",
+            "session_local_time",
             "the whole arc around this session is already over",
         ));
     }
@@ -774,7 +798,7 @@ fn check_overlap(
         let (o_first, o_last) = other.arc_dates();
         if first <= o_last && o_first <= last {
             return Err(Error::refused(
-                "session_at",
+                "session_local_time",
                 format!(
                     "this arc ({first} to {last}) overlaps enrollment {} in the same protocol \
                      ({o_first} to {o_last}); withdraw it first or choose another session date",

@@ -262,16 +262,28 @@ impl Protocol {
                 "must be between 1 and 20160 (14 days)",
             ));
         }
-        // Two windows of one activity on one day must not overlap, or one
-        // practice could complete either.
-        if let Some(w) = a.times.windows(2).find(|w| {
-            let gap = (w[1].hour() as u32 * 60 + w[1].minute() as u32)
-                - (w[0].hour() as u32 * 60 + w[0].minute() as u32);
-            gap < a.window_minutes
-        }) {
+        // Two windows of one activity must not overlap, or one practice
+        // could complete either: neither within a day nor from the last time
+        // of a day into the first of the next. (A 23-hour spring-forward day
+        // can still shorten the gap by the DST shift.)
+        let minutes = |t: LocalTime| t.hour() as u32 * 60 + t.minute() as u32;
+        if let Some(w) = a
+            .times
+            .windows(2)
+            .find(|w| minutes(w[1]) - minutes(w[0]) < a.window_minutes)
+        {
             return Err(Error::invalid(
                 "window_minutes",
                 format!("the window after {} runs into the one at {}", w[0], w[1]),
+            ));
+        }
+        if let (Cadence::Daily, [first, .., last]) = (a.cadence, a.times.as_slice())
+            && a.span.first != a.span.last
+            && 24 * 60 - (minutes(*last) - minutes(*first)) < a.window_minutes
+        {
+            return Err(Error::invalid(
+                "window_minutes",
+                format!("the window after {last} runs into the next day's at {first}"),
             ));
         }
         let period = match a.cadence {

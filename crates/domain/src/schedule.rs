@@ -6,7 +6,8 @@
 //! (an activity, a day relative to the session, the n-th time of that day)
 //! is placed by the revisions in order:
 //! - a slot whose time came before the next revision took effect stays where
-//!   it was: it was due, and its history (done, late, missed) is kept;
+//!   it was: it was due, and its history (done, late, missed) is kept; so
+//!   does one already recorded due or done there;
 //! - otherwise the next revision places it anew: the future moves;
 //! - a slot that a revision places with its window already closed when the
 //!   revision takes effect is dropped (moving the session earlier skips the
@@ -169,7 +170,13 @@ pub fn occurrences(
                         due_recorded: false,
                         missed_recorded: false,
                     };
-                    let frozen = next.is_some_and(|n| at < n);
+                    // Came due before the next revision, or is already
+                    // recorded due or done here (whatever the clocks said).
+                    let frozen = next.is_some_and(|n| {
+                        at < n
+                            || enrollment.due.get(&id) == Some(&at)
+                            || enrollment.completions.get(&id).is_some_and(|&c| c >= at)
+                    });
                     placed.insert(id, Placed { occurrence, frozen });
                 }
             }
@@ -181,7 +188,7 @@ pub fn occurrences(
         .map(|p| {
             let mut o = p.occurrence;
             o.completed_at = enrollment.completions.get(&o.id).copied();
-            o.due_recorded = enrollment.due.contains(&o.id);
+            o.due_recorded = enrollment.due.contains_key(&o.id);
             o.missed_recorded = enrollment.missed.contains(&o.id);
             o.status = status(enrollment, &o, now);
             o
@@ -237,24 +244,21 @@ pub struct Change {
 
 /// Compares the schedules before and after a change made at `now`.
 pub fn change(before: &[Occurrence], after: &[Occurrence], now: Timestamp) -> Change {
-    // Slots already due before the change keep their place (and stay in the
-    // past), so only future ones can move, appear or disappear.
-    let future = |o: &&Occurrence| o.at >= now;
-    let before: BTreeMap<Uuid, &Occurrence> =
-        before.iter().filter(future).map(|o| (o.id, o)).collect();
-    let after_all: BTreeMap<Uuid, &Occurrence> = after.iter().map(|o| (o.id, o)).collect();
+    let before: BTreeMap<Uuid, &Occurrence> = before.iter().map(|o| (o.id, o)).collect();
+    let after: BTreeMap<Uuid, &Occurrence> = after.iter().map(|o| (o.id, o)).collect();
     let mut change = Change::default();
-    for (id, b) in &before {
-        match after_all.get(id) {
+    // Slots already due before the change keep their place, so only the
+    // future can move or disappear; a new slot counts as added even when it
+    // is due at once.
+    for (id, b) in before.iter().filter(|(_, o)| o.at >= now) {
+        match after.get(id) {
             None => change.removed.push(*id),
             Some(a) if a.at != b.at || a.closes_at != b.closes_at => change.moved.push(*id),
             Some(_) => change.unchanged += 1,
         }
     }
-    for (id, a) in &after_all {
-        if a.at >= now && !before.contains_key(id) {
-            change.added.push(*id);
-        }
-    }
+    change
+        .added
+        .extend(after.keys().filter(|id| !before.contains_key(id)));
     change
 }

@@ -109,6 +109,12 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
     // as soon as it serves, through the orderly path, embedded PostgreSQL
     // included.
     let stop_signal = stop_signal()?;
+    // A lease shorter than two ticks would change hands between rounds.
+    if options.scheduler_lease_seconds * 1000 <= 2 * options.scheduler_tick_ms {
+        return Err(
+            "TEND_SCHEDULER_LEASE_SECONDS must be more than twice TEND_SCHEDULER_TICK_MS".into(),
+        );
+    }
     let database = Database::open(&options.database).await?;
     let served = run(&options, &database, stop_signal).await;
     let closed = database.close().await;

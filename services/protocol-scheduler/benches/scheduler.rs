@@ -76,6 +76,7 @@ async fn main() -> Result<()> {
             enrollment_id: Uuid::new_v4(),
             participant_ref: "P-1".into(),
             protocol: arc.clone(),
+            requested_version: 0,
             session_at: parse_local_date_time("session", "2026-07-01T10:00")?,
             time_zone: Zone::new("America/New_York")?,
             now,

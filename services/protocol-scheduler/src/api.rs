@@ -89,18 +89,17 @@ impl SchedulerApi {
     ) -> Result<(Enrollment, pb::ScheduleChange), Error> {
         let id = uuid("enrollment_id", enrollment_id)?;
         let stream = self.repo.enrollment_stream(tenant, id).await?;
-        let now = self.clock.now();
         let (before, after) = self
             .repo
             .execute_participant(
                 tenant,
                 &stream,
                 extra,
-                |_| command(id, now),
+                |_| command(id, self.clock.now()),
                 &Metadata::default(),
             )
             .await?;
-        let report = report(&before, &after, id, now)?;
+        let report = report(&before, &after, id, self.clock.now())?;
         let enrollment = after
             .state
             .enrollment(id)
@@ -286,8 +285,7 @@ impl ProtocolSchedulerService for SchedulerApi {
             .published_protocol(&tenant, &r.protocol_id, r.protocol_version)
             .await?;
         let enrollment_id = enrollment_id_for_request(request_id);
-        let stream = participant_stream(&r.participant_ref);
-        let now = self.clock.now();
+        let stream = participant_stream(&tenant, &r.participant_ref);
         let metadata = Metadata {
             correlation_id: Some(request_id),
             ..Metadata::default()
@@ -302,13 +300,15 @@ impl ProtocolSchedulerService for SchedulerApi {
                     enrollment_id,
                     participant_ref: r.participant_ref.clone(),
                     protocol: protocol.clone(),
+                    requested_version: r.protocol_version,
                     session_at,
                     time_zone: time_zone.clone(),
-                    now,
+                    now: self.clock.now(),
                 },
                 &metadata,
             )
             .await?;
+        let now = self.clock.now();
         let e = enrollment_of(&after, enrollment_id)?;
         let count = e
             .schedule(&after.protocols, now)
@@ -493,7 +493,6 @@ impl ProtocolSchedulerService for SchedulerApi {
             .transpose()?;
         let id = uuid("enrollment_id", &r.enrollment_id)?;
         let stream = self.repo.enrollment_stream(&tenant, id).await?;
-        let now = self.clock.now();
         let (_, after) = self
             .repo
             .execute_participant(
@@ -503,12 +502,13 @@ impl ProtocolSchedulerService for SchedulerApi {
                 |_| enrollment::Command::Complete {
                     enrollment_id: id,
                     occurrence_id,
-                    completed_at: completed_at.unwrap_or(now),
-                    now,
+                    completed_at,
+                    now: self.clock.now(),
                 },
                 &Metadata::default(),
             )
             .await?;
+        let now = self.clock.now();
         let schedule = enrollment_of(&after, id)?
             .schedule(&after.protocols, now)
             .map_err(Error::from)?;
@@ -655,6 +655,7 @@ fn parse_page_token(token: &str) -> Result<Option<(Timestamp, Uuid)>, Error> {
     let (micros, id) = token.split_once('.').ok_or_else(bad)?;
     let micros: i64 = micros.parse().map_err(|_| bad())?;
     let at = Timestamp::from_microsecond(micros).map_err(|_| bad())?;
+    convert::from_timestamp("page_token", &convert::timestamp(at))?;
     Ok(Some((at, Uuid::parse_str(id).map_err(|_| bad())?)))
 }
 

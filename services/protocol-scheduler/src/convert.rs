@@ -25,7 +25,17 @@ pub(crate) fn timestamp(t: Timestamp) -> prost_types::Timestamp {
     }
 }
 
+/// Years 1900 to 9999: what every part of the system (PostgreSQL included)
+/// can hold, and far wider than any schedule.
 pub(crate) fn from_timestamp(field: &str, t: &prost_types::Timestamp) -> Result<Timestamp, Error> {
+    const EARLIEST: i64 = -2_208_988_800; // 1900-01-01T00:00:00Z
+    const LATEST: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    if !(EARLIEST..=LATEST).contains(&t.seconds) {
+        return Err(Error::invalid(
+            field,
+            "must be between the years 1900 and 9999",
+        ));
+    }
     Timestamp::new(t.seconds, t.nanos)
         .map_err(|_| Error::invalid(field, "is not a valid timestamp"))
 }

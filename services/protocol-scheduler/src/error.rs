@@ -81,7 +81,8 @@ impl From<Error> for Status {
                 }
             },
             Error::Decode(e) => {
-                tracing::error!(error = %e, "unreadable stored event");
+                // The reason may quote stored content: only type and version.
+                tracing::error!(event_type = %e.event_type, schema_version = e.schema_version, "unreadable stored event");
                 Status::internal("internal error")
             }
         }

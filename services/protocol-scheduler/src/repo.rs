@@ -44,9 +44,12 @@ pub(crate) struct Loaded {
     pub(crate) protocols: ProtocolSet,
 }
 
-pub(crate) fn participant_stream(participant_ref: &str) -> StreamId {
-    StreamId::for_entity(PARTICIPANT, participant_key(participant_ref))
-        .expect("a fixed category and a uuid make a valid stream id")
+pub(crate) fn participant_stream(tenant: &TenantId, participant_ref: &str) -> StreamId {
+    StreamId::for_entity(
+        PARTICIPANT,
+        participant_key(tenant.as_str(), participant_ref),
+    )
+    .expect("a fixed category and a uuid make a valid stream id")
 }
 
 fn protocol_stream(protocol_id: &str) -> Result<StreamId, Error> {
@@ -244,8 +247,9 @@ impl Repo {
     }
 
     /// Decides a command against the participant's current state and
-    /// appends its events, deciding again if another writer got there
-    /// first. Returns the state before and after.
+    /// appends its events, deciding again (with a fresh command: the caller
+    /// reads the clock again) if another writer got there first. Returns
+    /// the state before and after.
     pub(crate) async fn execute_participant(
         &self,
         tenant: &TenantId,

@@ -197,15 +197,35 @@ impl Worker {
                         round.streams += 1;
                         round.events += events;
                     }
-                    Err(Error::Store(tend_event_store::Error::WrongExpectedVersion { .. })) => {
-                        // Changed while we decided; the change is in the log
-                        // and the next round sees it.
+                    Err(Error::Store(
+                        tend_event_store::Error::WrongExpectedVersion { .. }
+                        | tend_event_store::Error::IdempotencyConflict { .. },
+                    )) => {
+                        // Changed while we decided (by a command, or by a
+                        // scheduler that lost its lease mid-round): the
+                        // change is in the log and the next round sees it.
+                    }
+                    Err(Error::Store(e)) if e.is_unavailable() => {
+                        tracing::warn!(error = %e, "database unavailable; retrying next round");
                     }
                     Err(e) if is_lease_lost(&e) => return Ok(round),
                     Err(e) => {
                         // The stream id is derived from a participant's
                         // reference: it stays out of the log.
-                        tracing::error!(error = %e, tenant = %tenant, "cannot schedule a participant stream; retrying in a minute");
+                        match &e {
+                            // Its reason may quote stored content.
+                            Error::Decode(d) => tracing::error!(
+                                tenant = %tenant,
+                                event_type = %d.event_type,
+                                schema_version = d.schema_version,
+                                "cannot read a participant stream; retrying in a minute"
+                            ),
+                            e => tracing::error!(
+                                error = %e,
+                                tenant = %tenant,
+                                "cannot schedule a participant stream; retrying in a minute"
+                            ),
+                        }
                         self.defer(&tenant, &stream, now).await?;
                     }
                 }
@@ -326,7 +346,8 @@ impl Worker {
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT tenant_id, stream_id FROM scheduler_streams
              WHERE seen_version > processed_version OR next_at <= $1
-             ORDER BY next_at NULLS FIRST LIMIT $2",
+             ORDER BY seen_version > processed_version DESC, next_at NULLS FIRST
+             LIMIT $2",
         )
         .bind(chrono_time(now))
         .bind(self.options.batch_size as i64)

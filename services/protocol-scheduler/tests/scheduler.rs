@@ -418,6 +418,31 @@ async fn list_due_answers_for_the_callers_tenant_in_pages() {
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     assert!(bad.message().starts_with("to:"), "{}", bad.message());
+    // Far outside what PostgreSQL holds: refused, not an internal error.
+    for (from_seconds, token) in [(-300_000_000_000, ""), (0, "-9000000000000000000.0")] {
+        let bad = h
+            .api
+            .list_due(req(
+                "clinic",
+                pb::ListDueRequest {
+                    from: Some(prost_types::Timestamp {
+                        seconds: from_seconds,
+                        nanos: 0,
+                    }),
+                    to: Some(pb_ts(to)),
+                    page_token: token.into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            bad.code(),
+            tonic::Code::InvalidArgument,
+            "{}",
+            bad.message()
+        );
+    }
 }
 
 #[tokio::test]

@@ -111,6 +111,7 @@ fn enroll(protocol: &Protocol, session: &str, zone_name: &str, now: &str) -> Com
         enrollment_id: E,
         participant_ref: "P-001".into(),
         protocol: protocol.clone(),
+        requested_version: 0,
         session_at: local(session),
         time_zone: zone(zone_name),
         now: ts(now),
@@ -223,7 +224,7 @@ fn refuses_an_overlapping_enrollment_in_the_same_protocol() {
     }
     let refused = spec.when(second.clone());
     assert!(
-        matches!(refused, Err(Error::Refused { ref field, .. }) if field == "session_at"),
+        matches!(refused, Err(Error::Refused { ref field, .. }) if field == "session_local_time"),
         "{refused:?}"
     );
     // After the first arc ends, a new one may begin.
@@ -252,7 +253,7 @@ fn refuses_a_session_whose_arc_is_already_over_or_years_ahead() {
         "2026-11-10T09:00:00Z",
     ));
     assert!(
-        matches!(over, Err(Error::Refused { ref field, .. }) if field == "session_at"),
+        matches!(over, Err(Error::Refused { ref field, .. }) if field == "session_local_time"),
         "{over:?}"
     );
     let far = spec.when(enroll(
@@ -262,7 +263,7 @@ fn refuses_a_session_whose_arc_is_already_over_or_years_ahead() {
         "2026-11-10T09:00:00Z",
     ));
     assert!(
-        matches!(far, Err(Error::Invalid { ref field, .. }) if field == "session_at"),
+        matches!(far, Err(Error::Invalid { ref field, .. }) if field == "session_local_time"),
         "{far:?}"
     );
 }
@@ -455,13 +456,13 @@ fn done_first_two(spec: Spec) -> Spec {
     spec.then_apply(Command::Complete {
         enrollment_id: E,
         occurrence_id: a.id,
-        completed_at: a.at,
+        completed_at: Some(a.at),
         now: ts("2026-06-09T00:00:00Z"),
     })
     .then_apply(Command::Complete {
         enrollment_id: E,
         occurrence_id: b.id,
-        completed_at: b.at,
+        completed_at: Some(b.at),
         now: ts("2026-06-09T00:00:00Z"),
     })
 }
@@ -739,7 +740,7 @@ fn a_completed_occurrence_is_never_missed_whichever_arrives_first() {
     let spec = spec.then_apply(Command::Complete {
         enrollment_id: E,
         occurrence_id: o.id,
-        completed_at: ts("2026-06-05T08:10:00Z"),
+        completed_at: Some(ts("2026-06-05T08:10:00Z")),
         now: ts("2026-06-05T08:10:00Z"),
     });
     assert_eq!(
@@ -760,7 +761,7 @@ fn a_completed_occurrence_is_never_missed_whichever_arrives_first() {
     let spec = spec.then_apply(Command::Complete {
         enrollment_id: E,
         occurrence_id: o.id,
-        completed_at: ts("2026-06-05T10:00:00Z"),
+        completed_at: Some(ts("2026-06-05T10:00:00Z")),
         now: ts("2026-06-05T10:00:00Z"),
     });
     let s = spec.schedule(ts("2026-06-06T00:00:00Z"));
@@ -781,7 +782,7 @@ fn refuses_completion_before_the_window_or_in_the_future() {
     let early = spec.when(Command::Complete {
         enrollment_id: E,
         occurrence_id: o.id,
-        completed_at: ts("2026-06-05T07:00:00Z"),
+        completed_at: Some(ts("2026-06-05T07:00:00Z")),
         now: ts("2026-06-05T07:00:00Z"),
     });
     assert!(
@@ -791,7 +792,7 @@ fn refuses_completion_before_the_window_or_in_the_future() {
     let future = spec.when(Command::Complete {
         enrollment_id: E,
         occurrence_id: o.id,
-        completed_at: ts("2026-06-05T09:00:00Z"),
+        completed_at: Some(ts("2026-06-05T09:00:00Z")),
         now: ts("2026-06-05T08:30:00Z"),
     });
     assert!(
@@ -801,7 +802,7 @@ fn refuses_completion_before_the_window_or_in_the_future() {
     let unknown = spec.when(Command::Complete {
         enrollment_id: E,
         occurrence_id: Uuid::nil(),
-        completed_at: ts("2026-06-05T08:30:00Z"),
+        completed_at: Some(ts("2026-06-05T08:30:00Z")),
         now: ts("2026-06-05T08:30:00Z"),
     });
     assert!(matches!(unknown, Err(Error::NotFound { .. })));
@@ -907,4 +908,133 @@ fn events_round_trip_through_their_stored_form() {
         let back = Event::from_stored(event.event_type(), 1, &event.to_payload()).unwrap();
         assert_eq!(back, event);
     }
+}
+
+// ---- Review findings ----
+
+#[test]
+fn a_change_never_moves_an_occurrence_already_recorded_due() {
+    // Another server's clock ran ahead: 06-05 08:00 was recorded due, then
+    // a reschedule decided at 07:59 arrives. The recorded occurrence stays.
+    let p = daily_at(&["08:00"], (-5, 2), 60);
+    let spec = on(&p, "2026-06-10T10:00", "UTC", "2026-06-01T00:00:00Z")
+        .then_apply(Command::Tick {
+            now: ts("2026-06-05T08:00:00Z"),
+        })
+        .then_apply(Command::RescheduleSession {
+            enrollment_id: E,
+            session_at: local("2026-06-12T10:00"),
+            now: ts("2026-06-05T07:59:00Z"),
+        });
+    let s = spec.schedule(ts("2026-06-05T08:30:00Z"));
+    assert_eq!(local_times(&s)[0], "2026-06-05 08:00");
+    assert_eq!(
+        (s[0].day, s[0].status, s[0].due_recorded),
+        (-5, Status::Due, true)
+    );
+    // Day -4 follows the new session; nothing is due twice or lost.
+    assert_eq!(local_times(&s)[1], "2026-06-08 08:00");
+    assert_eq!(Enrollment::next_wake(&s), Some(ts("2026-06-05T09:00:00Z")));
+}
+
+#[test]
+fn a_change_takes_effect_no_earlier_than_the_one_before_it() {
+    let p = daily_at(&["08:00"], (-5, 2), 60);
+    let spec = on(&p, "2026-06-10T10:00", "UTC", "2026-06-01T00:00:00Z").then_apply(
+        Command::ChangeTimeZone {
+            enrollment_id: E,
+            time_zone: zone("Europe/Paris"),
+            now: ts("2026-06-06T00:00:00Z"),
+        },
+    );
+    let events = spec
+        .when(Command::RescheduleSession {
+            enrollment_id: E,
+            session_at: local("2026-06-11T10:00"),
+            now: ts("2026-06-05T00:00:00Z"),
+        })
+        .unwrap();
+    assert!(
+        matches!(&events[..], [Event::SessionRescheduled(e)] if e.effective_from == ts("2026-06-06T00:00:00Z")),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn retries_are_the_same_request() {
+    // Enroll on "the latest version", retried after version 2 is published.
+    let v1 = daily_at(&["08:00"], (-5, 2), 60);
+    let mut v2 = v1.clone();
+    v2.version = 2;
+    let spec = on(&v1, "2026-06-10T10:00", "UTC", "2026-06-01T00:00:00Z");
+    assert_eq!(
+        spec.when(enroll(
+            &v2,
+            "2026-06-10T10:00",
+            "UTC",
+            "2026-06-01T00:05:00Z"
+        )),
+        Ok(vec![])
+    );
+    let mut pinned = enroll(&v2, "2026-06-10T10:00", "UTC", "2026-06-01T00:05:00Z");
+    if let Command::Enroll {
+        requested_version, ..
+    } = &mut pinned
+    {
+        *requested_version = 2;
+    }
+    assert!(matches!(
+        spec.when(pinned),
+        Err(Error::AlreadyExists { .. })
+    ));
+    // A completion without a time, sent again a minute later.
+    let o = spec.schedule(ts("2026-06-05T08:10:00Z"))[0].clone();
+    let complete = |now: &str| Command::Complete {
+        enrollment_id: E,
+        occurrence_id: o.id,
+        completed_at: None,
+        now: ts(now),
+    };
+    let spec = spec.then_apply(complete("2026-06-05T08:10:00Z"));
+    assert_eq!(spec.when(complete("2026-06-05T08:11:00Z")), Ok(vec![]));
+    let other_time = Command::Complete {
+        enrollment_id: E,
+        occurrence_id: o.id,
+        completed_at: Some(ts("2026-06-05T08:20:00Z")),
+        now: ts("2026-06-05T08:30:00Z"),
+    };
+    assert!(matches!(
+        spec.when(other_time),
+        Err(Error::AlreadyExists { .. })
+    ));
+}
+
+#[test]
+fn a_change_reports_a_slot_due_at_once_as_added() {
+    let v1 = daily_at(&["08:00"], (-5, 2), 60);
+    let mut v2 = v1.clone();
+    v2.version = 2;
+    v2.activities[0].key = "renamed".into();
+    let spec = given(
+        &[v1.clone(), v2.clone()],
+        &[enrolled(
+            &v1,
+            "2026-06-10T10:00",
+            "UTC",
+            "2026-06-01T00:00:00Z",
+        )],
+    );
+    let now = ts("2026-06-06T08:30:00Z");
+    let before = spec.schedule(now);
+    let after = spec
+        .then_apply(Command::Migrate {
+            enrollment_id: E,
+            protocol: v2,
+            now,
+        })
+        .schedule(now);
+    let report = change(&before, &after, now);
+    // 06-06 08:00 (open until 09:00) of the new activity is due at once.
+    assert_eq!(report.added.len(), 7);
+    assert_eq!(report.removed.len(), 6);
 }

@@ -131,6 +131,19 @@ fn rejects_malformed_activities() {
 }
 
 #[test]
+fn rejects_daily_windows_that_run_into_the_next_day() {
+    check_invalid(
+        |p| {
+            let a = &mut p.activities[3];
+            a.times = vec!["00:00".parse().unwrap(), "20:00".parse().unwrap()];
+            a.window_minutes = 600;
+        },
+        "activities[3].window_minutes",
+        "next day",
+    );
+}
+
+#[test]
 fn rejects_protocols_that_expand_beyond_the_bound() {
     check_invalid(
         |p| {
