@@ -115,6 +115,8 @@ pub fn occurrence_id(enrollment_id: Uuid, activity_key: &str, day: i32, slot: u8
 struct Placed {
     occurrence: Occurrence,
     frozen: bool,
+    /// When the revision that placed it took effect.
+    placed_from: Timestamp,
 }
 
 /// Every occurrence of `enrollment`, ordered by time, with its status at
@@ -177,7 +179,14 @@ pub fn occurrences(
                             || enrollment.due.get(&id) == Some(&at)
                             || enrollment.completions.get(&id).is_some_and(|&c| c >= at)
                     });
-                    placed.insert(id, Placed { occurrence, frozen });
+                    placed.insert(
+                        id,
+                        Placed {
+                            occurrence,
+                            frozen,
+                            placed_from: revision.from,
+                        },
+                    );
                 }
             }
         }
@@ -186,11 +195,12 @@ pub fn occurrences(
     let mut out: Vec<Occurrence> = placed
         .into_values()
         .map(|p| {
+            let placed_from = p.placed_from;
             let mut o = p.occurrence;
             o.completed_at = enrollment.completions.get(&o.id).copied();
             o.due_recorded = enrollment.due.contains_key(&o.id);
             o.missed_recorded = enrollment.missed.contains(&o.id);
-            o.status = status(enrollment, &o, now);
+            o.status = status(enrollment, &o, placed_from, now);
             o
         })
         .collect();
@@ -198,8 +208,14 @@ pub fn occurrences(
     Some(out)
 }
 
-/// The state of `o` at `now`.
-fn status(enrollment: &Enrollment, o: &Occurrence, now: Timestamp) -> Status {
+/// The state of `o`, placed by a revision in effect from `placed_from`, at
+/// `now`.
+fn status(
+    enrollment: &Enrollment,
+    o: &Occurrence,
+    placed_from: Timestamp,
+    now: Timestamp,
+) -> Status {
     if let Some(done) = o.completed_at {
         return if done <= o.closes_at {
             Status::Done
@@ -211,10 +227,12 @@ fn status(enrollment: &Enrollment, o: &Occurrence, now: Timestamp) -> Status {
     if enrollment.withdrawn_at.is_some_and(|w| o.closes_at > w) {
         return Status::Cancelled;
     }
+    // A pause cancels what it was in force over; a change made after it
+    // ended may place an occurrence in its past, due at once, untouched.
     let paused_over = enrollment.pauses.iter().any(|p| {
         let opened_in_pause = o.at >= p.from && p.until.is_none_or(|u| o.at < u);
         let open_at_pause = o.at < p.from && o.closes_at > p.from;
-        opened_in_pause || open_at_pause
+        (opened_in_pause || open_at_pause) && p.until.is_none_or(|u| placed_from < u)
     });
     if paused_over {
         return Status::Cancelled;

@@ -1038,3 +1038,41 @@ fn a_change_reports_a_slot_due_at_once_as_added() {
     assert_eq!(report.added.len(), 7);
     assert_eq!(report.removed.len(), 6);
 }
+
+#[test]
+fn a_change_after_a_pause_is_not_cancelled_by_it() {
+    // Paused 06-06 00:00 to 06-06 12:00; at 06-06 12:30 the session moves a
+    // day earlier, placing day -3 at 06-06 08:00, inside the old pause.
+    let p = daily_at(&["08:00"], (-5, 2), 6 * 60);
+    let paused_and_resumed = || {
+        on(&p, "2026-06-10T10:00", "UTC", "2026-06-01T00:00:00Z")
+            .then_apply(Command::Pause {
+                enrollment_id: E,
+                now: ts("2026-06-06T00:00:00Z"),
+            })
+            .then_apply(Command::Resume {
+                enrollment_id: E,
+                now: ts("2026-06-06T12:00:00Z"),
+            })
+    };
+    let spec = paused_and_resumed().then_apply(Command::RescheduleSession {
+        enrollment_id: E,
+        session_at: local("2026-06-09T10:00"),
+        now: ts("2026-06-06T12:30:00Z"),
+    });
+    let s = spec.schedule(ts("2026-06-06T12:30:00Z"));
+    let day = |d: i32| {
+        let o = s.iter().find(|o| o.day == d).unwrap();
+        (o.local_date.to_string(), o.status)
+    };
+    assert_eq!(day(-5), ("2026-06-05".into(), Status::Missed));
+    // Day -4 had come due (inside the pause) before the change: it stays,
+    // cancelled by the pause.
+    assert_eq!(day(-4), ("2026-06-06".into(), Status::Cancelled));
+    // Day -3, placed by the change at 06-06 08:00 with its window open, is
+    // due at once: the pause had ended before the change.
+    assert_eq!(day(-3), ("2026-06-06".into(), Status::Due));
+    // Before the change, day -4 (06-06 08:00) fell in the pause: cancelled.
+    let before = paused_and_resumed().schedule(ts("2026-06-06T12:30:00Z"));
+    assert_eq!(before[1].status, Status::Cancelled);
+}
