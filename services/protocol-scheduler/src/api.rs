@@ -484,14 +484,13 @@ impl ProtocolSchedulerService for SchedulerApi {
     ) -> Result<Response<pb::CompleteOccurrenceResponse>, Status> {
         let tenant = tend_auth::tenant_of(&request)?;
         let r = request.into_inner();
-        uuid("enrollment_id", &r.enrollment_id)?;
+        let id = uuid("enrollment_id", &r.enrollment_id)?;
         let occurrence_id = uuid("occurrence_id", &r.occurrence_id)?;
         let completed_at = r
             .completed_at
             .as_ref()
             .map(|t| convert::from_timestamp("completed_at", t))
             .transpose()?;
-        let id = uuid("enrollment_id", &r.enrollment_id)?;
         let stream = self.repo.enrollment_stream(&tenant, id).await?;
         let (_, after) = self
             .repo
