@@ -492,6 +492,9 @@ pub fn decide(state: &History, command: Command) -> Result<Vec<Event>, Error> {
             })])
         }
         Command::Publish { version, now } => {
+            if state.versions.is_empty() {
+                return Err(Error::not_found("protocol"));
+            }
             let Some(v) = state.version(version) else {
                 return Err(Error::not_found("protocol version"));
             };

@@ -208,10 +208,6 @@ impl ProtocolSchedulerService for SchedulerApi {
                 protocol: Some(convert::protocol_to_pb(p, None, true)),
             }));
         }
-        let (history, _) = self.repo.protocol_history(&tenant, &r.protocol_id).await?;
-        if history.versions.is_empty() {
-            return Err(Error::not_found("protocol").into());
-        }
         let history = self
             .repo
             .execute_protocol(

@@ -11,6 +11,26 @@ use uuid::Uuid;
 
 use crate::Error;
 
+/// An activity kind as either of the two generated oneofs that carry it
+/// (`Activity.kind`, `Occurrence.kind`): the same variants, distinct types.
+macro_rules! kind_pb {
+    ($kind:path, $value:expr) => {{
+        use $kind as Kind;
+        match $value {
+            ActivityKind::Practice { practice } => Kind::Practice(pb::PracticeActivity {
+                practice: practice.clone(),
+            }),
+            ActivityKind::Assessment { instrument } => Kind::Assessment(pb::AssessmentActivity {
+                instrument: instrument.clone(),
+            }),
+            ActivityKind::IntegrationSession => {
+                Kind::IntegrationSession(pb::IntegrationSessionActivity {})
+            }
+            ActivityKind::Task => Kind::Task(pb::TaskActivity {}),
+        }
+    }};
+}
+
 pub(crate) fn uuid(field: &str, s: &str) -> Result<Uuid, Error> {
     if s.is_empty() {
         return Err(Error::invalid(field, "is required"));
@@ -141,22 +161,10 @@ pub(crate) fn protocol_to_pb(
 }
 
 fn activity_to_pb(a: &Activity) -> pb::Activity {
-    use pb::activity::{Kind, Span};
-    let kind = match &a.kind {
-        ActivityKind::Practice { practice } => Kind::Practice(pb::PracticeActivity {
-            practice: practice.clone(),
-        }),
-        ActivityKind::Assessment { instrument } => Kind::Assessment(pb::AssessmentActivity {
-            instrument: instrument.clone(),
-        }),
-        ActivityKind::IntegrationSession => {
-            Kind::IntegrationSession(pb::IntegrationSessionActivity {})
-        }
-        ActivityKind::Task => Kind::Task(pb::TaskActivity {}),
-    };
+    use pb::activity::Span;
     pb::Activity {
         key: a.key.clone(),
-        kind: Some(kind),
+        kind: Some(kind_pb!(pb::activity::Kind, &a.kind)),
         span: Some(Span::Days(pb::DayRange {
             first: a.span.first,
             last: a.span.last,
@@ -215,19 +223,7 @@ pub(crate) fn status_to_pb(s: Status) -> pb::OccurrenceStatus {
 }
 
 pub(crate) fn kind_to_pb(kind: &ActivityKind) -> pb::occurrence::Kind {
-    use pb::occurrence::Kind;
-    match kind {
-        ActivityKind::Practice { practice } => Kind::Practice(pb::PracticeActivity {
-            practice: practice.clone(),
-        }),
-        ActivityKind::Assessment { instrument } => Kind::Assessment(pb::AssessmentActivity {
-            instrument: instrument.clone(),
-        }),
-        ActivityKind::IntegrationSession => {
-            Kind::IntegrationSession(pb::IntegrationSessionActivity {})
-        }
-        ActivityKind::Task => Kind::Task(pb::TaskActivity {}),
-    }
+    kind_pb!(pb::occurrence::Kind, kind)
 }
 
 pub(crate) fn occurrence_to_pb(o: &Occurrence) -> pb::Occurrence {
