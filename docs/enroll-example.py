@@ -47,7 +47,8 @@ def call(name, body):
 
 enrolled = call("Enroll", {
     "request_id": str(uuid.uuid4()),
-    "participant_ref": "example-participant",
+    # A new participant each run: the same one twice would overlap its own arc.
+    "participant_ref": f"example-{uuid.uuid4().hex[:8]}",
     "protocol_id": "integration-arc-8w",
     "session_local_time": session,
     "time_zone": zone,
