@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "tend/events/v1/events.proto",
         "tend/scheduler/v1/scheduler.proto",
+        "tend/practice/v1/practice.proto",
     ];
     let fds = protox::compile(files, [&root])?;
 

@@ -477,6 +477,7 @@ async fn due_and_missed_reach_the_stream_once_each_when_the_scheduling_server_di
     let fast = [
         ("TEND_SCHEDULER_TICK_MS", "100"),
         ("TEND_SCHEDULER_LEASE_SECONDS", "2"),
+        ("TEND_SCHEDULER_MISS_GRACE_MINUTES", "0"),
     ];
     let first = start(&db, &fast);
     // The first server takes the lease before the second one starts.

@@ -21,3 +21,10 @@ pub mod scheduler {
         tonic::include_proto!("tend.scheduler.v1");
     }
 }
+
+#[allow(clippy::all)] // generated code
+pub mod practice {
+    pub mod v1 {
+        tonic::include_proto!("tend.practice.v1");
+    }
+}

@@ -13,10 +13,10 @@ use jiff::{SignedDuration, Timestamp, ToSpan};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::Error;
 use crate::protocol::Protocol;
 use crate::schedule::{Occurrence, Protocols, Status, occurrences};
 use crate::time::{LocalTime, Zone, resolve_date_time};
-use crate::{DecodeError, DomainEvent, Error};
 
 /// How far ahead a session may be booked.
 pub const MAX_LEAD: SignedDuration = SignedDuration::from_hours(2 * 366 * 24);
@@ -85,6 +85,8 @@ pub struct Enrollment {
     pub pauses: Vec<Pause>,
     pub withdrawn_at: Option<Timestamp>,
     pub completions: BTreeMap<Uuid, Timestamp>,
+    /// Completions made by a practice entry: the entry and its revision.
+    pub completed_by: BTreeMap<Uuid, (Uuid, u32)>,
     /// Occurrences recorded due, with the instant they were due at.
     pub due: BTreeMap<Uuid, Timestamp>,
     pub missed: BTreeSet<Uuid>,
@@ -136,7 +138,7 @@ impl Enrollment {
     /// The next instant at which time alone would make something happen to
     /// this enrollment (a window opening or closing without completion);
     /// `None` when nothing is left to happen.
-    pub fn next_wake(schedule: &[Occurrence]) -> Option<Timestamp> {
+    pub fn next_wake(schedule: &[Occurrence], miss_grace: SignedDuration) -> Option<Timestamp> {
         schedule
             .iter()
             .filter(|o| o.status != Status::Cancelled && o.completed_at.is_none())
@@ -144,7 +146,7 @@ impl Enrollment {
                 if !o.due_recorded {
                     Some(o.at)
                 } else if !o.missed_recorded {
-                    Some(o.closes_at)
+                    Some(crate::time::shift(o.closes_at, miss_grace))
                 } else {
                     None
                 }
@@ -170,6 +172,7 @@ pub enum Event {
     Resumed(EnrollmentResumed),
     Withdrawn(EnrollmentWithdrawn),
     Completed(OccurrenceCompleted),
+    CompletionWithdrawn(OccurrenceCompletionWithdrawn),
     Due(OccurrenceDue),
     Missed(OccurrenceMissed),
 }
@@ -237,6 +240,25 @@ pub struct OccurrenceCompleted {
     pub enrollment_id: Uuid,
     pub occurrence_id: Uuid,
     pub completed_at: Timestamp,
+    /// The practice entry that completed it; absent when a partner
+    /// completed it directly (`CompleteOccurrence`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_id: Option<Uuid>,
+    /// Which revision of that entry (1: as logged, +1 per correction), so
+    /// that a link made again after being withdrawn is a new event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_revision: Option<u32>,
+}
+
+/// The practice entry that completed an occurrence was retracted, or
+/// corrected so that it no longer fits: the occurrence is open again (or
+/// missed, if its window has closed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OccurrenceCompletionWithdrawn {
+    pub enrollment_id: Uuid,
+    pub occurrence_id: Uuid,
+    pub entry_id: Uuid,
+    pub entry_revision: u32,
 }
 
 /// An occurrence's window opened: partners may send a reminder from it.
@@ -273,6 +295,7 @@ impl Event {
             Self::Resumed(e) => e.enrollment_id,
             Self::Withdrawn(e) => e.enrollment_id,
             Self::Completed(e) => e.enrollment_id,
+            Self::CompletionWithdrawn(e) => e.enrollment_id,
             Self::Due(e) => e.enrollment_id,
             Self::Missed(e) => e.enrollment_id,
         }
@@ -284,6 +307,19 @@ impl Event {
     pub fn deterministic_id(&self) -> Option<Uuid> {
         match self {
             Self::Enrolled(e) => Some(e.enrollment_id),
+            Self::Completed(OccurrenceCompleted {
+                occurrence_id,
+                entry_id: Some(entry),
+                entry_revision,
+                ..
+            }) => Some(Uuid::new_v5(
+                occurrence_id,
+                format!("completed/{entry}/{}", entry_revision.unwrap_or(1)).as_bytes(),
+            )),
+            Self::CompletionWithdrawn(e) => Some(Uuid::new_v5(
+                &e.occurrence_id,
+                format!("withdrawn/{}/{}", e.entry_id, e.entry_revision).as_bytes(),
+            )),
             Self::Due(e) => Some(Uuid::new_v5(
                 &e.occurrence_id,
                 format!("due/{}", e.scheduled_at.as_microsecond()).as_bytes(),
@@ -297,42 +333,20 @@ impl Event {
     }
 }
 
-macro_rules! event_codec {
-    ($($variant:ident => $name:literal),* $(,)?) => {
-        impl DomainEvent for Event {
-            fn event_type(&self) -> &'static str {
-                match self { $(Self::$variant(_) => $name,)* }
-            }
-
-            fn to_payload(&self) -> serde_json::Value {
-                match self { $(Self::$variant(e) => crate::to_payload(e),)* }
-            }
-
-            fn from_stored(
-                event_type: &str,
-                schema_version: u32,
-                payload: &serde_json::Value,
-            ) -> Result<Self, DecodeError> {
-                match (event_type, schema_version) {
-                    $(($name, 1) => Ok(Self::$variant(crate::decode(event_type, payload)?)),)*
-                    _ => Err(DecodeError::unknown(event_type, schema_version)),
-                }
-            }
-        }
-    };
-}
-
 event_codec! {
-    Enrolled => "ParticipantEnrolled",
-    SessionRescheduled => "SessionRescheduled",
-    TimeZoneChanged => "TimeZoneChanged",
-    Migrated => "EnrollmentMigrated",
-    Paused => "EnrollmentPaused",
-    Resumed => "EnrollmentResumed",
-    Withdrawn => "EnrollmentWithdrawn",
-    Completed => "OccurrenceCompleted",
-    Due => "OccurrenceDue",
-    Missed => "OccurrenceMissed",
+    for Event {
+        Enrolled => "ParticipantEnrolled",
+        SessionRescheduled => "SessionRescheduled",
+        TimeZoneChanged => "TimeZoneChanged",
+        Migrated => "EnrollmentMigrated",
+        Paused => "EnrollmentPaused",
+        Resumed => "EnrollmentResumed",
+        Withdrawn => "EnrollmentWithdrawn",
+        Completed => "OccurrenceCompleted",
+        CompletionWithdrawn => "OccurrenceCompletionWithdrawn",
+        Due => "OccurrenceDue",
+        Missed => "OccurrenceMissed",
+    }
 }
 
 // ---- evolve ----
@@ -355,6 +369,7 @@ pub fn evolve(mut state: Participant, event: &Event) -> Participant {
                 pauses: vec![],
                 withdrawn_at: None,
                 completions: BTreeMap::new(),
+                completed_by: BTreeMap::new(),
                 due: BTreeMap::new(),
                 missed: BTreeSet::new(),
             });
@@ -398,6 +413,21 @@ pub fn evolve(mut state: Participant, event: &Event) -> Participant {
             enrollment
                 .completions
                 .insert(e.occurrence_id, e.completed_at);
+            if let Some(entry) = e.entry_id {
+                enrollment
+                    .completed_by
+                    .insert(e.occurrence_id, (entry, e.entry_revision.unwrap_or(1)));
+            }
+        }
+        Event::CompletionWithdrawn(e) => {
+            if enrollment
+                .completed_by
+                .get(&e.occurrence_id)
+                .is_some_and(|(entry, _)| *entry == e.entry_id)
+            {
+                enrollment.completed_by.remove(&e.occurrence_id);
+                enrollment.completions.remove(&e.occurrence_id);
+            }
         }
         Event::Due(e) => {
             enrollment.due.insert(e.occurrence_id, e.scheduled_at);
@@ -466,6 +496,9 @@ pub enum Command {
     /// enrollment of the participant.
     Tick {
         now: Timestamp,
+        /// How long after a window closes the missed event waits, so that
+        /// practice logged offline and synced late can still complete it.
+        miss_grace: SignedDuration,
     },
 }
 
@@ -668,12 +701,14 @@ pub fn decide(
                 enrollment_id,
                 occurrence_id,
                 completed_at,
+                entry_id: None,
+                entry_revision: None,
             })])
         }
-        Command::Tick { now } => {
+        Command::Tick { now, miss_grace } => {
             let mut events = Vec::new();
             for e in &state.enrollments {
-                events.extend(tick(e, protocols, now)?);
+                events.extend(tick(e, protocols, now, miss_grace)?);
             }
             events.sort_by_key(|(at, _)| *at);
             Ok(events.into_iter().map(|(_, e)| e).collect())
@@ -687,6 +722,7 @@ fn tick(
     e: &Enrollment,
     protocols: &impl Protocols,
     now: Timestamp,
+    miss_grace: SignedDuration,
 ) -> Result<Vec<(Timestamp, Event)>, Error> {
     let mut out = Vec::new();
     for o in e.schedule(protocols, now)? {
@@ -708,9 +744,9 @@ fn tick(
                 }),
             ));
         }
-        if o.closes_at <= now && !o.missed_recorded {
+        if crate::time::shift(o.closes_at, miss_grace) <= now && !o.missed_recorded {
             out.push((
-                o.closes_at,
+                crate::time::shift(o.closes_at, miss_grace),
                 Event::Missed(OccurrenceMissed {
                     enrollment_id: e.id,
                     occurrence_id: o.id,

@@ -10,8 +10,36 @@
 //! clock, and knows nothing of PostgreSQL, gRPC or protobuf. Time-zone rules
 //! come from the IANA database bundled into the binary.
 
+/// `DomainEvent` for an enum of event bodies: each variant's stored type
+/// name, schema version 1.
+macro_rules! event_codec {
+    (for $event:ident { $($variant:ident => $name:literal),* $(,)? }) => {
+        impl $crate::DomainEvent for $event {
+            fn event_type(&self) -> &'static str {
+                match self { $(Self::$variant(_) => $name,)* }
+            }
+
+            fn to_payload(&self) -> serde_json::Value {
+                match self { $(Self::$variant(e) => $crate::to_payload(e),)* }
+            }
+
+            fn from_stored(
+                event_type: &str,
+                schema_version: u32,
+                payload: &serde_json::Value,
+            ) -> Result<Self, $crate::DecodeError> {
+                match (event_type, schema_version) {
+                    $(($name, 1) => Ok(Self::$variant($crate::decode(event_type, payload)?)),)*
+                    _ => Err($crate::DecodeError::unknown(event_type, schema_version)),
+                }
+            }
+        }
+    };
+}
+
 pub mod enrollment;
 mod error;
+pub mod practice;
 pub mod protocol;
 pub mod schedule;
 pub mod time;

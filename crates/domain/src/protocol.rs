@@ -331,7 +331,7 @@ pub fn validate_id(id: &str) -> Result<(), Error> {
     }
 }
 
-fn validate_slug(field: &str, s: &str) -> Result<(), Error> {
+pub(crate) fn validate_slug(field: &str, s: &str) -> Result<(), Error> {
     let ok = (1..=64).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');

@@ -208,6 +208,15 @@ pub fn zoned(zone: &Zone, at: Timestamp) -> ZonedDateTime {
     at.to_zoned_datetime(zone.tz().clone())
 }
 
+/// `t + d`, held at the ends of the representable range.
+pub fn shift(t: Timestamp, d: jiff::SignedDuration) -> Timestamp {
+    t.checked_add(d).unwrap_or(if d.is_negative() {
+        Timestamp::MIN
+    } else {
+        Timestamp::MAX
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,11 @@ pub fn migrator() -> Migrator {
             "scheduler",
             include_str!("../../../migrations/0002_scheduler.sql"),
         ),
+        (
+            3,
+            "practice log",
+            include_str!("../../../migrations/0003_practice.sql"),
+        ),
     ];
     Migrator::with_migrations(
         migrations

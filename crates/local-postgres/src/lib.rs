@@ -304,7 +304,12 @@ fn run(cmd: &mut Command) -> Result<Output, Error> {
     }
 }
 
-/// `initdb` and `pg_ctl` on PATH, else the newest Debian-style install.
+/// The folder of the PostgreSQL server binaries this crate uses: `initdb`
+/// and `pg_ctl` on PATH, else the newest Debian-style install.
+pub fn binaries_dir() -> Option<PathBuf> {
+    find_binaries()
+}
+
 fn find_binaries() -> Option<PathBuf> {
     let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
     if let Some(path) = std::env::var_os("PATH") {

@@ -28,6 +28,43 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Master keys for practice notes.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print a new random master key entry for TEND_MASTER_KEYS.
+    New {
+        /// The key's id, stored beside every data key it wraps.
+        #[arg(long)]
+        id: String,
+    },
+    /// Re-wrap every participant's data key with the first master key, so
+    /// that older ones can be retired. Safe while servers run; repeatable.
+    Rotate {
+        #[command(flatten)]
+        keys: KeyOptions,
+        #[command(flatten)]
+        database: DatabaseOptions,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct KeyOptions {
+    /// Master keys that wrap each participant's note key: `<id>:<base64 of
+    /// 32 bytes>`, comma separated, the current one first (`tend keys new`).
+    /// Unset with the embedded database: one is made and kept in the data
+    /// directory (development only).
+    #[arg(long, env = "TEND_MASTER_KEYS", hide_env_values = true)]
+    pub master_keys: Option<String>,
+
+    /// A file holding TEND_MASTER_KEYS (a mounted secret), instead.
+    #[arg(long, env = "TEND_MASTER_KEYS_FILE", conflicts_with = "master_keys")]
+    pub master_keys_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,6 +126,21 @@ pub struct ServeOptions {
     #[arg(long, env = "TEND_SCHEDULER_LEASE_SECONDS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub scheduler_lease_seconds: u64,
+
+    /// Minutes a missed event waits after a window closes, so that practice
+    /// synced late from an offline app still completes the occurrence.
+    #[arg(long, env = "TEND_SCHEDULER_MISS_GRACE_MINUTES", default_value_t = 360,
+          value_parser = clap::value_parser!(u32).range(0..=10_080))]
+    pub scheduler_miss_grace_minutes: u32,
+
+    /// Days back a practice entry may start (an app syncing after a long
+    /// time offline).
+    #[arg(long, env = "TEND_PRACTICE_BACKDATE_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=366))]
+    pub practice_backdate_days: u32,
+
+    #[command(flatten)]
+    pub keys: KeyOptions,
 
     #[command(flatten)]
     pub database: DatabaseOptions,

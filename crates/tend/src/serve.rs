@@ -7,19 +7,22 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tend_api::events::v1::event_stream_service_server::EventStreamServiceServer;
+use tend_api::practice::v1::practice_log_service_server::PracticeLogServiceServer;
 use tend_api::scheduler::v1::protocol_scheduler_service_server::ProtocolSchedulerServiceServer;
 use tend_auth::{Authenticator, TokenHash, Tokens};
 use tend_event_store::{EventStore, TenantId};
 use tend_event_stream::EventStreamApi;
 use tend_local_postgres::Cluster;
+use tend_practice_log::keys::{KeyRing, MasterKeys};
+use tend_practice_log::{PracticeLogApi, PracticeOptions};
 use tend_protocol_scheduler::{SchedulerApi, SystemClock, Worker, WorkerOptions};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
-use crate::config::{DatabaseOptions, ServeOptions};
+use crate::config::{DatabaseOptions, KeyOptions, ServeOptions};
 
 type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
 
@@ -104,6 +107,75 @@ pub fn new_token(tenant: &str) -> Result<()> {
     Ok(())
 }
 
+pub fn new_master_key(id: &str) -> Result<()> {
+    let entry =
+        MasterKeys::generate_entry(id).map_err(|e| format!("the random source failed: {e}"))?;
+    // Validate the id the same way the server will.
+    entry.parse::<MasterKeys>()?;
+    println!("{entry}");
+    Ok(())
+}
+
+pub async fn rotate_keys(keys: KeyOptions, options: DatabaseOptions) -> Result<()> {
+    let database = Database::open(&options).await?;
+    let rotated = async {
+        let master = master_keys(&keys, &options, &database)?
+            .ok_or("no master keys configured: set TEND_MASTER_KEYS")?;
+        let ring = KeyRing::new(database.pool.clone(), Some(master));
+        Ok::<_, Box<dyn Error + Send + Sync>>(ring.rotate().await?)
+    }
+    .await;
+    database.close().await?;
+    println!(
+        "re-wrapped {} data keys with the current master key",
+        rotated?
+    );
+    Ok(())
+}
+
+/// The master keys: configured, or for the embedded database a key kept in
+/// its data directory (a development convenience: a key beside the data it
+/// protects protects nothing against a copy of the directory).
+fn master_keys(
+    keys: &KeyOptions,
+    options: &DatabaseOptions,
+    database: &Database,
+) -> Result<Option<MasterKeys>> {
+    let spec = match (&keys.master_keys, &keys.master_keys_file) {
+        (Some(spec), _) => Some(spec.clone()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read TEND_MASTER_KEYS_FILE {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) if database.embedded.is_some() => {
+            let path = options.data_dir().join("master-keys");
+            if !path.exists() {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let entry = MasterKeys::generate_entry("dev")
+                    .map_err(|e| format!("the random source failed: {e}"))?;
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .and_then(|mut f| f.write_all(entry.as_bytes()))
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            }
+            tracing::warn!(path = %path.display(), "no TEND_MASTER_KEYS: using a development master key kept beside the embedded database");
+            Some(std::fs::read_to_string(&path)?.trim().to_owned())
+        }
+        (None, None) => None,
+    };
+    spec.map(|s| {
+        s.parse::<MasterKeys>()
+            .map_err(|e| format!("TEND_MASTER_KEYS: {e}").into())
+    })
+    .transpose()
+}
+
 pub async fn serve(options: ServeOptions) -> Result<()> {
     // Handlers go in first: a signal during start-up then stops the server
     // as soon as it serves, through the orderly path, embedded PostgreSQL
@@ -131,6 +203,10 @@ async fn run(
         tend_event_store::migrate(&database.pool).await?;
     }
     let (tokens, dev_token) = tokens(options, database.embedded.is_some())?;
+    let master = master_keys(&options.keys, &options.database, database)?;
+    if master.is_none() {
+        tracing::warn!("no TEND_MASTER_KEYS: practice entries with notes will be refused");
+    }
     let store = EventStore::open(database.pool.clone(), Default::default()).await?;
     let shutdown = CancellationToken::new();
 
@@ -140,6 +216,9 @@ async fn run(
         .await;
     health
         .set_serving::<ProtocolSchedulerServiceServer<SchedulerApi>>()
+        .await;
+    health
+        .set_serving::<PracticeLogServiceServer<PracticeLogApi>>()
         .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -154,6 +233,22 @@ async fn run(
     let clock = std::sync::Arc::new(SystemClock);
     let scheduler = InterceptedService::new(
         SchedulerApi::new(store.clone(), clock.clone()).into_server(),
+        auth.clone(),
+    );
+    let practice = InterceptedService::new(
+        PracticeLogApi::new(
+            store.clone(),
+            KeyRing::new(database.pool.clone(), master),
+            clock.clone(),
+            PracticeOptions {
+                limits: tend_domain::practice::Limits {
+                    backdating: jiff::SignedDuration::from_hours(
+                        24 * i64::from(options.practice_backdate_days),
+                    ),
+                },
+            },
+        )
+        .into_server(),
         auth,
     );
     let worker = tokio::spawn(
@@ -163,6 +258,9 @@ async fn run(
             WorkerOptions {
                 tick_interval: Duration::from_millis(options.scheduler_tick_ms),
                 lease_ttl: Duration::from_secs(options.scheduler_lease_seconds),
+                miss_grace: jiff::SignedDuration::from_mins(i64::from(
+                    options.scheduler_miss_grace_minutes,
+                )),
                 ..WorkerOptions::default()
             },
         )
@@ -179,8 +277,9 @@ async fn run(
         .add_service(reflection().build_v1alpha()?)
         .add_service(events)
         .add_service(scheduler)
+        .add_service(practice)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),
         );
     tracing::info!(%addr, "serving gRPC");
@@ -199,6 +298,9 @@ async fn run(
                 .await;
             health
                 .set_not_serving::<ProtocolSchedulerServiceServer<SchedulerApi>>()
+                .await;
+            health
+                .set_not_serving::<PracticeLogServiceServer<PracticeLogApi>>()
                 .await;
             shutdown.cancel();
         }

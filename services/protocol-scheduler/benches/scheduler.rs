@@ -172,7 +172,10 @@ async fn main() -> Result<()> {
     let worker = Worker::new(
         store.clone(),
         Arc::new(clock.clone()),
-        WorkerOptions::default(),
+        WorkerOptions {
+            miss_grace: jiff::SignedDuration::ZERO,
+            ..WorkerOptions::default()
+        },
     );
     let (first, first_s) = drain(&worker).await?;
     clock.set("2026-06-04T23:00:00Z".parse()?);

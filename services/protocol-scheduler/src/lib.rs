@@ -12,9 +12,12 @@ mod clock;
 mod convert;
 mod error;
 mod repo;
+mod schedules;
 mod worker;
 
 pub use api::SchedulerApi;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::Error;
-pub use worker::{Round, Worker, WorkerOptions};
+pub use repo::practice_stream;
+pub use schedules::{OccurrenceFacts, Schedules};
+pub use worker::{DEFAULT_MISS_GRACE, Round, Worker, WorkerOptions};

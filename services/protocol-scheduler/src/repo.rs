@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
 use tend_domain::enrollment::{self, Participant, participant_key};
+use tend_domain::practice;
 use tend_domain::protocol::{self, History, Protocol, built_in};
 use tend_domain::schedule::ProtocolSet;
 use tend_domain::{DomainEvent, Error as DomainError};
@@ -20,7 +21,10 @@ use crate::Error;
 /// stream first (typically the scheduler recording a due occurrence).
 const ATTEMPTS: usize = 5;
 
-const PARTICIPANT: &str = "participant";
+pub(crate) const PARTICIPANT: &str = "participant";
+/// A participant's practice entries: `practice-<key>` beside
+/// `participant-<key>`.
+pub(crate) const PRACTICE: &str = "practice";
 const PROTOCOL: &str = "protocol";
 
 /// Published protocol versions by tenant, id and version.
@@ -50,6 +54,12 @@ pub(crate) fn participant_stream(tenant: &TenantId, participant_ref: &str) -> St
         participant_key(tenant.as_str(), participant_ref),
     )
     .expect("a fixed category and a uuid make a valid stream id")
+}
+
+/// The stream of a participant's practice entries.
+pub fn practice_stream(tenant: &TenantId, participant_ref: &str) -> StreamId {
+    StreamId::for_entity(PRACTICE, participant_key(tenant.as_str(), participant_ref))
+        .expect("a fixed category and a uuid make a valid stream id")
 }
 
 fn protocol_stream(protocol_id: &str) -> Result<StreamId, Error> {
@@ -157,6 +167,27 @@ impl Repo {
 
     fn cache(&self) -> std::sync::MutexGuard<'_, PublishedCache> {
         self.published.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The practice log beside a participant stream, and its version.
+    pub(crate) async fn load_practice(
+        &self,
+        tenant: &TenantId,
+        participant: &StreamId,
+    ) -> Result<(practice::Log, Option<u64>), Error> {
+        let key = participant
+            .as_str()
+            .strip_prefix("participant-")
+            .unwrap_or_default();
+        let stream = StreamId::new(format!("{PRACTICE}-{key}"))?;
+        let (events, version) = self.store.read_whole_stream(tenant, &stream).await?;
+        let events: Vec<practice::Event> = decode_all(&events)?;
+        Ok((
+            events
+                .iter()
+                .fold(practice::Log::default(), practice::evolve),
+            version,
+        ))
     }
 
     /// Decides and appends a protocol command.

@@ -27,13 +27,14 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Postgres, Transaction};
 use tend_domain::enrollment::{self, Enrollment};
+use tend_domain::practice;
 use tend_domain::protocol::ActivityKind;
 use tend_domain::schedule::{Occurrence, Status};
 use tend_event_store::{EventStore, Filter, StreamId, TenantId};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::repo::{Loaded, Repo};
+use crate::repo::{Loaded, PARTICIPANT, PRACTICE, Repo};
 use crate::{Clock, Error};
 
 const LEASE: &str = "scheduler";
@@ -57,7 +58,15 @@ pub struct WorkerOptions {
     pub lease_ttl: Duration,
     /// Streams loaded per batch.
     pub batch_size: usize,
+    /// How long after a window closes its missed event waits, so that
+    /// practice logged offline and synced late still completes it.
+    pub miss_grace: jiff::SignedDuration,
 }
+
+/// Six hours: an app that syncs overnight, or on the evening's Wi-Fi,
+/// still turns a practice into a completion rather than a miss, while a
+/// practitioner still hears of a miss the same day.
+pub const DEFAULT_MISS_GRACE: jiff::SignedDuration = jiff::SignedDuration::from_hours(6);
 
 impl Default for WorkerOptions {
     fn default() -> Self {
@@ -65,6 +74,7 @@ impl Default for WorkerOptions {
             tick_interval: Duration::from_secs(1),
             lease_ttl: Duration::from_secs(10),
             batch_size: 100,
+            miss_grace: DEFAULT_MISS_GRACE,
         }
     }
 }
@@ -282,7 +292,7 @@ impl Worker {
     async fn catch_up(&self) -> Result<(), Error> {
         let filter = Filter {
             tenant: None,
-            categories: vec!["participant".to_owned()],
+            categories: vec![PARTICIPANT.to_owned(), PRACTICE.to_owned()],
             event_types: vec![],
         };
         let mut checkpoint: u64 = sqlx::query_scalar::<_, i64>(
@@ -302,22 +312,52 @@ impl Worker {
             if page.scanned_through == checkpoint {
                 return Ok(());
             }
-            let mut seen: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
+            // Newest version seen per participant, of their own stream and
+            // of their practice stream, which share the participant's key.
+            type Seen = std::collections::BTreeMap<(String, String), i64>;
+            let (mut seen, mut practice): (Seen, Seen) = Default::default();
             for e in &page.events {
-                let v = seen
-                    .entry((e.tenant.as_str(), e.stream_id.as_str()))
+                let (map, stream) = match e.stream_id.as_str().strip_prefix("practice-") {
+                    Some(key) => (&mut practice, format!("{PARTICIPANT}-{key}")),
+                    None => (&mut seen, e.stream_id.as_str().to_owned()),
+                };
+                let v = map
+                    .entry((e.tenant.as_str().to_owned(), stream))
                     .or_default();
                 *v = (*v).max(e.stream_version as i64);
             }
-            let (tenants, rest): (Vec<&str>, Vec<(&str, i64)>) =
-                seen.iter().map(|((t, s), v)| (*t, (*s, *v))).unzip();
-            let (streams, versions): (Vec<&str>, Vec<i64>) = rest.into_iter().unzip();
+            let columns = |map: &Seen| {
+                let mut tenants = Vec::with_capacity(map.len());
+                let mut streams = Vec::with_capacity(map.len());
+                let mut versions = Vec::with_capacity(map.len());
+                for ((t, s), v) in map {
+                    tenants.push(t.clone());
+                    streams.push(s.clone());
+                    versions.push(*v);
+                }
+                (tenants, streams, versions)
+            };
             let mut tx = self.fenced().await?;
+            let (tenants, streams, versions) = columns(&seen);
             sqlx::query(
                 "INSERT INTO scheduler_streams (tenant_id, stream_id, seen_version)
                  SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
                  ON CONFLICT (tenant_id, stream_id) DO UPDATE
                     SET seen_version = GREATEST(scheduler_streams.seen_version, EXCLUDED.seen_version)",
+            )
+            .bind(&tenants)
+            .bind(&streams)
+            .bind(&versions)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            let (tenants, streams, versions) = columns(&practice);
+            sqlx::query(
+                "INSERT INTO scheduler_streams (tenant_id, stream_id, seen_version, practice_seen_version)
+                 SELECT t, s, -1, v FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(t, s, v)
+                 ON CONFLICT (tenant_id, stream_id) DO UPDATE
+                    SET practice_seen_version = GREATEST(
+                        scheduler_streams.practice_seen_version, EXCLUDED.practice_seen_version)",
             )
             .bind(&tenants)
             .bind(&streams)
@@ -345,8 +385,12 @@ impl Worker {
     async fn pending(&self, now: Timestamp) -> Result<Vec<(TenantId, StreamId)>, Error> {
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT tenant_id, stream_id FROM scheduler_streams
-             WHERE seen_version > processed_version OR next_at <= $1
-             ORDER BY seen_version > processed_version DESC, next_at NULLS FIRST
+             WHERE seen_version > processed_version
+                OR practice_seen_version > practice_processed_version
+                OR next_at <= $1
+             ORDER BY (seen_version > processed_version
+                       OR practice_seen_version > practice_processed_version) DESC,
+                      next_at NULLS FIRST
              LIMIT $2",
         )
         .bind(chrono_time(now))
@@ -368,11 +412,27 @@ impl Worker {
         now: Timestamp,
     ) -> Result<usize, Error> {
         let mut loaded: Loaded = self.repo.load_participant(tenant, stream).await?;
-        let events = enrollment::decide(
-            &loaded.state,
-            enrollment::Command::Tick { now },
+        let (log, practice_version) = self.repo.load_practice(tenant, stream).await?;
+        // Practice completes occurrences first, so that a practised one is
+        // never then missed.
+        let mut events = {
+            let schedules = loaded
+                .state
+                .enrollments
+                .iter()
+                .map(|e| Ok((e, e.schedule(&loaded.protocols, now)?)))
+                .collect::<Result<Vec<_>, tend_domain::Error>>()?;
+            practice::link(&log, &schedules)
+        };
+        let linked = events.iter().fold(loaded.state.clone(), enrollment::evolve);
+        events.extend(enrollment::decide(
+            &linked,
+            enrollment::Command::Tick {
+                now,
+                miss_grace: self.options.miss_grace,
+            },
             &loaded.protocols,
-        )?;
+        )?);
         if !events.is_empty() {
             let version = self.repo.append_tick(tenant, &loaded, &events).await?;
             loaded.state = events.iter().fold(loaded.state, enrollment::evolve);
@@ -382,14 +442,23 @@ impl Worker {
         let mut next: Option<Timestamp> = None;
         for e in &loaded.state.enrollments {
             let schedule = e.schedule(&loaded.protocols, now)?;
-            next = match (next, Enrollment::next_wake(&schedule)) {
+            next = match (
+                next,
+                Enrollment::next_wake(&schedule, self.options.miss_grace),
+            ) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
             rows.extend(schedule.into_iter().map(|o| (e.participant_ref.clone(), o)));
         }
-        self.write(tenant, stream, loaded.version, next, &rows)
-            .await?;
+        self.write(
+            tenant,
+            stream,
+            (loaded.version, practice_version),
+            next,
+            &rows,
+        )
+        .await?;
         Ok(events.len())
     }
 
@@ -397,7 +466,7 @@ impl Worker {
         &self,
         tenant: &TenantId,
         stream: &StreamId,
-        version: Option<u64>,
+        (version, practice_version): (Option<u64>, Option<u64>),
         next: Option<Timestamp>,
         rows: &[(String, Occurrence)],
     ) -> Result<(), Error> {
@@ -461,17 +530,20 @@ impl Worker {
         }
         sqlx::query(
             "INSERT INTO scheduler_streams
-                (tenant_id, stream_id, seen_version, processed_version, next_at, rows_digest)
-             VALUES ($1, $2, $3, $3, $4, $5)
+                (tenant_id, stream_id, seen_version, processed_version, next_at, rows_digest,
+                 practice_seen_version, practice_processed_version)
+             VALUES ($1, $2, $3, $3, $4, $5, $6, $6)
              ON CONFLICT (tenant_id, stream_id) DO UPDATE
                 SET processed_version = EXCLUDED.processed_version, next_at = EXCLUDED.next_at,
-                    rows_digest = EXCLUDED.rows_digest",
+                    rows_digest = EXCLUDED.rows_digest,
+                    practice_processed_version = EXCLUDED.practice_processed_version",
         )
         .bind(tenant.as_str())
         .bind(stream.as_str())
         .bind(version.map_or(-1, |v| v as i64))
         .bind(next.map(chrono_time))
         .bind(digest)
+        .bind(practice_version.map_or(-1, |v| v as i64))
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
@@ -525,7 +597,8 @@ impl Worker {
         let retry = now.saturating_add(RETRY_AFTER).unwrap_or(now);
         let mut tx = self.fenced().await?;
         sqlx::query(
-            "UPDATE scheduler_streams SET processed_version = seen_version, next_at = $3
+            "UPDATE scheduler_streams SET processed_version = seen_version,
+                practice_processed_version = practice_seen_version, next_at = $3
              WHERE tenant_id = $1 AND stream_id = $2",
         )
         .bind(tenant.as_str())

@@ -60,6 +60,7 @@ impl Harness {
                 tick_interval: Duration::from_millis(20),
                 lease_ttl,
                 batch_size: 7,
+                miss_grace: jiff::SignedDuration::ZERO,
             },
         )
     }

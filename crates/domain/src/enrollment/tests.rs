@@ -4,6 +4,7 @@
 use jiff::civil::DateTime;
 
 use super::*;
+use crate::DomainEvent;
 use crate::protocol::{Activity, ActivityKind, Cadence, DaySpan, built_in};
 use crate::schedule::{ProtocolSet, change};
 
@@ -563,6 +564,7 @@ fn a_pause_cancels_what_falls_in_it_and_resume_picks_up_after() {
     let tick = spec
         .when(Command::Tick {
             now: ts("2026-06-08T12:00:00Z"),
+            miss_grace: SignedDuration::ZERO,
         })
         .unwrap();
     let due: Vec<_> = tick
@@ -649,6 +651,7 @@ fn a_withdrawn_enrollment_refuses_every_change() {
     let tick = spec
         .when(Command::Tick {
             now: ts("2026-06-30T00:00:00Z"),
+            miss_grace: SignedDuration::ZERO,
         })
         .unwrap();
     assert_eq!(
@@ -666,13 +669,15 @@ fn a_window_opening_is_due_once_and_closing_is_missed_once() {
     let spec = on(&p, "2026-06-10T10:00", "UTC", "2026-06-01T00:00:00Z");
     assert_eq!(
         spec.when(Command::Tick {
-            now: ts("2026-06-05T07:59:59Z")
+            now: ts("2026-06-05T07:59:59Z"),
+            miss_grace: SignedDuration::ZERO,
         }),
         Ok(vec![])
     );
     let due = spec
         .when(Command::Tick {
             now: ts("2026-06-05T08:00:00Z"),
+            miss_grace: SignedDuration::ZERO,
         })
         .unwrap();
     assert!(
@@ -687,27 +692,34 @@ fn a_window_opening_is_due_once_and_closing_is_missed_once() {
     );
     assert_eq!(
         spec.when(Command::Tick {
-            now: ts("2026-06-05T08:30:00Z")
+            now: ts("2026-06-05T08:30:00Z"),
+            miss_grace: SignedDuration::ZERO,
         }),
         Ok(vec![])
     );
     let missed = spec
         .when(Command::Tick {
             now: ts("2026-06-05T09:00:00Z"),
+            miss_grace: SignedDuration::ZERO,
         })
         .unwrap();
     assert!(matches!(missed.as_slice(), [Event::Missed(_)]));
     let spec = spec.then_apply(Command::Tick {
         now: ts("2026-06-05T09:00:00Z"),
+        miss_grace: SignedDuration::ZERO,
     });
     assert_eq!(
         spec.when(Command::Tick {
-            now: ts("2026-07-01T00:00:00Z")
+            now: ts("2026-07-01T00:00:00Z"),
+            miss_grace: SignedDuration::ZERO,
         }),
         Ok(vec![])
     );
     assert_eq!(
-        Enrollment::next_wake(&spec.schedule(ts("2026-07-01T00:00:00Z"))),
+        Enrollment::next_wake(
+            &spec.schedule(ts("2026-07-01T00:00:00Z")),
+            SignedDuration::ZERO
+        ),
         None
     );
 }
@@ -719,6 +731,7 @@ fn after_downtime_every_window_is_caught_up_in_time_order() {
     let events = spec
         .when(Command::Tick {
             now: ts("2026-06-20T00:00:00Z"),
+            miss_grace: SignedDuration::ZERO,
         })
         .unwrap();
     let kinds: Vec<_> = events.iter().map(|e| e.event_type()).collect();
@@ -745,7 +758,8 @@ fn a_completed_occurrence_is_never_missed_whichever_arrives_first() {
     });
     assert_eq!(
         spec.when(Command::Tick {
-            now: ts("2026-06-06T00:00:00Z")
+            now: ts("2026-06-06T00:00:00Z"),
+            miss_grace: SignedDuration::ZERO,
         }),
         Ok(vec![])
     );
@@ -757,6 +771,7 @@ fn a_completed_occurrence_is_never_missed_whichever_arrives_first() {
     // occurrence reads as late.
     let spec = given(std::slice::from_ref(&p), &[base]).then_apply(Command::Tick {
         now: ts("2026-06-05T10:00:00Z"),
+        miss_grace: SignedDuration::ZERO,
     });
     let spec = spec.then_apply(Command::Complete {
         enrollment_id: E,
@@ -768,7 +783,8 @@ fn a_completed_occurrence_is_never_missed_whichever_arrives_first() {
     assert_eq!((s[0].status, s[0].missed_recorded), (Status::Late, true));
     assert_eq!(
         spec.when(Command::Tick {
-            now: ts("2026-06-07T00:00:00Z")
+            now: ts("2026-06-07T00:00:00Z"),
+            miss_grace: SignedDuration::ZERO,
         }),
         Ok(vec![])
     );
@@ -895,6 +911,7 @@ fn events_round_trip_through_their_stored_form() {
     events.extend(
         spec.when(Command::Tick {
             now: ts("2026-06-20T00:00:00Z"),
+            miss_grace: SignedDuration::ZERO,
         })
         .unwrap(),
     );
@@ -920,6 +937,7 @@ fn a_change_never_moves_an_occurrence_already_recorded_due() {
     let spec = on(&p, "2026-06-10T10:00", "UTC", "2026-06-01T00:00:00Z")
         .then_apply(Command::Tick {
             now: ts("2026-06-05T08:00:00Z"),
+            miss_grace: SignedDuration::ZERO,
         })
         .then_apply(Command::RescheduleSession {
             enrollment_id: E,
@@ -934,7 +952,10 @@ fn a_change_never_moves_an_occurrence_already_recorded_due() {
     );
     // Day -4 follows the new session; nothing is due twice or lost.
     assert_eq!(local_times(&s)[1], "2026-06-08 08:00");
-    assert_eq!(Enrollment::next_wake(&s), Some(ts("2026-06-05T09:00:00Z")));
+    assert_eq!(
+        Enrollment::next_wake(&s, SignedDuration::ZERO),
+        Some(ts("2026-06-05T09:00:00Z"))
+    );
 }
 
 #[test]

@@ -1,0 +1,745 @@
+//! The gRPC handlers: requests become domain commands, notes are sealed on
+//! the way in and opened on the way out, events go to the participant's
+//! practice stream.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jiff::civil::Date;
+use jiff::tz::{Offset, TimeZone};
+use jiff::{SignedDuration, Timestamp};
+use tend_api::practice::v1::practice_log_service_server::{
+    PracticeLogService, PracticeLogServiceServer,
+};
+use tend_api::practice::v1::{
+    CorrectEntryRequest, CorrectEntryResponse, ForgetParticipantRequest, ForgetParticipantResponse,
+    GetSummaryRequest, GetSummaryResponse, KindTally, ListEntriesRequest, ListEntriesResponse,
+    LogPracticeRequest, LogPracticeResponse, NoteState, PracticeDetails, PracticeEntry,
+    RetractEntryRequest, RetractEntryResponse, WeekTally,
+};
+use tend_auth::tenant_of;
+use tend_domain::enrollment::{participant_key, validate_participant_ref};
+use tend_domain::practice::{self, Command, Content, Entry, Limits, Log};
+use tend_domain::time::{Zone, parse_local_date_time, resolve_date_time};
+use tend_domain::{DomainEvent, Error as DomainError};
+use tend_event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, StreamId, TenantId};
+use tend_protocol_scheduler::{Clock, Schedules, practice_stream};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::Error;
+use crate::keys::{self, KeyRing, ReadKey};
+
+/// How often a command is decided again when another writer got to the
+/// stream first.
+const ATTEMPTS: usize = 5;
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 500;
+/// How long a tenant's protocol-defined practice kinds are trusted before
+/// an unknown kind makes them be read again.
+const KINDS_FRESH: Duration = Duration::from_secs(5);
+
+/// Settings of the practice log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PracticeOptions {
+    pub limits: Limits,
+}
+
+type KindCache = HashMap<TenantId, (Arc<BTreeSet<String>>, Instant)>;
+
+#[derive(Debug, Clone)]
+pub struct PracticeLogApi {
+    store: EventStore,
+    keys: KeyRing,
+    schedules: Schedules,
+    clock: Arc<dyn Clock>,
+    options: PracticeOptions,
+    kinds: Arc<Mutex<KindCache>>,
+}
+
+/// Who a call is about, resolved once.
+struct Subject {
+    tenant: TenantId,
+    participant_ref: String,
+    key: Uuid,
+    stream: StreamId,
+}
+
+impl PracticeLogApi {
+    pub fn new(
+        store: EventStore,
+        keys: KeyRing,
+        clock: Arc<dyn Clock>,
+        options: PracticeOptions,
+    ) -> Self {
+        Self {
+            schedules: Schedules::new(store.clone()),
+            store,
+            keys,
+            clock,
+            options,
+            kinds: Arc::default(),
+        }
+    }
+
+    pub fn into_server(self) -> PracticeLogServiceServer<Self> {
+        PracticeLogServiceServer::new(self)
+    }
+
+    fn subject(&self, tenant: TenantId, participant_ref: String) -> Result<Subject, Error> {
+        validate_participant_ref(&participant_ref)?;
+        let key = participant_key(tenant.as_str(), &participant_ref);
+        let stream = practice_stream(&tenant, &participant_ref);
+        Ok(Subject {
+            tenant,
+            participant_ref,
+            key,
+            stream,
+        })
+    }
+
+    /// Whether the tenant may log `kind`: Tend's own, or one of its
+    /// protocols'.
+    async fn known_kinds(&self, tenant: &TenantId, kind: &str) -> Result<bool, Error> {
+        if practice::BUILT_IN_KINDS.contains(&kind) {
+            return Ok(true);
+        }
+        let cached = self.kind_cache().get(tenant).cloned();
+        if let Some((kinds, at)) = &cached
+            && (kinds.contains(kind) || at.elapsed() < KINDS_FRESH)
+        {
+            return Ok(kinds.contains(kind));
+        }
+        let kinds = Arc::new(self.schedules.protocol_practice_kinds(tenant).await?);
+        let known = kinds.contains(kind);
+        self.kind_cache()
+            .insert(tenant.clone(), (kinds, Instant::now()));
+        Ok(known)
+    }
+
+    fn kind_cache(&self) -> std::sync::MutexGuard<'_, KindCache> {
+        self.kinds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Turns request details into validated content, with the note still in
+    /// the clear (it is sealed once the event id is known).
+    async fn content(
+        &self,
+        subject: &Subject,
+        details: Option<PracticeDetails>,
+        now: Timestamp,
+        unchanged_start: Option<Timestamp>,
+    ) -> Result<(Content, Option<String>), Error> {
+        let details = details.ok_or_else(|| Error::invalid("practice", "is required"))?;
+        let (started_at, utc_offset_seconds, time_zone) =
+            parse_start(&details.started_at, &details.time_zone)?;
+        let occurrence_id = match details.occurrence_id.as_str() {
+            "" => None,
+            s => Some(parse_uuid("practice.occurrence_id", s)?),
+        };
+        let note = practice::validate_note(&details.note)
+            .map_err(|e| e.within("practice"))?
+            .map(str::to_owned);
+        let content = Content {
+            kind: details.kind,
+            started_at,
+            utc_offset_seconds,
+            time_zone,
+            minutes: details.minutes,
+            occurrence_id,
+            note: None,
+        };
+        let kind_known = self.known_kinds(&subject.tenant, &content.kind).await?;
+        let mut limits = self.options.limits;
+        if unchanged_start == Some(content.started_at) {
+            // Correcting the minutes of an old entry is fine.
+            limits.backdating = SignedDuration::MAX;
+        }
+        practice::validate(&content, now, &limits, |_| kind_known)
+            .map_err(|e| e.within("practice"))?;
+        if let Some(occurrence) = occurrence_id {
+            let facts = self
+                .schedules
+                .occurrence_of(&subject.tenant, &subject.participant_ref, occurrence, now)
+                .await?
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "practice.occurrence_id",
+                        "is not an occurrence of this participant",
+                    )
+                })?;
+            practice::check_named(&content, &facts.kind, facts.cancelled, facts.opens_at)
+                .map_err(|e| e.within("practice"))?;
+        }
+        Ok((content, note))
+    }
+
+    async fn seal(
+        &self,
+        subject: &Subject,
+        entry_id: Uuid,
+        event_id: Uuid,
+        content: &mut Content,
+        note: Option<&str>,
+    ) -> Result<(), Error> {
+        if let Some(text) = note {
+            let key = self
+                .keys
+                .for_write(subject.tenant.as_str(), subject.key)
+                .await?;
+            content.note = Some(keys::seal(
+                &key,
+                subject.tenant.as_str(),
+                subject.key,
+                entry_id,
+                event_id,
+                text,
+            ));
+        }
+        Ok(())
+    }
+
+    async fn load(&self, subject: &Subject) -> Result<(Log, Option<u64>), Error> {
+        let (events, version) = self
+            .store
+            .read_whole_stream(&subject.tenant, &subject.stream)
+            .await?;
+        let log = events.iter().try_fold(Log::default(), |log, e| {
+            let event = practice::Event::from_stored(&e.event_type, e.schema_version, &e.payload)?;
+            Ok::<_, Error>(practice::evolve(log, &event))
+        })?;
+        Ok((log, version))
+    }
+
+    /// Decides a command on the current log and appends what it causes,
+    /// deciding again if another writer got there first.
+    async fn execute(
+        &self,
+        subject: &Subject,
+        command: impl Fn(&Log) -> Command,
+        event_id: impl Fn(&practice::Event) -> Uuid,
+    ) -> Result<Log, Error> {
+        for _ in 0..ATTEMPTS {
+            let (log, version) = self.load(subject).await?;
+            let events = practice::decide(&log, command(&log))?;
+            if events.is_empty() {
+                return Ok(log);
+            }
+            let new = events
+                .iter()
+                .map(|e| to_new_event(event_id(e), e))
+                .collect::<Result<Vec<_>, _>>()?;
+            let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+            match self
+                .store
+                .append(&subject.tenant, &subject.stream, expected, new)
+                .await
+            {
+                Ok(_) => return Ok(events.iter().fold(log, practice::evolve)),
+                Err(tend_event_store::Error::WrongExpectedVersion { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Contended)
+    }
+
+    /// The key to open the subject's notes with, if any note needs one.
+    async fn read_key(&self, subject: &Subject, entries: &[&Entry]) -> Result<ReadKey, Error> {
+        if entries.iter().all(|e| e.current.note.is_none()) {
+            return Ok(ReadKey::None);
+        }
+        Ok(self.keys.read(subject.tenant.as_str(), subject.key).await?)
+    }
+
+    fn entry_pb(
+        &self,
+        subject: &Subject,
+        entry: &Entry,
+        key: &ReadKey,
+    ) -> Result<PracticeEntry, Error> {
+        let (note, state) = match (&entry.current.note, key) {
+            (None, _) => (String::new(), NoteState::None),
+            (Some(sealed), ReadKey::Key(key)) => (
+                keys::open(
+                    key,
+                    subject.tenant.as_str(),
+                    subject.key,
+                    entry.entry_id,
+                    sealed,
+                )?,
+                NoteState::Present,
+            ),
+            (Some(_), ReadKey::Erased | ReadKey::None) => (String::new(), NoteState::Erased),
+        };
+        Ok(entry_pb(entry, note, state))
+    }
+}
+
+fn to_new_event(id: Uuid, event: &practice::Event) -> Result<NewEvent, Error> {
+    Ok(NewEvent::new(
+        id,
+        event.event_type(),
+        event.schema_version(),
+        &event.to_payload(),
+    )?
+    .with_metadata(Metadata::default()))
+}
+
+fn parse_uuid(field: &str, s: &str) -> Result<Uuid, Error> {
+    match Uuid::try_parse(s) {
+        Ok(id) if !id.is_nil() => Ok(id),
+        _ => Err(Error::invalid(field, "must be a UUID (not the nil UUID)")),
+    }
+}
+
+/// The start as an instant, the participant's UTC offset then, and their
+/// zone if given. Either an RFC 3339 time with its offset, or a local
+/// date-time with `time_zone`.
+fn parse_start(started_at: &str, time_zone: &str) -> Result<(Timestamp, i32, Option<Zone>), Error> {
+    const FIELD: &str = "practice.started_at";
+    let zone = match time_zone {
+        "" => None,
+        name => Some(Zone::new(name).map_err(|e| e.within("practice"))?),
+    };
+    if started_at.is_empty() {
+        return Err(Error::invalid(FIELD, "is required"));
+    }
+    let (local, offset) = split_offset(started_at)?;
+    let local = parse_local_date_time(FIELD, local).map_err(Error::from)?;
+    match (offset, &zone) {
+        (Some(offset), _) => {
+            let at = offset
+                .to_timestamp(local)
+                .map_err(|_| Error::invalid(FIELD, "is out of range"))?;
+            if let Some(zone) = &zone
+                && zone.tz().to_offset(at) != offset
+            {
+                return Err(Error::invalid(
+                    "practice.time_zone",
+                    "does not have the offset given in started_at at that time",
+                ));
+            }
+            Ok((at, offset.seconds(), zone))
+        }
+        (None, Some(z)) => {
+            let at = resolve_date_time(z, local);
+            Ok((at, z.tz().to_offset(at).seconds(), zone))
+        }
+        (None, None) => Err(Error::invalid(
+            FIELD,
+            "has no UTC offset: give one (\"2026-12-01T08:05:00-05:00\") or set time_zone",
+        )),
+    }
+}
+
+/// Splits `…Z` or `…±HH:MM` off a date-time.
+fn split_offset(s: &str) -> Result<(&str, Option<Offset>), Error> {
+    const FIELD: &str = "practice.started_at";
+    if let Some(local) = s.strip_suffix(['Z', 'z']) {
+        return Ok((local, Some(Offset::UTC)));
+    }
+    let b = s.as_bytes();
+    if b.len() > 16 && matches!(b[b.len() - 6], b'+' | b'-') && b[b.len() - 3] == b':' {
+        let (local, offset) = s.split_at(s.len() - 6);
+        let sign = if offset.starts_with('-') { -1 } else { 1 };
+        let hours: i32 = offset[1..3]
+            .parse()
+            .map_err(|_| Error::invalid(FIELD, "has a malformed UTC offset"))?;
+        let minutes: i32 = offset[4..6]
+            .parse()
+            .map_err(|_| Error::invalid(FIELD, "has a malformed UTC offset"))?;
+        if hours > 18 || minutes > 59 || (hours == 18 && minutes > 0) {
+            return Err(Error::invalid(
+                FIELD,
+                "has a UTC offset outside -18:00..+18:00",
+            ));
+        }
+        let offset = Offset::from_seconds(sign * (hours * 3600 + minutes * 60))
+            .map_err(|_| Error::invalid(FIELD, "has a malformed UTC offset"))?;
+        return Ok((local, Some(offset)));
+    }
+    Ok((s, None))
+}
+
+fn format_start(content: &Content) -> String {
+    let offset = Offset::from_seconds(content.utc_offset_seconds).unwrap_or(Offset::UTC);
+    content
+        .started_at
+        .to_zoned_datetime(TimeZone::fixed(offset))
+        .strftime("%Y-%m-%dT%H:%M:%S%:z")
+        .to_string()
+}
+
+fn timestamp_pb(t: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.as_second(),
+        nanos: t.subsec_nanosecond(),
+    }
+}
+
+fn from_timestamp_pb(field: &str, t: &prost_types::Timestamp) -> Result<Timestamp, Error> {
+    Timestamp::new(t.seconds, t.nanos).map_err(|_| Error::invalid(field, "is out of range"))
+}
+
+fn entry_pb(entry: &Entry, note: String, state: NoteState) -> PracticeEntry {
+    let c = &entry.current;
+    PracticeEntry {
+        entry_id: entry.entry_id.to_string(),
+        kind: c.kind.clone(),
+        started_at: format_start(c),
+        time_zone: c
+            .time_zone
+            .as_ref()
+            .map(|z| z.name().to_owned())
+            .unwrap_or_default(),
+        minutes: c.minutes,
+        occurrence_id: c.occurrence_id.map(|o| o.to_string()).unwrap_or_default(),
+        note,
+        note_state: state.into(),
+        revision: entry.revision,
+        retracted_at: entry.retracted_at.map(timestamp_pb),
+    }
+}
+
+/// The position of an entry in a listing, for page tokens.
+fn page_key(e: &Entry) -> (i64, Uuid) {
+    (e.current.started_at.as_microsecond(), e.entry_id)
+}
+
+fn parse_page_token(token: &str) -> Result<Option<(i64, Uuid)>, Error> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Error::invalid("page_token", "is not a token this service issued");
+    let (micros, id) = token.split_once('.').ok_or_else(bad)?;
+    Ok(Some((
+        micros.parse().map_err(|_| bad())?,
+        Uuid::try_parse(id).map_err(|_| bad())?,
+    )))
+}
+
+#[tonic::async_trait]
+impl PracticeLogService for PracticeLogApi {
+    async fn log_practice(
+        &self,
+        request: Request<LogPracticeRequest>,
+    ) -> Result<Response<LogPracticeResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let r = request.into_inner();
+        let subject = self.subject(tenant, r.participant_ref)?;
+        let entry_id = parse_uuid("entry_id", &r.entry_id)?;
+        let now = self.clock.now();
+        let (mut content, note) = self.content(&subject, r.practice, now, None).await?;
+        let event_id = practice::entry_event_id(subject.key, entry_id);
+        self.seal(&subject, entry_id, event_id, &mut content, note.as_deref())
+            .await?;
+        // No read: the event id is the entry's, and the store's idempotency
+        // check makes a retry the same event (same content) or refuses it
+        // (other content), whoever gets there first.
+        let events = practice::decide(&Log::default(), Command::Log { entry_id, content })
+            .map_err(Error::from)?;
+        let new = events
+            .iter()
+            .map(|e| to_new_event(event_id, e))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.store
+            .append(&subject.tenant, &subject.stream, ExpectedVersion::Any, new)
+            .await
+            .map_err(Error::from)?;
+        let log = events.iter().fold(Log::default(), practice::evolve);
+        let entry = &log.entries[&entry_id];
+        let state = if note.is_some() {
+            NoteState::Present
+        } else {
+            NoteState::None
+        };
+        Ok(Response::new(LogPracticeResponse {
+            entry: Some(entry_pb(entry, note.unwrap_or_default(), state)),
+        }))
+    }
+
+    async fn correct_entry(
+        &self,
+        request: Request<CorrectEntryRequest>,
+    ) -> Result<Response<CorrectEntryResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let r = request.into_inner();
+        let subject = self.subject(tenant, r.participant_ref)?;
+        let entry_id = parse_uuid("entry_id", &r.entry_id)?;
+        let request_id = parse_uuid("request_id", &r.request_id)?;
+        let (before, _) = self.load(&subject).await?;
+        let current_start = before.entries.get(&entry_id).map(|e| e.current.started_at);
+        let now = self.clock.now();
+        let (mut content, note) = self
+            .content(&subject, r.practice, now, current_start)
+            .await?;
+        let event_id = practice::correction_event_id(subject.key, entry_id, request_id);
+        self.seal(&subject, entry_id, event_id, &mut content, note.as_deref())
+            .await?;
+        let log = self
+            .execute(
+                &subject,
+                |_| Command::Correct {
+                    entry_id,
+                    request_id,
+                    content: content.clone(),
+                },
+                |_| event_id,
+            )
+            .await?;
+        let entry = &log.entries[&entry_id];
+        let key = self.read_key(&subject, &[entry]).await?;
+        Ok(Response::new(CorrectEntryResponse {
+            entry: Some(self.entry_pb(&subject, entry, &key)?),
+        }))
+    }
+
+    async fn retract_entry(
+        &self,
+        request: Request<RetractEntryRequest>,
+    ) -> Result<Response<RetractEntryResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let r = request.into_inner();
+        let subject = self.subject(tenant, r.participant_ref)?;
+        let entry_id = parse_uuid("entry_id", &r.entry_id)?;
+        let log = self
+            .execute(
+                &subject,
+                |_| Command::Retract {
+                    entry_id,
+                    now: self.clock.now(),
+                },
+                |_| Uuid::now_v7(),
+            )
+            .await?;
+        let entry = &log.entries[&entry_id];
+        let key = self.read_key(&subject, &[entry]).await?;
+        Ok(Response::new(RetractEntryResponse {
+            entry: Some(self.entry_pb(&subject, entry, &key)?),
+        }))
+    }
+
+    async fn list_entries(
+        &self,
+        request: Request<ListEntriesRequest>,
+    ) -> Result<Response<ListEntriesResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let r = request.into_inner();
+        let subject = self.subject(tenant, r.participant_ref)?;
+        let from = r
+            .from
+            .as_ref()
+            .map(|t| from_timestamp_pb("from", t))
+            .transpose()?;
+        let to =
+            r.to.as_ref()
+                .map(|t| from_timestamp_pb("to", t))
+                .transpose()?;
+        let page_size = match r.page_size as usize {
+            0 => DEFAULT_PAGE,
+            n if n > MAX_PAGE => {
+                return Err(Error::invalid("page_size", "must be at most 500").into());
+            }
+            n => n,
+        };
+        let after = parse_page_token(&r.page_token)?;
+        let (log, _) = self.load(&subject).await?;
+        let mut entries: Vec<&Entry> = log
+            .entries
+            .values()
+            .filter(|e| r.include_retracted || e.is_live())
+            .filter(|e| from.is_none_or(|f| e.current.started_at >= f))
+            .filter(|e| to.is_none_or(|t| e.current.started_at < t))
+            .filter(|e| after.is_none_or(|a| page_key(e) > a))
+            .collect();
+        entries.sort_by_key(|e| page_key(e));
+        let more = entries.len() > page_size;
+        entries.truncate(page_size);
+        let key = self.read_key(&subject, &entries).await?;
+        let next_page_token = match entries.last() {
+            Some(last) if more => {
+                let (micros, id) = page_key(last);
+                format!("{micros}.{id}")
+            }
+            _ => String::new(),
+        };
+        let entries = entries
+            .iter()
+            .map(|e| self.entry_pb(&subject, e, &key))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Response::new(ListEntriesResponse {
+            entries,
+            next_page_token,
+        }))
+    }
+
+    async fn get_summary(
+        &self,
+        request: Request<GetSummaryRequest>,
+    ) -> Result<Response<GetSummaryResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let r = request.into_inner();
+        let subject = self.subject(tenant, r.participant_ref)?;
+        let wanted = match r.enrollment_id.as_str() {
+            "" => None,
+            s => Some(parse_uuid("enrollment_id", s)?),
+        };
+        let (log, _) = self.load(&subject).await?;
+        let (participant, _) = self
+            .schedules
+            .participant(&subject.tenant, &subject.participant_ref)
+            .await
+            .map_err(Error::from)?;
+        let enrollment = match wanted {
+            Some(id) => Some(
+                participant
+                    .enrollment(id)
+                    .ok_or_else(|| Error::from(DomainError::not_found("enrollment")))?,
+            ),
+            None => participant.enrollments.iter().max_by_key(|e| e.enrolled_at),
+        };
+        let now = self.clock.now();
+        let today: Date = match enrollment {
+            Some(e) => e.current().zone.tz().to_datetime(now).date(),
+            None => {
+                // Without a zone, the offset of their latest entry.
+                let offset = log
+                    .live()
+                    .last()
+                    .map_or(0, |e| e.current.utc_offset_seconds);
+                Offset::from_seconds(offset)
+                    .unwrap_or(Offset::UTC)
+                    .to_datetime(now)
+                    .date()
+            }
+        };
+        let s = practice::summarize(&log, enrollment.map(|e| e.current().session.date()), today);
+        Ok(Response::new(GetSummaryResponse {
+            entries: s.entries,
+            minutes: s.minutes,
+            weeks: s
+                .weeks
+                .into_iter()
+                .map(|t| WeekTally {
+                    arc_week: t.key,
+                    entries: t.entries,
+                    minutes: t.minutes,
+                })
+                .collect(),
+            kinds: s
+                .kinds
+                .into_iter()
+                .map(|t| KindTally {
+                    kind: t.key,
+                    entries: t.entries,
+                    minutes: t.minutes,
+                })
+                .collect(),
+            streak_days: s.streak_days,
+            last_practice_at: s.last_practice_at.map(timestamp_pb),
+            enrollment_id: enrollment.map(|e| e.id.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn forget_participant(
+        &self,
+        request: Request<ForgetParticipantRequest>,
+    ) -> Result<Response<ForgetParticipantResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let r = request.into_inner();
+        let subject = self.subject(tenant, r.participant_ref)?;
+        // The key goes first: once this returns, the notes are unreadable
+        // whatever happens to the event that records it.
+        let keys_destroyed = self
+            .keys
+            .forget(subject.tenant.as_str(), subject.key)
+            .await
+            .map_err(Error::from)?;
+        let log = self
+            .execute(
+                &subject,
+                |_| Command::EraseNotes {
+                    now: self.clock.now(),
+                },
+                |_| Uuid::new_v5(&subject.key, b"notes-erased"),
+            )
+            .await?;
+        tracing::info!(tenant = %subject.tenant, keys_destroyed, "participant's notes erased");
+        Ok(Response::new(ForgetParticipantResponse {
+            notes_erased_at: log.notes_erased_at.map(timestamp_pb),
+            keys_destroyed,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(s: &str, zone: &str) -> Result<(String, i32), String> {
+        parse_start(s, zone)
+            .map(|(t, o, _)| (t.to_string(), o))
+            .map_err(|e| match e {
+                Error::Domain(DomainError::Invalid { field, .. }) => field,
+                other => format!("{other:?}"),
+            })
+    }
+
+    #[test]
+    fn reads_a_start_with_an_offset_or_a_zone() {
+        assert_eq!(
+            start("2026-12-01T08:05:00-05:00", ""),
+            Ok(("2026-12-01T13:05:00Z".into(), -5 * 3600))
+        );
+        assert_eq!(
+            start("2026-12-01T08:05:00Z", ""),
+            Ok(("2026-12-01T08:05:00Z".into(), 0))
+        );
+        assert_eq!(
+            start("2026-12-01T08:05", "Asia/Kolkata"),
+            Ok(("2026-12-01T02:35:00Z".into(), 19800))
+        );
+        assert_eq!(
+            start("2026-12-01T08:05:00-05:00", "America/New_York"),
+            Ok(("2026-12-01T13:05:00Z".into(), -5 * 3600))
+        );
+    }
+
+    #[test]
+    fn refuses_starts_without_an_offset_or_with_a_disagreeing_zone() {
+        assert_eq!(
+            start("2026-12-01T08:05", ""),
+            Err("practice.started_at".into())
+        );
+        assert_eq!(
+            start("2026-12-01T08:05:00-04:00", "America/New_York"),
+            Err("practice.time_zone".into())
+        );
+        assert_eq!(
+            start("2026-12-01T08:05:00+19:00", ""),
+            Err("practice.started_at".into())
+        );
+        assert_eq!(start("yesterday", ""), Err("practice.started_at".into()));
+        assert_eq!(start("", "UTC"), Err("practice.started_at".into()));
+        assert_eq!(
+            start("2026-12-01T08:05", "Mars/Olympus"),
+            Err("practice.time_zone".into())
+        );
+    }
+
+    #[test]
+    fn formats_the_start_with_the_participants_offset() {
+        let (at, offset, _) = parse_start("2026-12-01T08:05:00-05:00", "").unwrap();
+        let c = Content {
+            kind: "soothing-touch".into(),
+            started_at: at,
+            utc_offset_seconds: offset,
+            time_zone: None,
+            minutes: 2,
+            occurrence_id: None,
+            note: None,
+        };
+        assert_eq!(format_start(&c), "2026-12-01T08:05:00-05:00");
+    }
+}

@@ -1,0 +1,121 @@
+//! Read access to participants' schedules for Tend's other services (the
+//! practice log links entries to occurrences and counts arc weeks).
+
+use std::collections::BTreeSet;
+
+use jiff::Timestamp;
+use tend_domain::enrollment::Participant;
+use tend_domain::protocol::ActivityKind;
+use tend_domain::schedule::{ProtocolSet, Status};
+use tend_event_store::{EventStore, TenantId};
+use uuid::Uuid;
+
+use crate::Error;
+use crate::repo::{Repo, participant_stream};
+use crate::worker::{Detail, jiff_time};
+
+/// What a service needs to know about one occurrence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OccurrenceFacts {
+    pub kind: ActivityKind,
+    pub opens_at: Timestamp,
+    pub cancelled: bool,
+}
+
+/// Participants' enrollments and schedules, read-only. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Schedules {
+    repo: Repo,
+}
+
+impl Schedules {
+    pub fn new(store: EventStore) -> Self {
+        Self {
+            repo: Repo::new(store),
+        }
+    }
+
+    /// The participant's enrollments and the protocol versions they use;
+    /// empty for someone never enrolled.
+    pub async fn participant(
+        &self,
+        tenant: &TenantId,
+        participant_ref: &str,
+    ) -> Result<(Participant, ProtocolSet), Error> {
+        let stream = participant_stream(tenant, participant_ref);
+        let loaded = self.repo.load_participant(tenant, &stream).await?;
+        Ok((loaded.state, loaded.protocols))
+    }
+
+    /// The practice kinds the tenant's own protocols define, in any
+    /// version.
+    pub async fn protocol_practice_kinds(
+        &self,
+        tenant: &TenantId,
+    ) -> Result<BTreeSet<String>, Error> {
+        let mut kinds = BTreeSet::new();
+        for id in self.repo.protocol_ids(tenant).await? {
+            let (history, _) = self.repo.protocol_history(tenant, &id).await?;
+            for v in &history.versions {
+                for a in &v.protocol.activities {
+                    if let ActivityKind::Practice { practice } = &a.kind {
+                        kinds.insert(practice.clone());
+                    }
+                }
+            }
+        }
+        Ok(kinds)
+    }
+
+    /// An occurrence of this participant, if it is one of theirs: from the
+    /// scheduler's table when it is there (one indexed read), otherwise
+    /// from their schedule as it stands at `now` (a new enrollment's rows
+    /// appear within a scheduler round).
+    pub async fn occurrence_of(
+        &self,
+        tenant: &TenantId,
+        participant_ref: &str,
+        occurrence_id: Uuid,
+        now: Timestamp,
+    ) -> Result<Option<OccurrenceFacts>, Error> {
+        let stream = participant_stream(tenant, participant_ref);
+        let row: Option<(
+            String,
+            chrono::DateTime<chrono::Utc>,
+            bool,
+            serde_json::Value,
+        )> = sqlx::query_as(
+            "SELECT stream_id, scheduled_at, cancelled, detail FROM scheduler_occurrences
+                 WHERE tenant_id = $1 AND occurrence_id = $2",
+        )
+        .bind(tenant.as_str())
+        .bind(occurrence_id)
+        .fetch_optional(self.repo.store.pool())
+        .await
+        .map_err(|e| Error::Store(e.into()))?;
+        if let Some((row_stream, at, cancelled, detail)) = row
+            && let Ok(detail) = serde_json::from_value::<Detail>(detail)
+        {
+            return Ok((row_stream == stream.as_str()).then(|| OccurrenceFacts {
+                kind: detail.kind,
+                opens_at: jiff_time(at),
+                cancelled,
+            }));
+        }
+        let loaded = self.repo.load_participant(tenant, &stream).await?;
+        for e in &loaded.state.enrollments {
+            if let Some(o) = e
+                .schedule(&loaded.protocols, now)?
+                .into_iter()
+                .find(|o| o.id == occurrence_id)
+            {
+                return Ok(Some(OccurrenceFacts {
+                    kind: o.kind,
+                    opens_at: o.at,
+                    cancelled: o.status == Status::Cancelled,
+                }));
+            }
+        }
+        Ok(None)
+    }
+}
