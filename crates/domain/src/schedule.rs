@@ -173,11 +173,16 @@ pub fn occurrences(
                         missed_recorded: false,
                     };
                     // Came due before the next revision, or is already
-                    // recorded due or done here (whatever the clocks said).
+                    // recorded due here, or was done inside this window
+                    // (whatever the clocks said). A completion after this
+                    // window belongs to where the slot moved.
                     let frozen = next.is_some_and(|n| {
                         at < n
                             || enrollment.due.get(&id) == Some(&at)
-                            || enrollment.completions.get(&id).is_some_and(|&c| c >= at)
+                            || enrollment
+                                .completions
+                                .get(&id)
+                                .is_some_and(|&c| at <= c && c < closes_at)
                     });
                     placed.insert(
                         id,

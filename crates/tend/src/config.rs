@@ -53,7 +53,7 @@ pub enum KeysCommand {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct KeyOptions {
     /// Master keys that wrap each participant's note key: `<id>:<base64 of
     /// 32 bytes>`, comma separated, the current one first (`tend keys new`).
@@ -67,6 +67,19 @@ pub struct KeyOptions {
     pub master_keys_file: Option<PathBuf>,
 }
 
+// By hand: the keys themselves never reach a debug print.
+impl std::fmt::Debug for KeyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyOptions")
+            .field(
+                "master_keys",
+                &self.master_keys.as_ref().map(|_| "<redacted>"),
+            )
+            .field("master_keys_file", &self.master_keys_file)
+            .finish()
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Issue a new token: prints the token (give it to the partner) and the
@@ -77,7 +90,7 @@ pub enum TokenCommand {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Args)]
 pub struct DatabaseOptions {
     /// PostgreSQL URL. Unset: an embedded cluster under --data-dir.
     #[arg(long, env = "TEND_DATABASE_URL", hide_env_values = true)]
@@ -94,6 +107,21 @@ pub struct DatabaseOptions {
 
     #[command(flatten)]
     pub log: LogOptions,
+}
+
+// By hand: the URL may hold a password.
+impl std::fmt::Debug for DatabaseOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseOptions")
+            .field(
+                "database_url",
+                &self.database_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("data_dir", &self.data_dir)
+            .field("db_max_connections", &self.db_max_connections)
+            .field("log", &self.log)
+            .finish()
+    }
 }
 
 #[derive(Debug, Args)]

@@ -237,11 +237,71 @@ impl PracticeLogApi {
                 .await
             {
                 Ok(_) => return Ok(events.iter().fold(log, practice::evolve)),
-                Err(tend_event_store::Error::WrongExpectedVersion { .. }) => continue,
+                // Someone else wrote first (perhaps an event with this very
+                // id, decided at another instant): decide again on what
+                // they wrote.
+                Err(
+                    tend_event_store::Error::WrongExpectedVersion { .. }
+                    | tend_event_store::Error::IdempotencyConflict { .. },
+                ) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
         Err(Error::Contended)
+    }
+
+    /// The stored entry, if `details` are what was logged under this id.
+    async fn stored_retry(
+        &self,
+        subject: &Subject,
+        entry_id: Uuid,
+        event_id: Uuid,
+        details: Option<&PracticeDetails>,
+    ) -> Result<Option<PracticeEntry>, Error> {
+        let Some(details) = details else {
+            return Ok(None);
+        };
+        let Some(stored) = self.store.find_event(&subject.tenant, event_id).await? else {
+            return Ok(None);
+        };
+        if stored.stream_id != subject.stream {
+            return Ok(None);
+        }
+        let practice::Event::Logged(logged) = practice::Event::from_stored(
+            &stored.event_type,
+            stored.schema_version,
+            &stored.payload,
+        )?
+        else {
+            return Ok(None);
+        };
+        let Ok((started_at, offset, zone)) = parse_start(&details.started_at, &details.time_zone)
+        else {
+            return Ok(None);
+        };
+        let occurrence_id = match details.occurrence_id.as_str() {
+            "" => None,
+            s => Uuid::try_parse(s).ok(),
+        };
+        let c = &logged.content;
+        let same = c.kind == details.kind
+            && (c.started_at, c.utc_offset_seconds, &c.time_zone) == (started_at, offset, &zone)
+            && c.minutes == details.minutes
+            && c.occurrence_id == occurrence_id
+            && c.note.is_some() != details.note.is_empty();
+        if !same {
+            return Ok(None);
+        }
+        let log = practice::evolve(Log::default(), &practice::Event::Logged(logged));
+        let entry = &log.entries[&entry_id];
+        let key = self.read_key(subject, &[entry]).await?;
+        let pb = self.entry_pb(subject, entry, &key)?;
+        // A note that can still be read must be the same note; an erased one
+        // can no longer be compared, and the entry is what was logged.
+        if pb.note_state() == NoteState::Present && pb.note.as_bytes() != details.note.as_slice() {
+            return Ok(None);
+        }
+        Ok(Some(pb))
     }
 
     /// The key to open the subject's notes with, if any note needs one.
@@ -430,10 +490,32 @@ impl PracticeLogService for PracticeLogApi {
         let subject = self.subject(tenant, r.participant_ref)?;
         let entry_id = parse_uuid("entry_id", &r.entry_id)?;
         let now = self.clock.now();
-        let (mut content, note) = self.content(&subject, r.practice, now, None).await?;
         let event_id = practice::entry_event_id(subject.key, entry_id);
-        self.seal(&subject, entry_id, event_id, &mut content, note.as_deref())
-            .await?;
+        let prepared = async {
+            let (mut content, note) = self
+                .content(&subject, r.practice.clone(), now, None)
+                .await?;
+            self.seal(&subject, entry_id, event_id, &mut content, note.as_deref())
+                .await?;
+            Ok::<_, Error>((content, note))
+        }
+        .await;
+        let (content, note) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                // A retry of an entry already stored gets the original
+                // result even when it would not pass today (the backdating
+                // limit moved on, its occurrence was cancelled, the notes
+                // were erased).
+                return match self
+                    .stored_retry(&subject, entry_id, event_id, r.practice.as_ref())
+                    .await?
+                {
+                    Some(entry) => Ok(Response::new(LogPracticeResponse { entry: Some(entry) })),
+                    None => Err(e.into()),
+                };
+            }
+        };
         // No read: the event id is the entry's, and the store's idempotency
         // check makes a retry the same event (same content) or refuses it
         // (other content), whoever gets there first.

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -168,8 +169,8 @@ fn wrap_aad(tenant: &str, participant: Uuid, key_id: Uuid) -> Vec<u8> {
     format!("tend/data-key/v1\0{tenant}\0{participant}\0{key_id}").into_bytes()
 }
 
-fn note_aad(tenant: &str, participant: Uuid, entry_id: Uuid) -> Vec<u8> {
-    format!("tend/note/v1\0{tenant}\0{participant}\0{entry_id}").into_bytes()
+fn note_aad(tenant: &str, participant: Uuid, entry_id: Uuid, key_id: Uuid) -> Vec<u8> {
+    format!("tend/note/v1\0{tenant}\0{participant}\0{entry_id}\0{key_id}").into_bytes()
 }
 
 fn wrap(
@@ -237,7 +238,7 @@ pub fn seal(
     let nonce: [u8; NONCE_BYTES] = event_id.as_bytes()[..NONCE_BYTES]
         .try_into()
         .expect("a UUID has 16 bytes");
-    let aad = note_aad(tenant, participant, entry_id);
+    let aad = note_aad(tenant, participant, entry_id, key.id);
     let sealed = cipher(&key.key)
         .encrypt(
             &Nonce::from(nonce),
@@ -271,7 +272,7 @@ pub fn open(
         .try_into()
         .map_err(|_| Error::Corrupt)?;
     let sealed = B64.decode(&note.ciphertext).map_err(|_| Error::Corrupt)?;
-    let aad = note_aad(tenant, participant, entry_id);
+    let aad = note_aad(tenant, participant, entry_id, key.id);
     let plain = cipher(&key.key)
         .decrypt(
             &Nonce::from(nonce),
@@ -293,6 +294,8 @@ pub struct KeyRing {
     pool: PgPool,
     master: Option<MasterKeys>,
     cache: Arc<Mutex<Cache>>,
+    /// Erasures made through this ring: a key read before one is not cached.
+    erasures: Arc<AtomicU64>,
 }
 
 /// Whether a participant's key exists, for reading.
@@ -310,6 +313,7 @@ impl KeyRing {
             pool,
             master,
             cache: Arc::default(),
+            erasures: Arc::default(),
         }
     }
 
@@ -325,6 +329,7 @@ impl KeyRing {
     pub async fn for_write(&self, tenant: &str, participant: Uuid) -> Result<Arc<DataKey>, Error> {
         let master = self.master()?;
         let slot = (tenant.to_owned(), participant);
+        let erasures = self.erasures.load(Ordering::SeqCst);
         if let Some((key, at)) = self.cache().get(&slot)
             && at.elapsed() < WRITE_CACHE_TTL
         {
@@ -359,6 +364,14 @@ impl KeyRing {
             }
         };
         let key = Arc::new(key);
+        if self.erasures.load(Ordering::SeqCst) != erasures {
+            // An erasure ran on this server meanwhile: look again, and
+            // keep nothing.
+            return match self.read(tenant, participant).await? {
+                ReadKey::Key(key) => Ok(Arc::new(key)),
+                ReadKey::Erased | ReadKey::None => Err(Error::Forgotten),
+            };
+        }
         let mut cache = self.cache();
         if cache.len() >= WRITE_CACHE_MAX {
             cache.retain(|_, (_, at)| at.elapsed() < WRITE_CACHE_TTL);
@@ -400,31 +413,35 @@ impl KeyRing {
     /// Destroys the participant's data key, and marks them so that no new
     /// one is ever made. Returns how many keys this call destroyed.
     pub async fn forget(&self, tenant: &str, participant: Uuid) -> Result<u32, Error> {
+        // A server that read the key before this erasure must not cache it
+        // after.
+        self.erasures.fetch_add(1, Ordering::SeqCst);
         let mut tx = self.pool.begin().await?;
-        let live: Option<bool> = sqlx::query_scalar(
-            "SELECT wrapped IS NOT NULL FROM practice_keys
-             WHERE tenant_id = $1 AND participant_key = $2 FOR UPDATE",
-        )
-        .bind(tenant)
-        .bind(participant)
-        .fetch_optional(&mut *tx)
-        .await?;
+        // First a row, ours or one being made for a first note (the insert
+        // waits for that to commit): after this, no new key can appear.
         sqlx::query(
             "INSERT INTO practice_keys
                 (tenant_id, participant_key, key_id, wrapped, master_key_id, destroyed_at)
              VALUES ($1, $2, $3, NULL, NULL, now())
-             ON CONFLICT (tenant_id, participant_key) DO UPDATE
-                SET wrapped = NULL, master_key_id = NULL,
-                    destroyed_at = COALESCE(practice_keys.destroyed_at, now())",
+             ON CONFLICT (tenant_id, participant_key) DO NOTHING",
         )
         .bind(tenant)
         .bind(participant)
         .bind(Uuid::new_v4())
         .execute(&mut *tx)
         .await?;
+        let destroyed = sqlx::query(
+            "UPDATE practice_keys SET wrapped = NULL, master_key_id = NULL, destroyed_at = now()
+             WHERE tenant_id = $1 AND participant_key = $2 AND wrapped IS NOT NULL",
+        )
+        .bind(tenant)
+        .bind(participant)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         tx.commit().await?;
         self.cache().remove(&(tenant.to_owned(), participant));
-        Ok(u32::from(live == Some(true)))
+        Ok(u32::try_from(destroyed).unwrap_or(u32::MAX))
     }
 
     /// Re-wraps every data key not wrapped by the current master key.

@@ -1005,3 +1005,106 @@ async fn without_a_master_key_notes_are_refused_and_plain_entries_kept() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_retry_gets_the_original_even_past_the_backdating_limit_or_after_erasure() {
+    let h = harness("2026-06-10T12:00:00Z").await;
+    let plain = Uuid::new_v4();
+    let noted = Uuid::new_v4();
+    let plain_details = details("soothing-touch", "2026-06-10T11:00:00Z", 2);
+    let noted_details = with_note(
+        details("journaling-reframe", "2026-06-10T11:30:00Z", 10),
+        "retried",
+    );
+    let first = h
+        .log(TENANT, "p-1", plain, plain_details.clone())
+        .await
+        .unwrap();
+    h.log(TENANT, "p-1", noted, noted_details.clone())
+        .await
+        .unwrap();
+    // Forty days on, the same request is past the backdating limit.
+    h.clock.set(ts("2026-07-20T12:00:00Z"));
+    assert_eq!(
+        h.log(TENANT, "p-1", plain, plain_details.clone())
+            .await
+            .unwrap(),
+        first
+    );
+    // Other content under the old id is still refused.
+    let changed = h
+        .log(
+            TENANT,
+            "p-1",
+            plain,
+            details("soothing-touch", "2026-06-10T11:00:00Z", 3),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(changed.code(), Code::InvalidArgument);
+    // After erasure the entry with a note is still the entry it was.
+    h.practice
+        .forget_participant(req(
+            TENANT,
+            pb::ForgetParticipantRequest {
+                participant_ref: "p-1".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    let again = h.log(TENANT, "p-1", noted, noted_details).await.unwrap();
+    assert_eq!(again.note_state(), pb::NoteState::Erased);
+    assert_eq!(again.minutes, 10);
+    assert_eq!(
+        h.events(TENANT)
+            .await
+            .iter()
+            .filter(|(t, _)| t == "PracticeLogged")
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn concurrent_erasure_requests_all_succeed_and_destroy_one_key() {
+    let h = harness("2026-06-10T12:00:00Z").await;
+    h.log(
+        TENANT,
+        "p-1",
+        Uuid::new_v4(),
+        with_note(
+            details("journaling-reframe", "2026-06-10T11:00:00Z", 5),
+            "x",
+        ),
+    )
+    .await
+    .unwrap();
+    // The real clock: each request decides a different erasure instant.
+    let api = PracticeLogApi::new(
+        h.store.clone(),
+        KeyRing::new(h.db.pool.clone(), Some(master())),
+        Arc::new(tend_protocol_scheduler::SystemClock),
+        PracticeOptions::default(),
+    );
+    let calls = (0..5).map(|_| {
+        api.forget_participant(req(
+            TENANT,
+            pb::ForgetParticipantRequest {
+                participant_ref: "p-1".into(),
+            },
+        ))
+    });
+    let results = futures::future::join_all(calls).await;
+    let destroyed: u32 = results
+        .into_iter()
+        .map(|r| r.unwrap().into_inner().keys_destroyed)
+        .sum();
+    assert_eq!(destroyed, 1);
+    let erased = h
+        .events(TENANT)
+        .await
+        .iter()
+        .filter(|(t, _)| t == "PracticeNotesErased")
+        .count();
+    assert_eq!(erased, 1);
+}

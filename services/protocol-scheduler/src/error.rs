@@ -19,6 +19,10 @@ pub enum Error {
     /// This server no longer holds the scheduler lease.
     #[error("the scheduler lease passed to another server")]
     LeaseLost,
+    /// The scheduler decided events the stream already holds: a fault in
+    /// the rules, reported rather than retried.
+    #[error("the scheduler decided events the stream already holds")]
+    Redecided,
     /// Another writer kept changing the stream; the caller may retry.
     #[error("the participant's schedule changed concurrently; retry")]
     Contended,
@@ -63,6 +67,10 @@ impl From<Error> for Status {
             },
             Error::Contended => Status::aborted(e.to_string()),
             Error::LeaseLost => Status::unavailable(e.to_string()),
+            Error::Redecided => {
+                tracing::error!(error = %e, "scheduler fault");
+                Status::internal("internal error")
+            }
             Error::Store(e) => match e {
                 store::Error::InvalidInput { field, reason } => bad_request(field, &reason),
                 store::Error::WrongExpectedVersion { .. } => {

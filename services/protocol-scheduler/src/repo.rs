@@ -336,6 +336,13 @@ impl Repo {
             .store
             .append(tenant, &loaded.stream, expected(loaded.version), new)
             .await?;
+        // Events already in the history that was read, decided again: the
+        // state and the decision disagree, and retrying would only repeat
+        // it. (Already stored *after* that version is another scheduler
+        // having got there first, which the next round sees.)
+        if appended.already_stored && loaded.version.is_some_and(|v| appended.stream_version <= v) {
+            return Err(Error::Redecided);
+        }
         Ok(appended.stream_version)
     }
 }

@@ -207,10 +207,7 @@ impl Worker {
                         round.streams += 1;
                         round.events += events;
                     }
-                    Err(Error::Store(
-                        tend_event_store::Error::WrongExpectedVersion { .. }
-                        | tend_event_store::Error::IdempotencyConflict { .. },
-                    )) => {
+                    Err(Error::Store(tend_event_store::Error::WrongExpectedVersion { .. })) => {
                         // Changed while we decided (by a command, or by a
                         // scheduler that lost its lease mid-round): the
                         // change is in the log and the next round sees it.

@@ -774,3 +774,41 @@ fn fold_of_logged_events_matches_apply() {
     assert_eq!(log.entries[&ENTRY].current, c);
     assert_eq!(log.live().len(), 1);
 }
+
+#[test]
+fn a_completion_where_a_reschedule_moved_the_slot_stays_there_and_links_once() {
+    let mut arc = enrolled();
+    // On 06-01 the session moves two days later: the 06-02 08:00 slot
+    // (day -3) moves to 06-04 08:00.
+    let events = enrollment::decide(
+        &arc.state,
+        EnrollmentCommand::RescheduleSession {
+            enrollment_id: ENROLLMENT,
+            session_at: crate::time::parse_local_date_time("s", "2026-06-07T10:00").unwrap(),
+            now: ts("2026-06-01T00:00:00Z"),
+        },
+        &arc.protocols,
+    )
+    .unwrap();
+    arc.state = events.iter().fold(arc.state.clone(), enrollment::evolve);
+    let log = logged(&[(
+        ENTRY,
+        content("formal-meditation", "2026-06-04T08:20:00Z", 15),
+    )]);
+    let first = arc.link(&log, "2026-06-04T09:30:00Z");
+    assert_eq!(completions(&first).len(), 1);
+    let (occurrence, _) = completions(&first)[0];
+    let o = arc
+        .schedule("2026-06-04T09:30:00Z")
+        .into_iter()
+        .find(|o| o.id == occurrence)
+        .unwrap();
+    assert_eq!((o.at, o.status), (ts("2026-06-04T08:00:00Z"), Status::Done));
+    // Stable: linking again, and again after the window, changes nothing.
+    assert!(arc.link(&log, "2026-06-04T09:30:00Z").is_empty());
+    assert!(arc.link(&log, "2026-06-05T12:00:00Z").is_empty());
+    assert_eq!(
+        missed_of(&arc.tick("2026-06-05T12:00:00Z", 0), occurrence),
+        0
+    );
+}
