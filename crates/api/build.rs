@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tend/events/v1/events.proto",
         "tend/scheduler/v1/scheduler.proto",
         "tend/practice/v1/practice.proto",
+        "tend/assessment/v1/assessment.proto",
     ];
     let fds = protox::compile(files, [&root])?;
 

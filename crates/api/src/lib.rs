@@ -28,3 +28,10 @@ pub mod practice {
         tonic::include_proto!("tend.practice.v1");
     }
 }
+
+#[allow(clippy::all)] // generated code
+pub mod assessment {
+    pub mod v1 {
+        tonic::include_proto!("tend.assessment.v1");
+    }
+}

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tend_api::assessment::v1::assessment_service_server::AssessmentServiceServer;
 use tend_api::events::v1::event_stream_service_server::EventStreamServiceServer;
 use tend_api::practice::v1::practice_log_service_server::PracticeLogServiceServer;
 use tend_api::scheduler::v1::protocol_scheduler_service_server::ProtocolSchedulerServiceServer;
+use tend_assessment::AssessmentApi;
 use tend_auth::{Authenticator, TokenHash, Tokens};
 use tend_event_store::{EventStore, TenantId};
 use tend_event_stream::EventStreamApi;
@@ -220,6 +222,9 @@ async fn run(
     health
         .set_serving::<PracticeLogServiceServer<PracticeLogApi>>()
         .await;
+    health
+        .set_serving::<AssessmentServiceServer<AssessmentApi>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tend_api::FILE_DESCRIPTOR_SET)
@@ -249,6 +254,10 @@ async fn run(
             },
         )
         .into_server(),
+        auth.clone(),
+    );
+    let assessment = InterceptedService::new(
+        AssessmentApi::new(store.clone(), clock.clone()).into_server(),
         auth,
     );
     let worker = tokio::spawn(
@@ -278,6 +287,7 @@ async fn run(
         .add_service(events)
         .add_service(scheduler)
         .add_service(practice)
+        .add_service(assessment)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),
@@ -301,6 +311,9 @@ async fn run(
                 .await;
             health
                 .set_not_serving::<PracticeLogServiceServer<PracticeLogApi>>()
+                .await;
+            health
+                .set_not_serving::<AssessmentServiceServer<AssessmentApi>>()
                 .await;
             shutdown.cancel();
         }

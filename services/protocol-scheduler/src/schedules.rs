@@ -4,10 +4,10 @@
 use std::collections::BTreeSet;
 
 use jiff::Timestamp;
-use tend_domain::enrollment::Participant;
+use tend_domain::enrollment::{Command, Participant};
 use tend_domain::protocol::ActivityKind;
 use tend_domain::schedule::{ProtocolSet, Status};
-use tend_event_store::{EventStore, TenantId};
+use tend_event_store::{EventStore, Metadata, TenantId};
 use uuid::Uuid;
 
 use crate::Error;
@@ -65,6 +65,46 @@ impl Schedules {
             }
         }
         Ok(kinds)
+    }
+
+    /// Marks an occurrence of this participant completed at `completed_at`
+    /// (for an assessment that fulfils it). Completing it again at the same
+    /// time is nothing new.
+    pub async fn complete_occurrence(
+        &self,
+        tenant: &TenantId,
+        participant_ref: &str,
+        occurrence_id: Uuid,
+        completed_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), Error> {
+        let stream = participant_stream(tenant, participant_ref);
+        let loaded = self.repo.load_participant(tenant, &stream).await?;
+        let mut enrollment_id = None;
+        for e in &loaded.state.enrollments {
+            if e.schedule(&loaded.protocols, now)?
+                .iter()
+                .any(|o| o.id == occurrence_id)
+            {
+                enrollment_id = Some(e.id);
+            }
+        }
+        let enrollment_id = enrollment_id.ok_or_else(|| Error::not_found("occurrence"))?;
+        self.repo
+            .execute_participant(
+                tenant,
+                &stream,
+                &[],
+                |_| Command::Complete {
+                    enrollment_id,
+                    occurrence_id,
+                    completed_at: Some(completed_at),
+                    now,
+                },
+                &Metadata::default(),
+            )
+            .await?;
+        Ok(())
     }
 
     /// An occurrence of this participant, if it is one of theirs: from the
