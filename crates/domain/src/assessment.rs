@@ -329,7 +329,31 @@ impl Instrument {
             }
             last = b.up_to;
         }
+        if self.bands.len() > 20 {
+            return Err(Error::invalid("bands", "must be at most 20"));
+        }
+        for (i, b) in self.bands.iter().enumerate() {
+            if b.label.len() > 64 || b.label.chars().any(char::is_control) {
+                return Err(Error::invalid(
+                    format!("bands[{i}].label"),
+                    "must be at most 64 bytes, without control characters",
+                ));
+            }
+        }
+        if self.source.len() > 500 || self.title.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                "source",
+                "source must be at most 500 bytes, and the title without control characters",
+            ));
+        }
+        let mut watched = BTreeSet::new();
         for (i, rule) in self.safety.iter().enumerate() {
+            if !watched.insert(rule.item) {
+                return Err(Error::invalid(
+                    format!("safety[{i}].item"),
+                    "already has a safety rule: one rule per item",
+                ));
+            }
             if self.item(rule.item).is_none() {
                 return Err(Error::invalid(
                     format!("safety[{i}].item"),
@@ -391,6 +415,16 @@ pub fn define(
         ));
     }
     let next = versions.iter().map(|v| v.version).max().unwrap_or(0) + 1;
+    // "The next version" sent again with the latest's content is a retry.
+    if instrument.version == 0
+        && let Some(latest) = versions.iter().max_by_key(|v| v.version)
+        && (Instrument {
+            version: latest.version,
+            ..instrument.clone()
+        }) == *latest
+    {
+        return Ok(vec![]);
+    }
     if let Some(same) = versions.iter().find(|v| v.version == instrument.version) {
         return if *same == instrument {
             Ok(vec![])
@@ -500,11 +534,12 @@ pub fn check_answers(
         .map(|i| i.number)
         .filter(|n| !map.contains_key(n))
         .collect();
-    if let Some(required) = instrument
-        .items
-        .iter()
-        .find(|i| i.required && !map.contains_key(&i.number))
-    {
+    // An item a safety rule reads is required whatever its flag says: a
+    // signal must never be missed for want of an answer.
+    if let Some(required) = instrument.items.iter().find(|i| {
+        (i.required || instrument.safety.iter().any(|r| r.item == i.number))
+            && !map.contains_key(&i.number)
+    }) {
         return Err(Error::invalid(
             "answers",
             format!(
@@ -725,8 +760,10 @@ pub fn change(
         baseline,
         current,
         absolute: Score::of(absolute),
+        // Of the baseline's size, so that the sign is the direction of the
+        // change even on a scale that runs below 0.
         percent: (baseline.exact.num != 0)
-            .then(|| 100.0 * absolute.value() / baseline.exact.value()),
+            .then(|| 100.0 * absolute.value() / baseline.exact.value().abs()),
         reliable: rc
             .map(|(sd, r)| reliable_change(baseline.value, current.value, sd, r, higher_is_better)),
     }
@@ -874,28 +911,28 @@ event_codec! {
 }
 
 impl Event {
-    /// The id to store the event under: everything here follows from the
-    /// assessment, so a retried submission is the same events.
-    pub fn id(&self) -> Uuid {
+    /// The id to store the event under. A submission's events follow from
+    /// the assessment id, so a retried submission is the same events;
+    /// `None` for events decided on the record as read (a rescoring, a
+    /// designation), which are guarded by the stream version instead and
+    /// may legitimately repeat (designate A, then B, then A again).
+    pub fn id(&self) -> Option<Uuid> {
         match self {
-            Self::Submitted(e) => e.assessment_id,
-            Self::Scored(e) => Uuid::new_v5(
+            Self::Submitted(e) => Some(e.assessment_id),
+            Self::Scored(e) if !e.rescored => Some(Uuid::new_v5(
                 &e.assessment_id,
                 format!(
-                    "scored/{}/{}/{}",
+                    "scored/{}/{}",
                     e.scores.instrument_version,
-                    e.scores.method.name(),
-                    e.rescored
+                    e.scores.method.name()
                 )
                 .as_bytes(),
-            ),
-            Self::SafetySignal(e) => {
-                Uuid::new_v5(&e.assessment_id, format!("safety/{}", e.item).as_bytes())
-            }
-            Self::BaselineDesignated(e) => Uuid::new_v5(
+            )),
+            Self::SafetySignal(e) => Some(Uuid::new_v5(
                 &e.assessment_id,
-                format!("baseline/{}", e.instrument_id).as_bytes(),
-            ),
+                format!("safety/{}", e.item).as_bytes(),
+            )),
+            Self::Scored(_) | Self::BaselineDesignated(_) => None,
         }
     }
 }
@@ -1073,6 +1110,12 @@ pub fn compare(
     sd: Option<&Sourced>,
     reliability: Option<&Sourced>,
 ) -> Result<ChangeReport, Error> {
+    if (current.administered_at, current.seq) < (baseline.administered_at, baseline.seq) {
+        return Err(Error::refused(
+            "assessment_id",
+            "was administered before the baseline: name a later one, or designate an earlier baseline",
+        ));
+    }
     let (Some(b), Some(c)) = (baseline.latest(), current.latest()) else {
         return Err(Error::refused("assessment_id", "has no scores"));
     };

@@ -143,6 +143,38 @@ impl AssessmentApi {
             .ok_or_else(|| DomainError::not_found("instrument version").into())
     }
 
+    /// Completes the occurrence a stored administration fulfils. Its
+    /// preconditions were checked before the administration was written;
+    /// what can still refuse it (a withdrawal in between) does not undo
+    /// the administration, which is the fact that matters: it is logged,
+    /// and a retry of the submission tries again.
+    async fn complete(
+        &self,
+        subject: &Subject,
+        occurrence_id: Option<Uuid>,
+        administered_at: Timestamp,
+        now: Timestamp,
+    ) {
+        let Some(occurrence) = occurrence_id else {
+            return;
+        };
+        if let Err(e) = self
+            .schedules
+            .complete_occurrence(
+                &subject.tenant,
+                &subject.participant_ref,
+                occurrence,
+                administered_at,
+                // An administration dated within the allowed clock skew
+                // completes at its own time.
+                now.max(administered_at),
+            )
+            .await
+        {
+            tracing::warn!(tenant = %subject.tenant, error = %e, "an administration did not complete its occurrence");
+        }
+    }
+
     // ---- Assessments ----
 
     async fn load(&self, subject: &Subject) -> Result<(Record, Option<u64>), Error> {
@@ -166,7 +198,7 @@ impl AssessmentApi {
             }
             let new = events
                 .iter()
-                .map(|e| new_event(e.id(), e))
+                .map(|e| new_event(e.id().unwrap_or_else(Uuid::now_v7), e))
                 .collect::<Result<Vec<_>, _>>()?;
             match self
                 .store
@@ -269,10 +301,12 @@ impl AssessmentService for AssessmentApi {
             let (versions, version) = self.versions(&tenant, &given.id).await?;
             let events = assessment::define(&versions, given.clone()).map_err(Error::from)?;
             let Some(InstrumentEvent::Defined(defined)) = events.first() else {
-                // Defined before with the same content.
+                // Defined before with the same content (as that version, or
+                // as the latest when the next one was asked for).
                 let same = versions
                     .iter()
-                    .find(|v| v.version == given.version)
+                    .filter(|v| given.version == 0 || v.version == given.version)
+                    .max_by_key(|v| v.version)
                     .cloned()
                     .unwrap_or(given);
                 return Ok(Response::new(pb::DefineInstrumentResponse {
@@ -354,6 +388,29 @@ impl AssessmentService for AssessmentApi {
                     .into());
                 }
             }
+            // Everything that would refuse the completion is checked before
+            // anything is written.
+            if facts.cancelled {
+                return Err(Error::from(DomainError::refused(
+                    "occurrence_id",
+                    "the occurrence was cancelled by a pause or withdrawal",
+                ))
+                .into());
+            }
+            if administered_at < facts.opens_at {
+                return Err(Error::invalid(
+                    "administered_at",
+                    "is before the named occurrence's window opens",
+                )
+                .into());
+            }
+            if facts.completed_at.is_some_and(|c| c != administered_at) {
+                return Err(Error::from(DomainError::refused(
+                    "occurrence_id",
+                    "is already completed by another administration",
+                ))
+                .into());
+            }
         }
         let assessment_id = assessment_id_for_request(subject.key, request_id);
         let answers: Vec<(u32, i32)> = r.answers.iter().map(|a| (a.item, a.answer)).collect();
@@ -374,14 +431,14 @@ impl AssessmentService for AssessmentApi {
         .map_err(Error::from)?;
         let new = events
             .iter()
-            .map(|e| new_event(e.id(), e))
+            .map(|e| new_event(e.id().unwrap_or_else(Uuid::now_v7), e))
             .collect::<Result<Vec<_>, _>>()?;
-        match self
+        let fresh = match self
             .store
             .append(&subject.tenant, &subject.stream, ExpectedVersion::Any, new)
             .await
         {
-            Ok(_) => {}
+            Ok(appended) => !appended.already_stored,
             Err(tend_event_store::Error::IdempotencyConflict { .. }) => {
                 // Either other content under this request id, or the same
                 // submission scored differently since (a new instrument
@@ -400,6 +457,8 @@ impl AssessmentService for AssessmentApi {
                             && a.administered_at == mine.administered_at
                             && a.occurrence_id == mine.occurrence_id =>
                     {
+                        self.complete(&subject, occurrence_id, administered_at, now)
+                            .await;
                         Ok(Response::new(pb::SubmitResponsesResponse {
                             assessment: Some(assessment_pb(a)),
                         }))
@@ -410,25 +469,17 @@ impl AssessmentService for AssessmentApi {
                 };
             }
             Err(e) => return Err(Error::from(e).into()),
-        }
-        for e in &events {
-            if let Event::SafetySignal(s) = e {
-                // Ids only: no answers, no participant reference.
-                tracing::warn!(tenant = %subject.tenant, instrument = %s.instrument_id, item = s.item, "safety signal raised");
+        };
+        if fresh {
+            for e in &events {
+                if let Event::SafetySignal(s) = e {
+                    // Ids only: no answers, no participant reference.
+                    tracing::warn!(tenant = %subject.tenant, instrument = %s.instrument_id, item = s.item, "safety signal raised");
+                }
             }
         }
-        if let Some(occurrence) = occurrence_id {
-            self.schedules
-                .complete_occurrence(
-                    &subject.tenant,
-                    &subject.participant_ref,
-                    occurrence,
-                    administered_at,
-                    now,
-                )
-                .await
-                .map_err(Error::from)?;
-        }
+        self.complete(&subject, occurrence_id, administered_at, now)
+            .await;
         let record = events.iter().fold(Record::default(), assessment::evolve);
         Ok(Response::new(pb::SubmitResponsesResponse {
             assessment: record.assessments.get(&assessment_id).map(assessment_pb),

@@ -650,5 +650,56 @@ async fn a_designated_baseline_is_used_and_other_tenants_see_nothing() {
     let second = change(TENANT).await.unwrap().into_inner();
     assert_eq!(second.baseline_assessment_id, ids[1]);
     assert_eq!(second.total.unwrap().absolute.unwrap().exact, "-7");
+    // Back to the first: it takes effect again.
+    h.api
+        .designate_baseline(req(
+            TENANT,
+            pb::DesignateBaselineRequest {
+                participant_ref: "p-1".into(),
+                assessment_id: ids[0].clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        change(TENANT)
+            .await
+            .unwrap()
+            .into_inner()
+            .baseline_assessment_id,
+        ids[0]
+    );
     assert_eq!(change("clinic-b").await.unwrap_err().code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn an_occurrence_that_cannot_be_completed_is_refused_before_anything_is_written() {
+    let h = harness("2026-05-25T00:00:00Z").await;
+    let enrollment = h.enroll(TENANT, "p-1").await;
+    let slot = h.occurrence(&enrollment, "baseline-scs-sf").await;
+    h.clock.set(ts("2026-06-02T12:00:00Z"));
+    let named = |at: &str| pb::SubmitResponsesRequest {
+        occurrence_id: slot.occurrence_id.clone(),
+        ..submission("p-1", "scs-sf", &[3; 12], at)
+    };
+    // Before the window opens (06-01 09:00).
+    let early = h.submit(named("2026-06-01T08:00:00Z")).await.unwrap_err();
+    assert_eq!(
+        (early.code(), field_of(&early).as_str()),
+        (Code::InvalidArgument, "administered_at")
+    );
+    assert!(h.events(TENANT).await.is_empty());
+    let first = named("2026-06-01T10:00:00Z");
+    h.submit(first.clone()).await.unwrap();
+    // The retry completes nothing new and succeeds.
+    h.submit(first).await.unwrap();
+    assert_eq!(
+        h.occurrence(&enrollment, "baseline-scs-sf").await.status(),
+        spb::OccurrenceStatus::Done
+    );
+    let written = h.events(TENANT).await.len();
+    // A second administration for the same slot.
+    let again = h.submit(named("2026-06-02T10:00:00Z")).await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    assert_eq!(h.events(TENANT).await.len(), written);
 }

@@ -20,6 +20,7 @@ pub struct OccurrenceFacts {
     pub kind: ActivityKind,
     pub opens_at: Timestamp,
     pub cancelled: bool,
+    pub completed_at: Option<Timestamp>,
 }
 
 /// Participants' enrollments and schedules, read-only. Cheap to clone.
@@ -119,27 +120,30 @@ impl Schedules {
         now: Timestamp,
     ) -> Result<Option<OccurrenceFacts>, Error> {
         let stream = participant_stream(tenant, participant_ref);
-        let row: Option<(
+        type Row = (
             String,
             chrono::DateTime<chrono::Utc>,
             bool,
+            Option<chrono::DateTime<chrono::Utc>>,
             serde_json::Value,
-        )> = sqlx::query_as(
-            "SELECT stream_id, scheduled_at, cancelled, detail FROM scheduler_occurrences
-                 WHERE tenant_id = $1 AND occurrence_id = $2",
+        );
+        let row: Option<Row> = sqlx::query_as(
+            "SELECT stream_id, scheduled_at, cancelled, completed_at, detail
+             FROM scheduler_occurrences WHERE tenant_id = $1 AND occurrence_id = $2",
         )
         .bind(tenant.as_str())
         .bind(occurrence_id)
         .fetch_optional(self.repo.store.pool())
         .await
         .map_err(|e| Error::Store(e.into()))?;
-        if let Some((row_stream, at, cancelled, detail)) = row
+        if let Some((row_stream, at, cancelled, completed_at, detail)) = row
             && let Ok(detail) = serde_json::from_value::<Detail>(detail)
         {
             return Ok((row_stream == stream.as_str()).then(|| OccurrenceFacts {
                 kind: detail.kind,
                 opens_at: jiff_time(at),
                 cancelled,
+                completed_at: completed_at.map(jiff_time),
             }));
         }
         let loaded = self.repo.load_participant(tenant, &stream).await?;
@@ -153,6 +157,7 @@ impl Schedules {
                     kind: o.kind,
                     opens_at: o.at,
                     cancelled: o.status == Status::Cancelled,
+                    completed_at: o.completed_at,
                 }));
             }
         }

@@ -494,8 +494,12 @@ fn rescoring_appends_new_scores_and_keeps_the_old_ones() {
     );
     // All 1s: 13 positive items at 1, 13 reversed to 5: 78 / 26 = 3.
     assert_eq!(
-        (a.scorings[1].instrument_version, a.scorings[1].method),
-        (2, Method::MeanOfItems)
+        (
+            a.scorings[1].instrument_version,
+            a.scorings[1].method,
+            a.scorings[1].total.exact
+        ),
+        (2, Method::MeanOfItems, Ratio::int(3))
     );
     // Rescoring again with the same version adds nothing.
     assert_eq!(
@@ -714,4 +718,83 @@ fn ffmq15_mixed_answers_through_every_reversed_item() {
     assert_eq!(facets, [12, 12, 12, 14, 10]);
     assert_eq!(s.total.exact, Ratio::int(60));
     assert_eq!(s.method, Method::Sum);
+}
+
+#[test]
+fn an_item_a_safety_rule_reads_must_be_answered_even_unflagged() {
+    let mut mine = instrument("phq-9").clone();
+    mine.items[8].required = false;
+    let given = &answers(&[1; 9])[..8];
+    let e = check_answers(&mine, given).unwrap_err();
+    assert!(matches!(e, Error::Invalid { reason, .. } if reason.contains("item 9")));
+}
+
+#[test]
+fn designating_a_then_b_then_a_again_takes_effect_each_time() {
+    let sf = instrument("scs-sf");
+    let mut record = Record::default();
+    for (id, at) in [(A1, "2026-06-01T09:00:00Z"), (A2, "2026-06-02T09:00:00Z")] {
+        record = apply(record, submit(id, sf, &[3; 12], at));
+    }
+    for id in [A1, A2, A1] {
+        let events = decide(&record, Command::DesignateBaseline { assessment_id: id }).unwrap();
+        assert_eq!(events.len(), 1);
+        // Decided on the record as read: stored under a fresh id.
+        assert_eq!(events[0].id(), None);
+        record = events.iter().fold(record, evolve);
+        assert_eq!(record.baseline("scs-sf", None).unwrap().assessment_id, id);
+    }
+}
+
+#[test]
+fn a_current_administration_before_the_baseline_is_refused() {
+    let gad = instrument("gad-7");
+    let record = apply(
+        apply(
+            Record::default(),
+            submit(A1, gad, &[1; 7], "2026-06-01T09:00:00Z"),
+        ),
+        submit(A2, gad, &[2; 7], "2026-06-05T09:00:00Z"),
+    );
+    let e = compare(
+        gad,
+        &record.assessments[&A2],
+        &record.assessments[&A1],
+        None,
+        None,
+    );
+    assert!(matches!(e, Err(Error::Refused { field, .. }) if field == "assessment_id"));
+}
+
+#[test]
+fn percent_change_keeps_the_direction_below_zero() {
+    // From -2 to -1: up by 1, which is +50% of the baseline's size.
+    let c = change(
+        Score::of(Ratio::int(-2)),
+        Score::of(Ratio::int(-1)),
+        None,
+        true,
+    );
+    assert_eq!(c.percent, Some(50.0));
+}
+
+#[test]
+fn two_safety_rules_on_one_item_are_refused_and_a_repeated_next_version_is_a_retry() {
+    let mut two = instrument("phq-9").clone();
+    two.id = "my-phq".into();
+    two.safety.push(SafetyRule { item: 9, above: 1 });
+    assert!(
+        matches!(two.validate(), Err(Error::Invalid { field, .. }) if field == "safety[1].item")
+    );
+    let mine = Instrument {
+        id: "wellbeing-5".into(),
+        version: 0,
+        ..instrument("gad-7").clone()
+    };
+    let v1 = match define(&[], mine.clone()).unwrap().as_slice() {
+        [InstrumentEvent::Defined(d)] => d.instrument.clone(),
+        other => panic!("{other:?}"),
+    };
+    // The same "next version" request again defines nothing new.
+    assert_eq!(define(std::slice::from_ref(&v1), mine), Ok(vec![]));
 }
