@@ -122,16 +122,16 @@ impl Default for Limits {
     }
 }
 
-/// Validates what a client says it practised, at `now`. `known_kind` tells
-/// whether the tenant may log a kind (the built-ins and its protocols').
+/// Validates what a client says it practised, at `now`. `kind_known` says
+/// whether the tenant may log its kind (the built-ins and its protocols').
 pub fn validate(
     content: &Content,
     now: Timestamp,
     limits: &Limits,
-    known_kind: impl Fn(&str) -> bool,
+    kind_known: bool,
 ) -> Result<(), Error> {
     crate::protocol::validate_slug("kind", &content.kind)?;
-    if !known_kind(&content.kind) {
+    if !kind_known {
         return Err(Error::invalid(
             "kind",
             "is not a practice kind of Tend or of any of this tenant's protocols",

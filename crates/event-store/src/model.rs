@@ -119,6 +119,12 @@ pub enum ExpectedVersion {
 }
 
 impl ExpectedVersion {
+    /// The stream exactly as it was read: `version` is its last event's, or
+    /// `None` when it did not exist. For decide-then-append loops.
+    pub fn as_read(version: Option<u64>) -> Self {
+        version.map_or(Self::NoStream, Self::Exact)
+    }
+
     pub(crate) fn admits(self, current: Option<u64>) -> bool {
         match self {
             Self::Any => true,

@@ -58,10 +58,6 @@ fn new_event<E: DomainEvent>(id: Uuid, e: &E) -> Result<NewEvent, Error> {
     )
 }
 
-fn expected(version: Option<u64>) -> ExpectedVersion {
-    version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact)
-}
-
 impl AssessmentApi {
     pub fn new(store: EventStore, clock: Arc<dyn Clock>) -> Self {
         Self {
@@ -202,7 +198,12 @@ impl AssessmentApi {
                 .collect::<Result<Vec<_>, _>>()?;
             match self
                 .store
-                .append(&subject.tenant, &subject.stream, expected(version), new)
+                .append(
+                    &subject.tenant,
+                    &subject.stream,
+                    ExpectedVersion::as_read(version),
+                    new,
+                )
                 .await
             {
                 Ok(_) => {
@@ -324,7 +325,7 @@ impl AssessmentService for AssessmentApi {
             let new = vec![new_event(id, &events[0])?];
             match self
                 .store
-                .append(&tenant, &stream, expected(version), new)
+                .append(&tenant, &stream, ExpectedVersion::as_read(version), new)
                 .await
             {
                 Ok(_) => {

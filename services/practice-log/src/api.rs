@@ -90,7 +90,7 @@ impl PracticeLogApi {
     fn subject(&self, tenant: TenantId, participant_ref: String) -> Result<Subject, Error> {
         validate_participant_ref(&participant_ref)?;
         let key = participant_key(tenant.as_str(), &participant_ref);
-        let stream = practice_stream(&tenant, &participant_ref);
+        let stream = practice_stream(key);
         Ok(Subject {
             tenant,
             participant_ref,
@@ -156,8 +156,7 @@ impl PracticeLogApi {
             // Correcting the minutes of an old entry is fine.
             limits.backdating = SignedDuration::MAX;
         }
-        practice::validate(&content, now, &limits, |_| kind_known)
-            .map_err(|e| e.within("practice"))?;
+        practice::validate(&content, now, &limits, kind_known).map_err(|e| e.within("practice"))?;
         if let Some(occurrence) = occurrence_id {
             let facts = self
                 .schedules
@@ -230,10 +229,14 @@ impl PracticeLogApi {
                 .iter()
                 .map(|e| to_new_event(event_id(e), e))
                 .collect::<Result<Vec<_>, _>>()?;
-            let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
             match self
                 .store
-                .append(&subject.tenant, &subject.stream, expected, new)
+                .append(
+                    &subject.tenant,
+                    &subject.stream,
+                    ExpectedVersion::as_read(version),
+                    new,
+                )
                 .await
             {
                 Ok(_) => return Ok(events.iter().fold(log, practice::evolve)),

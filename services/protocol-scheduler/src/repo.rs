@@ -56,9 +56,10 @@ pub(crate) fn participant_stream(tenant: &TenantId, participant_ref: &str) -> St
     .expect("a fixed category and a uuid make a valid stream id")
 }
 
-/// The stream of a participant's practice entries.
-pub fn practice_stream(tenant: &TenantId, participant_ref: &str) -> StreamId {
-    StreamId::for_entity(PRACTICE, participant_key(tenant.as_str(), participant_ref))
+/// The stream of a participant's practice entries, by their key
+/// (`enrollment::participant_key`).
+pub fn practice_stream(participant_key: Uuid) -> StreamId {
+    StreamId::for_entity(PRACTICE, participant_key)
         .expect("a fixed category and a uuid make a valid stream id")
 }
 
@@ -91,10 +92,6 @@ fn to_new_events<E: DomainEvent>(
             Ok(new.with_metadata(metadata.clone()))
         })
         .collect()
-}
-
-fn expected(version: Option<u64>) -> ExpectedVersion {
-    version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact)
 }
 
 impl Repo {
@@ -208,7 +205,7 @@ impl Repo {
             let new = to_new_events(&events, |_| None, &Metadata::default())?;
             match self
                 .store
-                .append(tenant, &stream, expected(version), new)
+                .append(tenant, &stream, ExpectedVersion::as_read(version), new)
                 .await
             {
                 Ok(_) => return Ok(events.iter().fold(history, protocol::evolve)),
@@ -301,7 +298,12 @@ impl Repo {
             let new = to_new_events(&events, enrollment::Event::deterministic_id, metadata)?;
             match self
                 .store
-                .append(tenant, stream, expected(before.version), new)
+                .append(
+                    tenant,
+                    stream,
+                    ExpectedVersion::as_read(before.version),
+                    new,
+                )
                 .await
             {
                 Ok(appended) => {
@@ -334,7 +336,12 @@ impl Repo {
         )?;
         let appended = self
             .store
-            .append(tenant, &loaded.stream, expected(loaded.version), new)
+            .append(
+                tenant,
+                &loaded.stream,
+                ExpectedVersion::as_read(loaded.version),
+                new,
+            )
             .await?;
         // Events already in the history that was read, decided again: the
         // state and the decision disagree, and retrying would only repeat

@@ -46,7 +46,7 @@ fn check(c: &Content) -> Result<(), Error> {
         c,
         ts("2026-06-10T12:00:00Z"),
         &Limits::default(),
-        builtin_kind,
+        builtin_kind(&c.kind),
     )
 }
 
