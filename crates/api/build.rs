@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tend/scheduler/v1/scheduler.proto",
         "tend/practice/v1/practice.proto",
         "tend/assessment/v1/assessment.proto",
+        "tend/arc/v1/arc.proto",
     ];
     let fds = protox::compile(files, [&root])?;
 

@@ -35,3 +35,10 @@ pub mod assessment {
         tonic::include_proto!("tend.assessment.v1");
     }
 }
+
+#[allow(clippy::all)] // generated code
+pub mod arc {
+    pub mod v1 {
+        tonic::include_proto!("tend.arc.v1");
+    }
+}

@@ -37,6 +37,7 @@ macro_rules! event_codec {
     };
 }
 
+pub mod arc;
 pub mod assessment;
 pub mod enrollment;
 mod error;

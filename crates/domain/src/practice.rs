@@ -603,7 +603,7 @@ fn tallies<K>(map: BTreeMap<K, (u32, u64)>) -> Vec<Tally<K>> {
 
 /// Consecutive days ending today, or yesterday if nothing yet today (the
 /// day is not over).
-fn streak(days: &BTreeSet<Date>, today: Date) -> u32 {
+pub(crate) fn streak(days: &BTreeSet<Date>, today: Date) -> u32 {
     let mut day = if days.contains(&today) {
         today
     } else {

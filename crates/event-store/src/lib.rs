@@ -60,6 +60,11 @@ pub fn migrator() -> Migrator {
             "practice log",
             include_str!("../../../migrations/0003_practice.sql"),
         ),
+        (
+            4,
+            "projections",
+            include_str!("../../../migrations/0004_projections.sql"),
+        ),
     ];
     Migrator::with_migrations(
         migrations
@@ -229,6 +234,12 @@ impl EventStore {
             task.abort();
             let _ = task.await;
         }
+    }
+
+    /// The head of the log as it moves: a follower waits on it for new
+    /// events instead of polling.
+    pub fn watch_head(&self) -> watch::Receiver<u64> {
+        self.inner.head.clone()
     }
 
     fn head_watch(&self) -> watch::Receiver<u64> {

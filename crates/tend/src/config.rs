@@ -33,6 +33,88 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Read models built from the event log.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
+    /// Fill a tenant with a realistic synthetic cohort (the built-in
+    /// protocols, every phase, practice, assessments, warnings), so that
+    /// `tend serve` shows populated arcs and cohorts.
+    Demo(DemoOptions),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Build a projection again from the whole log, beside the one queries
+    /// read, and switch to it once it has caught up. Safe while servers
+    /// run; a rebuild that stops is resumed by running it again.
+    Rebuild {
+        /// The projection: `arc`.
+        name: String,
+        /// Events folded in memory between writes.
+        #[arg(long, default_value_t = 500_000)]
+        flush_every: usize,
+        /// The share of the time the rebuild works, 0.05 to 1: below 1 it
+        /// rests between pages, leaving the CPU to servers on the same
+        /// machine.
+        #[arg(long, default_value_t = 1.0)]
+        duty: f64,
+        #[command(flatten)]
+        database: DatabaseOptions,
+    },
+    /// How far each projection is behind the log.
+    Status {
+        #[command(flatten)]
+        database: DatabaseOptions,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoOptions {
+    /// The tenant to fill; it must hold no participants yet. `dev` is the
+    /// tenant of the embedded database's development token.
+    #[arg(long, default_value = "dev")]
+    pub tenant: String,
+
+    /// How many participants.
+    #[arg(long, default_value_t = 300)]
+    pub participants: usize,
+
+    /// The same seed gives the same cohort.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    #[command(flatten)]
+    pub database: DatabaseOptions,
+}
+
+/// The early-warning rules (docs/arc.md gives the reasoning).
+#[derive(Debug, Args)]
+pub struct ArcOptions {
+    /// Critic returns: raised when practice minutes per day in weeks +2
+    /// and +3 fall below this share of the participant's pre-session rate.
+    #[arg(long, env = "TEND_ARC_CRITIC_RATIO", default_value_t = 0.5)]
+    pub arc_critic_ratio: f64,
+
+    /// ... and cleared when they recover to this share.
+    #[arg(long, env = "TEND_ARC_CRITIC_CLEAR_RATIO", default_value_t = 0.75)]
+    pub arc_critic_clear_ratio: f64,
+
+    /// Missed in a row: raised at this many consecutive missed occurrences.
+    #[arg(long, env = "TEND_ARC_MISSED_IN_A_ROW", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub arc_missed_in_a_row: u32,
+
+    /// Subscale rise: the reference SD of a subscale mean for the
+    /// reliable-change threshold (an assumption; no SD is published).
+    #[arg(long, env = "TEND_ARC_RISE_SD", default_value_t = 0.8)]
+    pub arc_rise_sd: f64,
+
+    /// Whether this server may run the arc projection (one server at a
+    /// time does, by lease).
+    #[arg(long, env = "TEND_ARC_PROJECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub arc_projection: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,6 +251,9 @@ pub struct ServeOptions {
 
     #[command(flatten)]
     pub keys: KeyOptions,
+
+    #[command(flatten)]
+    pub arc: ArcOptions,
 
     #[command(flatten)]
     pub database: DatabaseOptions,

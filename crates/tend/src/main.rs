@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use config::{Cli, Command, KeysCommand, TokenCommand};
+use config::{Cli, Command, KeysCommand, ProjectionsCommand, TokenCommand};
 
 // Many small, short-lived allocations per call (HTTP/2 frames, protobuf,
 // JSON): glibc's malloc showed as ~8% of the server's CPU in a profile of
@@ -20,10 +20,24 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A rebuild runs on one thread: on a machine shared with servers it
+    // takes one core and leaves the rest to serving.
+    let one_thread = matches!(
+        cli.command,
+        Command::Projections {
+            command: ProjectionsCommand::Rebuild { .. }
+        }
+    );
+    let runtime = if one_thread {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tend: cannot start the async runtime: {e}");
@@ -51,6 +65,28 @@ fn main() -> ExitCode {
             } => {
                 logging::init(&database.log)?;
                 serve::rotate_keys(keys, database).await
+            }
+            Command::Projections {
+                command:
+                    ProjectionsCommand::Rebuild {
+                        name,
+                        flush_every,
+                        duty,
+                        database,
+                    },
+            } => {
+                logging::init(&database.log)?;
+                serve::rebuild_projection(&name, flush_every, duty, database).await
+            }
+            Command::Projections {
+                command: ProjectionsCommand::Status { database },
+            } => {
+                logging::init(&database.log)?;
+                serve::projection_status(database).await
+            }
+            Command::Demo(options) => {
+                logging::init(&options.database.log)?;
+                serve::demo(options).await
             }
         }
     });

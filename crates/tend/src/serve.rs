@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tend_api::arc::v1::arc_service_server::ArcServiceServer;
 use tend_api::assessment::v1::assessment_service_server::AssessmentServiceServer;
 use tend_api::events::v1::event_stream_service_server::EventStreamServiceServer;
 use tend_api::practice::v1::practice_log_service_server::PracticeLogServiceServer;
 use tend_api::scheduler::v1::protocol_scheduler_service_server::ProtocolSchedulerServiceServer;
+use tend_arc::{ArcApi, ArcProjection};
 use tend_assessment::AssessmentApi;
 use tend_auth::{Authenticator, TokenHash, Tokens};
 use tend_event_store::{EventStore, TenantId};
@@ -24,7 +26,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-use crate::config::{DatabaseOptions, KeyOptions, ServeOptions};
+use crate::config::{ArcOptions, DatabaseOptions, DemoOptions, KeyOptions, ServeOptions};
 
 type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
 
@@ -135,6 +137,149 @@ pub async fn rotate_keys(keys: KeyOptions, options: DatabaseOptions) -> Result<(
     Ok(())
 }
 
+fn arc_rules(options: &ArcOptions) -> Result<tend_domain::arc::Rules> {
+    let ratio = |name: &str, v: f64| {
+        if v > 0.0 && v <= 1.0 {
+            Ok(v)
+        } else {
+            Err(format!("{name} must be above 0 and at most 1"))
+        }
+    };
+    let critic_ratio = ratio("TEND_ARC_CRITIC_RATIO", options.arc_critic_ratio)?;
+    let critic_clear_ratio = ratio(
+        "TEND_ARC_CRITIC_CLEAR_RATIO",
+        options.arc_critic_clear_ratio,
+    )?;
+    if critic_clear_ratio < critic_ratio {
+        return Err("TEND_ARC_CRITIC_CLEAR_RATIO must be at least TEND_ARC_CRITIC_RATIO".into());
+    }
+    if !(options.arc_rise_sd > 0.0 && options.arc_rise_sd.is_finite()) {
+        return Err("TEND_ARC_RISE_SD must be a positive number".into());
+    }
+    Ok(tend_domain::arc::Rules {
+        critic_ratio,
+        critic_clear_ratio,
+        missed_in_a_row: options.arc_missed_in_a_row,
+        rise_sd: options.arc_rise_sd,
+        ..Default::default()
+    })
+}
+
+pub async fn rebuild_projection(
+    name: &str,
+    flush_every: usize,
+    duty: f64,
+    options: DatabaseOptions,
+) -> Result<()> {
+    if name != tend_arc::NAME {
+        return Err(format!("unknown projection {name:?}: the projections are: arc").into());
+    }
+    if !(0.05..=1.0).contains(&duty) {
+        return Err("--duty must be from 0.05 to 1".into());
+    }
+    let database = Database::open(&options).await?;
+    let rebuilt = async {
+        tend_event_store::migrate(&database.pool).await?;
+        let store = EventStore::open(database.pool.clone(), Default::default()).await?;
+        let clock = std::sync::Arc::new(SystemClock);
+        let report = tend_projections::rebuild(
+            &store,
+            ArcProjection::new(store.clone(), clock, Default::default(), false),
+            tend_projections::RebuildOptions {
+                flush_every: flush_every.max(1),
+                duty,
+                ..Default::default()
+            },
+        )
+        .await;
+        store.shutdown().await;
+        Ok::<_, Box<dyn Error + Send + Sync>>(report?)
+    }
+    .await;
+    database.close().await?;
+    let r = rebuilt?;
+    println!(
+        "rebuilt projection {name}: generation {} -> {}, {} events in {:.1} s ({:.0} events/s){}, at position {}",
+        r.from_generation,
+        r.to_generation,
+        r.events,
+        r.elapsed.as_secs_f64(),
+        r.events_per_second(),
+        if r.resumed { ", resumed" } else { "" },
+        r.position
+    );
+    Ok(())
+}
+
+pub async fn projection_status(options: DatabaseOptions) -> Result<()> {
+    let database = Database::open(&options).await?;
+    let status = tend_projections::status(&database.pool, tend_arc::NAME).await;
+    database.close().await?;
+    let s = status?;
+    println!(
+        "{}: generation {}, position {} of {} ({} behind, {:.1} s){}",
+        s.name,
+        s.active_generation,
+        s.position,
+        s.head,
+        s.events_behind,
+        s.seconds_behind,
+        s.rebuilding
+            .map(|(g, p)| format!("; rebuilding generation {g} at {p}"))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+pub async fn demo(options: DemoOptions) -> Result<()> {
+    let tenant = TenantId::new(&options.tenant)?;
+    if options.participants == 0 || options.participants > 100_000 {
+        return Err("--participants must be 1 to 100000".into());
+    }
+    let database = Database::open(&options.database).await?;
+    let generated = async {
+        tend_event_store::migrate(&database.pool).await?;
+        let store = EventStore::open(database.pool.clone(), Default::default()).await?;
+        let result = async {
+            if tend_demo::tenant_has_participants(&store, &tenant).await? {
+                return Err(format!(
+                    "tenant {tenant} already holds participants: the demo fills an empty tenant (try --tenant demo2)"
+                )
+                .into());
+            }
+            let started = std::time::Instant::now();
+            let report = tend_demo::generate(
+                &store,
+                &tend_demo::Options {
+                    tenant: tenant.clone(),
+                    participants: options.participants,
+                    seed: options.seed,
+                    now: jiff::Timestamp::now(),
+                    concurrency: 32,
+                },
+            )
+            .await?;
+            Ok::<_, Box<dyn Error + Send + Sync>>((report, started.elapsed()))
+        }
+        .await;
+        store.shutdown().await;
+        result
+    }
+    .await;
+    database.close().await?;
+    let (report, elapsed) = generated?;
+    println!(
+        "tenant {tenant}: {} participants, {} events in {:.1} s",
+        report.participants,
+        report.events,
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "next: `tend serve`, then ArcService.GetCohort {{\"protocol_id\": \"integration-arc-8w\"}} (docs/arc-example.py shows one)"
+    );
+    Ok(())
+}
+
 /// The master keys: configured, or for the embedded database a key kept in
 /// its data directory (a development convenience: a key beside the data it
 /// protects protects nothing against a copy of the directory).
@@ -209,6 +354,7 @@ async fn run(
     if master.is_none() {
         tracing::warn!("no TEND_MASTER_KEYS: practice entries with notes will be refused");
     }
+    let rules = arc_rules(&options.arc)?;
     let store = EventStore::open(database.pool.clone(), Default::default()).await?;
     let shutdown = CancellationToken::new();
 
@@ -225,6 +371,7 @@ async fn run(
     health
         .set_serving::<AssessmentServiceServer<AssessmentApi>>()
         .await;
+    health.set_serving::<ArcServiceServer<ArcApi>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tend_api::FILE_DESCRIPTOR_SET)
@@ -258,8 +405,25 @@ async fn run(
     );
     let assessment = InterceptedService::new(
         AssessmentApi::new(store.clone(), clock.clone()).into_server(),
+        auth.clone(),
+    );
+    let arc = InterceptedService::new(
+        ArcApi::new(database.pool.clone(), clock.clone()).into_server(),
         auth,
     );
+    let projection = options.arc.arc_projection.then(|| {
+        tokio::spawn(
+            tend_projections::Runner::new(
+                store.clone(),
+                ArcProjection::new(store.clone(), clock.clone(), rules.clone(), true),
+                tend_projections::RunnerOptions {
+                    lease_ttl: Duration::from_secs(options.scheduler_lease_seconds),
+                    ..Default::default()
+                },
+            )
+            .run(shutdown.clone()),
+        )
+    });
     let worker = tokio::spawn(
         Worker::new(
             store.clone(),
@@ -288,6 +452,7 @@ async fn run(
         .add_service(scheduler)
         .add_service(practice)
         .add_service(assessment)
+        .add_service(arc)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),
@@ -315,6 +480,7 @@ async fn run(
             health
                 .set_not_serving::<AssessmentServiceServer<AssessmentApi>>()
                 .await;
+            health.set_not_serving::<ArcServiceServer<ArcApi>>().await;
             shutdown.cancel();
         }
     });
@@ -330,6 +496,9 @@ async fn run(
     // The worker gives its lease up on the way out, so that another server
     // takes over at once.
     let _ = worker.await;
+    if let Some(projection) = projection {
+        let _ = projection.await;
+    }
     store.shutdown().await;
     tracing::info!("stopped");
     Ok(())

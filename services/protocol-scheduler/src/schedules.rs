@@ -48,6 +48,19 @@ impl Schedules {
         Ok((loaded.state, loaded.protocols))
     }
 
+    /// A published protocol version (built in or the tenant's own); they
+    /// never change once published, so this is cached.
+    pub async fn published_protocol(
+        &self,
+        tenant: &TenantId,
+        protocol_id: &str,
+        version: u32,
+    ) -> Result<tend_domain::protocol::Protocol, Error> {
+        self.repo
+            .published_protocol(tenant, protocol_id, version)
+            .await
+    }
+
     /// The practice kinds the tenant's own protocols define, in any
     /// version.
     pub async fn protocol_practice_kinds(

@@ -1,0 +1,543 @@
+//! The arc projection: one row per participant, folded from their
+//! participant, practice, assessment and arc streams (which all share the
+//! participant's key).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use tend_domain::arc::{self, ArcState, FlagEvent, FlagKind, Input, Rules, SlotCache};
+use tend_domain::schedule::ProtocolSet;
+use tend_domain::{DomainEvent, assessment, enrollment, practice, protocol};
+use tend_event_store::{
+    EventStore, ExpectedVersion, Filter, NewEvent, RecordedEvent, StreamId, TenantId,
+};
+use tend_projections::{BoxError, Projection};
+use tend_protocol_scheduler::{Clock, Schedules};
+use uuid::Uuid;
+
+pub const NAME: &str = "arc";
+/// A participant's flag events: `arc-<participant key>`.
+pub const ARC_CATEGORY: &str = "arc";
+const CATEGORIES: [&str; 4] = ["participant", "practice", "assessment", ARC_CATEGORY];
+/// Rows read or written per statement.
+const CHUNK: usize = 1000;
+
+/// One event, decoded.
+#[derive(Debug)]
+enum Decoded {
+    Enrollment(enrollment::Event),
+    Practice(practice::Event),
+    Assessment(assessment::Event),
+    Flag(FlagEvent),
+}
+
+#[derive(Debug, Default)]
+struct Cached {
+    state: ArcState,
+    dirty: bool,
+}
+
+type Key = (TenantId, Uuid);
+
+#[derive(Debug)]
+pub struct ArcProjection {
+    store: EventStore,
+    schedules: Schedules,
+    clock: Arc<dyn Clock>,
+    rules: Rules,
+    /// Decide and append flags after each batch (the live runner; a
+    /// rebuild only folds the flags already in the log).
+    decide_flags: bool,
+    cache: HashMap<Key, Cached>,
+    /// The generation held no rows when folding began and nothing was
+    /// evicted since: a participant not cached has no row.
+    empty: bool,
+    protocols: HashMap<TenantId, ProtocolSet>,
+    /// Loaded (tenant, protocol, version), found or not.
+    looked_up: HashSet<(TenantId, String, u32)>,
+    flushed: Vec<Key>,
+    slots: SlotCache,
+    /// Participants whose flags are to be decided once caught up.
+    pending_flags: HashSet<Key>,
+    /// The generation last folded (flags are decided on its rows).
+    generation: i32,
+}
+
+impl ArcProjection {
+    pub fn new(store: EventStore, clock: Arc<dyn Clock>, rules: Rules, decide_flags: bool) -> Self {
+        Self {
+            schedules: Schedules::new(store.clone()),
+            store,
+            clock,
+            rules,
+            decide_flags,
+            cache: HashMap::new(),
+            empty: false,
+            protocols: HashMap::new(),
+            looked_up: HashSet::new(),
+            flushed: Vec::new(),
+            slots: SlotCache::default(),
+            pending_flags: HashSet::new(),
+            generation: 0,
+        }
+    }
+
+    /// A participant's arc stream.
+    pub fn stream(participant_key: Uuid) -> StreamId {
+        StreamId::for_entity(ARC_CATEGORY, participant_key)
+            .expect("a fixed category and a uuid make a valid stream id")
+    }
+
+    async fn load(
+        &mut self,
+        pool: &PgPool,
+        generation: i32,
+        keys: Vec<Key>,
+    ) -> Result<(), BoxError> {
+        for chunk in keys.chunks(CHUNK) {
+            let tenants: Vec<&str> = chunk.iter().map(|(t, _)| t.as_str()).collect();
+            let ids: Vec<Uuid> = chunk.iter().map(|(_, k)| *k).collect();
+            let rows: Vec<(String, Uuid, Vec<u8>)> = sqlx::query_as(
+                "SELECT a.tenant_id, a.participant_key, a.state
+                 FROM arc_participants a
+                 JOIN unnest($2::text[], $3::uuid[]) AS k(t, p)
+                   ON a.tenant_id = k.t AND a.participant_key = k.p
+                 WHERE a.generation = $1",
+            )
+            .bind(generation)
+            .bind(&tenants)
+            .bind(&ids)
+            .fetch_all(pool)
+            .await?;
+            for (tenant, key, state) in rows {
+                // The decoder's reason may quote stored values.
+                let state: ArcState = serde_json::from_slice(&state).map_err(|_| {
+                    format!("a stored arc state of generation {generation} does not decode")
+                })?;
+                self.cache.insert(
+                    (TenantId::new(tenant)?, key),
+                    Cached {
+                        state,
+                        dirty: false,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure the tenant's protocol versions these enrollments use are
+    /// at hand (the built-ins always are).
+    async fn protocols_for(
+        &mut self,
+        wanted: Vec<(TenantId, String, u32)>,
+    ) -> Result<(), BoxError> {
+        for (tenant, id, version) in wanted {
+            if protocol::built_in(&id).is_some()
+                || self
+                    .looked_up
+                    .contains(&(tenant.clone(), id.clone(), version))
+            {
+                continue;
+            }
+            match self
+                .schedules
+                .published_protocol(&tenant, &id, version)
+                .await
+            {
+                Ok(p) => self.protocols.entry(tenant.clone()).or_default().insert(p),
+                Err(tend_protocol_scheduler::Error::Domain(e)) => {
+                    // Without the definition its occurrences count 0
+                    // planned minutes; the rest of the arc stands.
+                    tracing::warn!(tenant = %tenant, error = %e, "a protocol version an enrollment uses cannot be read");
+                }
+                Err(e) => return Err(e.into()),
+            }
+            self.looked_up.insert((tenant, id, version));
+        }
+        Ok(())
+    }
+
+    /// Decides the flags of these participants now and appends them.
+    async fn decide_and_append(&mut self, pending: Vec<Key>) -> Result<(), BoxError> {
+        let missing: Vec<Key> = pending
+            .iter()
+            .filter(|k| !self.cache.contains_key(*k))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let pool = self.store.pool().clone();
+            let generation = self.generation;
+            self.load(&pool, generation, missing).await?;
+        }
+        let now = self.clock.now();
+        for key in pending {
+            let Some(cached) = self.cache.get(&key) else {
+                continue;
+            };
+            let events = arc::decide_flags(&cached.state, &self.rules, now, Uuid::now_v7);
+            if events.is_empty() {
+                continue;
+            }
+            let expected = match cached.state.arc_version {
+                None => ExpectedVersion::NoStream,
+                Some(v) => ExpectedVersion::Exact(v),
+            };
+            let new = events
+                .iter()
+                .map(|e| {
+                    NewEvent::new(
+                        Uuid::now_v7(),
+                        e.event_type(),
+                        e.schema_version(),
+                        &e.to_payload(),
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            match self
+                .store
+                .append(&key.0, &Self::stream(key.1), expected, new)
+                .await
+            {
+                Ok(_) => {
+                    for e in &events {
+                        if let FlagEvent::Raised(r) = e {
+                            tracing::info!(tenant = %key.0, kind = r.kind.name(), "arc flag raised");
+                        }
+                    }
+                }
+                // Decided on a state behind the arc stream (flags this
+                // runner appended are not folded yet): the next batch
+                // that touches the participant decides again.
+                Err(tend_event_store::Error::WrongExpectedVersion { .. }) => {}
+                Err(e) => tracing::warn!(tenant = %key.0, error = %e, "could not append arc flags"),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn decode(e: &RecordedEvent) -> Result<(Uuid, Decoded), BoxError> {
+    let category = e.stream_id.category();
+    let key: Uuid = e.stream_id.as_str()[category.len() + 1..].parse()?;
+    let (t, v, p) = (e.event_type.as_str(), e.schema_version, &e.payload);
+    let decoded = match category {
+        "participant" => Decoded::Enrollment(enrollment::Event::from_stored(t, v, p)?),
+        "practice" => Decoded::Practice(practice::Event::from_stored(t, v, p)?),
+        "assessment" => Decoded::Assessment(assessment::Event::from_stored(t, v, p)?),
+        ARC_CATEGORY => Decoded::Flag(FlagEvent::from_stored(t, v, p)?),
+        other => return Err(format!("unexpected category {other}").into()),
+    };
+    Ok((key, decoded))
+}
+
+/// The row's summary columns, from the state.
+struct Row {
+    participant_ref: Option<String>,
+    protocol_id: Option<String>,
+    protocol_version: Option<i32>,
+    status: &'static str,
+    bounds: Option<arc::Bounds>,
+    flags_mask: i32,
+    weeks: serde_json::Value,
+    scs_change: Option<f64>,
+}
+
+pub(crate) fn flag_bit(kind: FlagKind) -> i32 {
+    1 << FlagKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
+}
+
+fn row(state: &ArcState) -> Row {
+    let current = state.current();
+    Row {
+        participant_ref: state.participant_ref.clone(),
+        protocol_id: current.map(|e| e.protocol_id.clone()),
+        protocol_version: current.map(|e| e.protocol_version as i32),
+        status: match current {
+            None => "not_enrolled",
+            Some(e) if e.withdrawn_at.is_some() => "withdrawn",
+            Some(e) if e.paused_at.is_some() => "paused",
+            Some(_) => "active",
+        },
+        bounds: current.map(|e| e.bounds()),
+        flags_mask: state
+            .flags
+            .keys()
+            .map(|k| flag_bit(*k))
+            .fold(0, |a, b| a | b),
+        weeks: serde_json::Value::Array(
+            state
+                .weeks()
+                .into_iter()
+                .map(|(w, a)| serde_json::json!([w, a.due, a.done + a.late]))
+                .collect(),
+        ),
+        scs_change: state.scs_change_percent(),
+    }
+}
+
+pub(crate) fn chrono_time(t: jiff::Timestamp) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(t.as_microsecond()).unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+impl Projection for ArcProjection {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn filter(&self) -> Filter {
+        Filter {
+            tenant: None,
+            categories: CATEGORIES.iter().map(|c| (*c).to_owned()).collect(),
+            event_types: vec![],
+        }
+    }
+
+    async fn fold(
+        &mut self,
+        pool: &PgPool,
+        generation: i32,
+        events: &[RecordedEvent],
+    ) -> Result<(), BoxError> {
+        if generation != self.generation {
+            // Another generation: participants pending are decided again
+            // when next touched.
+            self.pending_flags.clear();
+            self.generation = generation;
+        }
+        let mut decoded = Vec::with_capacity(events.len());
+        for e in events {
+            let (key, event) = decode(e).map_err(|_| {
+                // The decoder's reason may quote the payload: only where the
+                // event is, for an operator to look at.
+                format!(
+                    "cannot read the event at position {} ({} v{}); the projection waits here",
+                    e.position, e.event_type, e.schema_version
+                )
+            })?;
+            decoded.push(((e.tenant.clone(), key), e.stream_version, event));
+        }
+        if !self.empty {
+            let mut missing: Vec<Key> = decoded
+                .iter()
+                .map(|(k, _, _)| k)
+                .filter(|k| !self.cache.contains_key(*k))
+                .cloned()
+                .collect();
+            missing.sort();
+            missing.dedup();
+            if !missing.is_empty() {
+                self.load(pool, generation, missing.clone()).await?;
+                let wanted = missing
+                    .iter()
+                    .filter_map(|k| self.cache.get(k).map(|c| (k, c)))
+                    .flat_map(|((t, _), c)| {
+                        c.state
+                            .enrollments
+                            .iter()
+                            .map(|e| (t.clone(), e.protocol_id.clone(), e.protocol_version))
+                    })
+                    .collect();
+                self.protocols_for(wanted).await?;
+            }
+        }
+        let wanted = decoded
+            .iter()
+            .filter_map(|((t, _), _, e)| match e {
+                Decoded::Enrollment(enrollment::Event::Enrolled(e)) => {
+                    Some((t.clone(), e.protocol_id.clone(), e.protocol_version))
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        self.protocols_for(wanted).await?;
+        // Migrations name only the new version: look it up by the
+        // enrollment's protocol, once the enrollment is folded.
+        let empty = ProtocolSet::default();
+        for (key, version, event) in &decoded {
+            if let Decoded::Enrollment(enrollment::Event::Migrated(m)) = event {
+                let protocol_id = self
+                    .cache
+                    .get(key)
+                    .and_then(|c| c.state.enrollments.iter().find(|e| e.id == m.enrollment_id))
+                    .map(|e| e.protocol_id.clone());
+                if let Some(id) = protocol_id {
+                    self.protocols_for(vec![(key.0.clone(), id, m.to_version)])
+                        .await?;
+                }
+            }
+            let protocols = self.protocols.get(&key.0).unwrap_or(&empty);
+            let cached = self.cache.entry(key.clone()).or_default();
+            let input = match event {
+                Decoded::Enrollment(e) => Input::Enrollment(e),
+                Decoded::Practice(e) => Input::Practice(e),
+                Decoded::Assessment(e) => Input::Assessment(e),
+                Decoded::Flag(e) => {
+                    cached.state.arc_version = Some(*version);
+                    Input::Flag(e)
+                }
+            };
+            cached.state.apply(input, protocols, &mut self.slots);
+            cached.dirty = true;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, tx: &mut PgConnection, generation: i32) -> Result<(), BoxError> {
+        let dirty: Vec<Key> = self
+            .cache
+            .iter()
+            .filter(|(_, c)| c.dirty)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for chunk in dirty.chunks(CHUNK) {
+            let n = chunk.len();
+            let mut tenants = Vec::with_capacity(n);
+            let mut keys = Vec::with_capacity(n);
+            let mut refs = Vec::with_capacity(n);
+            let mut protocol_ids = Vec::with_capacity(n);
+            let mut versions = Vec::with_capacity(n);
+            let mut statuses = Vec::with_capacity(n);
+            let mut starts = Vec::with_capacity(n);
+            let mut ends = Vec::with_capacity(n);
+            let mut arc_ends = Vec::with_capacity(n);
+            let mut masks = Vec::with_capacity(n);
+            let mut weeks = Vec::with_capacity(n);
+            let mut changes = Vec::with_capacity(n);
+            let mut states = Vec::with_capacity(n);
+            for key in chunk {
+                let cached = &self.cache[key];
+                let r = row(&cached.state);
+                tenants.push(key.0.as_str().to_owned());
+                keys.push(key.1);
+                refs.push(r.participant_ref);
+                protocol_ids.push(r.protocol_id);
+                versions.push(r.protocol_version);
+                statuses.push(r.status);
+                starts.push(r.bounds.map(|b| chrono_time(b.session_start)));
+                ends.push(r.bounds.map(|b| chrono_time(b.session_end)));
+                arc_ends.push(r.bounds.map(|b| chrono_time(b.arc_end)));
+                masks.push(r.flags_mask);
+                weeks.push(r.weeks);
+                changes.push(r.scs_change);
+                states.push(serde_json::to_vec(&cached.state)?);
+            }
+            sqlx::query(
+                "INSERT INTO arc_participants
+                    (generation, tenant_id, participant_key, participant_ref, protocol_id,
+                     protocol_version, status, session_start, session_end, arc_end, flags_mask,
+                     weeks, scs_change, state)
+                 SELECT $1, * FROM unnest($2::text[], $3::uuid[], $4::text[], $5::text[],
+                     $6::int[], $7::text[], $8::timestamptz[], $9::timestamptz[],
+                     $10::timestamptz[], $11::int[], $12::jsonb[], $13::float8[], $14::bytea[])
+                 ON CONFLICT (generation, tenant_id, participant_key) DO UPDATE SET
+                    participant_ref = EXCLUDED.participant_ref,
+                    protocol_id = EXCLUDED.protocol_id,
+                    protocol_version = EXCLUDED.protocol_version,
+                    status = EXCLUDED.status,
+                    session_start = EXCLUDED.session_start,
+                    session_end = EXCLUDED.session_end,
+                    arc_end = EXCLUDED.arc_end,
+                    flags_mask = EXCLUDED.flags_mask,
+                    weeks = EXCLUDED.weeks,
+                    scs_change = EXCLUDED.scs_change,
+                    state = EXCLUDED.state",
+            )
+            .bind(generation)
+            .bind(&tenants)
+            .bind(&keys)
+            .bind(&refs)
+            .bind(&protocol_ids)
+            .bind(&versions)
+            .bind(&statuses)
+            .bind(&starts)
+            .bind(&ends)
+            .bind(&arc_ends)
+            .bind(&masks)
+            .bind(&weeks)
+            .bind(&changes)
+            .bind(&states)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for key in &dirty {
+            if let Some(c) = self.cache.get_mut(key) {
+                c.dirty = false;
+            }
+        }
+        self.flushed = dirty;
+        Ok(())
+    }
+
+    async fn committed(&mut self, caught_up: bool) -> Result<(), BoxError> {
+        let flushed = std::mem::take(&mut self.flushed);
+        if !self.decide_flags {
+            return Ok(());
+        }
+        self.pending_flags.extend(flushed);
+        // Rules judge the present: a participant half way through a backlog
+        // would raise warnings that later events clear at once.
+        if !caught_up {
+            return Ok(());
+        }
+        let pending: Vec<Key> = self.pending_flags.iter().cloned().collect();
+        // Kept pending until decided: a failed read leaves them for the
+        // next batch.
+        self.decide_and_append(pending).await?;
+        self.pending_flags.clear();
+        Ok(())
+    }
+
+    /// Arcs whose own flags are open though the arc has ended (completed
+    /// or withdrawn) with no event since: time alone ended them.
+    async fn sweep(&mut self, pool: &PgPool, generation: i32) -> Result<(), BoxError> {
+        if !self.decide_flags {
+            return Ok(());
+        }
+        self.generation = generation;
+        let arc_rules = flag_bit(FlagKind::CriticReturns) | flag_bit(FlagKind::MissedInARow);
+        let rows: Vec<(String, Uuid)> = sqlx::query_as(
+            "SELECT tenant_id, participant_key FROM arc_participants
+             WHERE generation = $1 AND flags_mask & $2 <> 0
+               AND (status = 'withdrawn' OR (status = 'active' AND arc_end <= $3))
+             LIMIT 1000",
+        )
+        .bind(generation)
+        .bind(arc_rules)
+        .bind(chrono_time(self.clock.now()))
+        .fetch_all(pool)
+        .await?;
+        let keys = rows
+            .into_iter()
+            .map(|(t, k)| Ok((TenantId::new(t)?, k)))
+            .collect::<Result<Vec<Key>, BoxError>>()?;
+        self.decide_and_append(keys).await
+    }
+
+    fn reset(&mut self) {
+        if !self.cache.is_empty() {
+            self.empty = false;
+        }
+        self.cache.clear();
+        self.flushed.clear();
+    }
+
+    fn starting_empty(&mut self) {
+        self.cache.clear();
+        self.empty = true;
+    }
+
+    async fn drop_generation(
+        &self,
+        tx: &mut PgConnection,
+        generation: i32,
+    ) -> Result<(), BoxError> {
+        sqlx::query("DELETE FROM arc_participants WHERE generation = $1")
+            .bind(generation)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+}
