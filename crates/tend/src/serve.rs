@@ -243,7 +243,9 @@ pub async fn demo(options: DemoOptions) -> Result<()> {
         let result = async {
             if tend_demo::tenant_has_participants(&store, &tenant).await? {
                 return Err(format!(
-                    "tenant {tenant} already holds participants: the demo fills an empty tenant (try --tenant demo2)"
+                    "tenant {tenant} already holds participants, and the demo fills an empty tenant only. \
+                     Give another --data-dir (a fresh embedded database), or another --tenant \
+                     and serve with a token for it (`tend token new --tenant <name>`, then TEND_AUTH_TOKENS)"
                 )
                 .into());
             }

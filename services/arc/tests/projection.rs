@@ -178,7 +178,8 @@ async fn a_rebuild_gives_the_live_model_and_switches_queries_to_it() {
 async fn one_runner_at_a_time_and_another_takes_over_from_one_that_stops() {
     let (store, pool) = open().await;
     cohort(&store, "clinic-a", 12, 21).await;
-    let lease = Duration::from_millis(800);
+    // Long enough that the steps below, on a busy machine, fit in it.
+    let lease = Duration::from_secs(3);
     let mut a = runner(&store, lease);
     let mut b = runner(&store, lease);
     let first = a.step().await.unwrap();
@@ -189,10 +190,14 @@ async fn one_runner_at_a_time_and_another_takes_over_from_one_that_stops() {
     }
     // a stops part way through without giving the lease up (a crash).
     let stopped_at = a.step().await.unwrap().position;
+    let renewed = std::time::Instant::now();
     drop(a);
-    cohort(&store, "clinic-b", 4, 22).await;
     assert!(!b.step().await.unwrap().held_lease);
-    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    cohort(&store, "clinic-b", 4, 22).await;
+    // Once a's last renewal has expired, b takes over.
+    if let Some(left) = (lease + Duration::from_millis(200)).checked_sub(renewed.elapsed()) {
+        tokio::time::sleep(left).await;
+    }
     let taken = b.step().await.unwrap();
     assert!(taken.held_lease, "b takes the expired lease");
     assert!(
