@@ -1069,12 +1069,11 @@ fn critic_returns(
     now: Timestamp,
     open: Option<&ArcFlagRaised>,
 ) -> Wanted {
+    // An ended arc never reaches here (`decide_flags` clears its flags).
     let en = state.current()?;
-    match en.phase(now) {
-        Phase::Withdrawn | Phase::Complete => return None,
+    if en.phase(now) == Phase::Paused {
         // A pause holds the flag as it is.
-        Phase::Paused => return open.map(|f| (f.enrollment_id, f.evidence.clone())),
-        _ => {}
+        return open.map(|f| (f.enrollment_id, f.evidence.clone()));
     }
     let today = en.day_of(now);
     // Judged on the whole days of weeks +2 and +3 (days 8 to 21) before
@@ -1194,9 +1193,6 @@ fn subscale_rise(state: &ArcState, rules: &Rules, open: Option<&ArcFlagRaised>) 
 
 fn missed_in_a_row(state: &ArcState, rules: &Rules) -> Wanted {
     let en = state.current()?;
-    if en.withdrawn_at.is_some() {
-        return None;
-    }
     let mut settled: Vec<(&Uuid, &Occ)> = en
         .occurrences
         .iter()

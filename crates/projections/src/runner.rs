@@ -392,17 +392,8 @@ async fn rebuild_held<P: Projection>(
     let pool = pool(store).clone();
     let started = Instant::now();
     let active = active_generation(&pool, name).await?;
-    // A generation above the active one is an unfinished rebuild.
-    let pending: Option<(i32, i64)> = sqlx::query_as(
-        "SELECT generation, position FROM projection_checkpoints
-         WHERE name = $1 AND generation > $2 ORDER BY generation DESC LIMIT 1",
-    )
-    .bind(name)
-    .bind(active)
-    .fetch_optional(&pool)
-    .await?;
-    let (target, mut position, resumed) = match pending {
-        Some((g, p)) => (g, p as u64, true),
+    let (target, mut position, resumed) = match unfinished(&pool, name, active).await? {
+        Some((g, p)) => (g, p, true),
         None => {
             let target = active + 1;
             let mut tx = pool.begin().await?;
@@ -553,6 +544,20 @@ async fn rebuild_held<P: Projection>(
     })
 }
 
+/// A generation above the active one, with its position: an unfinished
+/// rebuild.
+async fn unfinished(pool: &PgPool, name: &str, active: i32) -> Result<Option<(i32, u64)>, Error> {
+    let row: Option<(i32, i64)> = sqlx::query_as(
+        "SELECT generation, position FROM projection_checkpoints
+         WHERE name = $1 AND generation > $2 ORDER BY generation DESC LIMIT 1",
+    )
+    .bind(name)
+    .bind(active)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(g, p)| (g, p as u64)))
+}
+
 /// Writes a rebuild's folded rows and its checkpoint, if it still holds
 /// its lease.
 async fn flush_fenced<P: Projection>(
@@ -609,14 +614,7 @@ pub async fn status(pool: &PgPool, name: &str) -> Result<Status, Error> {
     .bind(position as i64)
     .fetch_one(pool)
     .await?;
-    let rebuilding: Option<(i32, i64)> = sqlx::query_as(
-        "SELECT generation, position FROM projection_checkpoints
-         WHERE name = $1 AND generation > $2 ORDER BY generation DESC LIMIT 1",
-    )
-    .bind(name)
-    .bind(active)
-    .fetch_optional(pool)
-    .await?;
+    let rebuilding = unfinished(pool, name, active).await?;
     let head = head as u64;
     Ok(Status {
         name: name.to_owned(),
@@ -627,6 +625,6 @@ pub async fn status(pool: &PgPool, name: &str) -> Result<Status, Error> {
         seconds_behind: oldest.map_or(0.0, |t| {
             (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0
         }),
-        rebuilding: rebuilding.map(|(g, p)| (g, p as u64)),
+        rebuilding,
     })
 }

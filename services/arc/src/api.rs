@@ -19,7 +19,8 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::Error;
-use crate::projection::{NAME, chrono_time, flag_bit};
+use crate::projection::{NAME, flag_bit};
+use tend_protocol_scheduler::instants;
 
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 200;
@@ -122,7 +123,7 @@ impl ArcApi {
                 })?),
             };
         let (mut tx, generation, position) = self.snapshot().await?;
-        let now = chrono_time(self.clock.now());
+        let now = instants::to_chrono(self.clock.now());
         let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
             "SELECT participant_key, state FROM arc_participants
              WHERE generation = $1 AND tenant_id = $2
@@ -208,9 +209,9 @@ impl ArcApi {
                     ("paused", ..) => Phase::Paused,
                     ("withdrawn", ..) => Phase::Withdrawn,
                     ("active", Some(s), Some(e), Some(a)) => Bounds {
-                        session_start: jiff_time(s),
-                        session_end: jiff_time(e),
-                        arc_end: jiff_time(a),
+                        session_start: instants::from_chrono(s),
+                        session_end: instants::from_chrono(e),
+                        arc_end: instants::from_chrono(a),
                     }
                     .phase(now),
                     _ => Phase::NotEnrolled,
@@ -268,7 +269,7 @@ impl ArcApi {
                 })
                 .collect(),
             position,
-            as_of: Some(timestamp_pb(now)),
+            as_of: Some(instants::to_pb(now)),
         })
     }
 }
@@ -337,17 +338,6 @@ fn decode_state(state: &[u8]) -> Result<ArcState, Error> {
     serde_json::from_slice(state).map_err(|_| {
         Error::Corrupt("a stored arc state does not decode: rebuild the arc projection".into())
     })
-}
-
-fn jiff_time(t: DateTime<Utc>) -> Timestamp {
-    Timestamp::from_microsecond(t.timestamp_micros()).unwrap_or(Timestamp::MAX)
-}
-
-fn timestamp_pb(t: Timestamp) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.as_second(),
-        nanos: t.subsec_nanosecond(),
-    }
 }
 
 pub(crate) fn phase_pb(p: Phase) -> pb::Phase {
@@ -441,14 +431,14 @@ pub(crate) fn arc_pb(state: &ArcState, now: Timestamp, position: u64) -> pb::Arc
         after_session: Some(adherence_pb(&v.after_session)),
         total: Some(adherence_pb(&v.total)),
         streak_days: v.streak_days,
-        last_practice_at: v.last_practice_at.map(timestamp_pb),
+        last_practice_at: v.last_practice_at.map(instants::to_pb),
         assessments: v
             .assessments
             .iter()
             .map(|a| pb::ArcAssessment {
                 assessment_id: a.assessment_id.to_string(),
                 instrument_id: a.instrument_id.clone(),
-                administered_at: Some(timestamp_pb(a.administered_at)),
+                administered_at: Some(instants::to_pb(a.administered_at)),
                 days_from_session: a.days_from_session,
                 total: a.total,
                 subscales: a
@@ -480,12 +470,12 @@ pub(crate) fn arc_pb(state: &ArcState, now: Timestamp, position: u64) -> pb::Arc
             .map(|f| pb::Flag {
                 flag_id: f.flag_id.to_string(),
                 kind: flag_pb(f.kind) as i32,
-                raised_at: Some(timestamp_pb(f.raised_at)),
+                raised_at: Some(instants::to_pb(f.raised_at)),
                 enrollment_id: f.enrollment_id.map(|e| e.to_string()).unwrap_or_default(),
                 evidence_json: serde_json::to_string(&f.evidence).unwrap_or_default(),
             })
             .collect(),
-        as_of: Some(timestamp_pb(now)),
+        as_of: Some(instants::to_pb(now)),
         position,
     }
 }

@@ -5,7 +5,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use tend_domain::arc::{self, ArcState, FlagEvent, FlagKind, Input, Rules, SlotCache};
 use tend_domain::schedule::ProtocolSet;
@@ -14,6 +13,7 @@ use tend_event_store::{
     EventStore, ExpectedVersion, Filter, NewEvent, RecordedEvent, StreamId, TenantId,
 };
 use tend_projections::{BoxError, Projection};
+use tend_protocol_scheduler::instants;
 use tend_protocol_scheduler::{Clock, Schedules};
 use uuid::Uuid;
 
@@ -278,10 +278,6 @@ fn row(state: &ArcState) -> Row {
     }
 }
 
-pub(crate) fn chrono_time(t: jiff::Timestamp) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(t.as_microsecond()).unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
 impl Projection for ArcProjection {
     fn name(&self) -> &'static str {
         NAME
@@ -416,9 +412,9 @@ impl Projection for ArcProjection {
                 protocol_ids.push(r.protocol_id);
                 versions.push(r.protocol_version);
                 statuses.push(r.status);
-                starts.push(r.bounds.map(|b| chrono_time(b.session_start)));
-                ends.push(r.bounds.map(|b| chrono_time(b.session_end)));
-                arc_ends.push(r.bounds.map(|b| chrono_time(b.arc_end)));
+                starts.push(r.bounds.map(|b| instants::to_chrono(b.session_start)));
+                ends.push(r.bounds.map(|b| instants::to_chrono(b.session_end)));
+                arc_ends.push(r.bounds.map(|b| instants::to_chrono(b.arc_end)));
                 masks.push(r.flags_mask);
                 weeks.push(r.weeks);
                 changes.push(r.scs_change);
@@ -506,7 +502,7 @@ impl Projection for ArcProjection {
         )
         .bind(generation)
         .bind(arc_rules)
-        .bind(chrono_time(self.clock.now()))
+        .bind(instants::to_chrono(self.clock.now()))
         .fetch_all(pool)
         .await?;
         let keys = rows

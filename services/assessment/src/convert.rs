@@ -8,6 +8,7 @@ use tend_domain::assessment::{
 };
 
 use crate::Error;
+use tend_protocol_scheduler::instants;
 
 pub(crate) fn method_pb(m: Method) -> pb::ScoringMethod {
     match m {
@@ -168,13 +169,6 @@ pub(crate) fn instrument(i: pb::Instrument) -> Result<Instrument, Error> {
     })
 }
 
-pub(crate) fn timestamp_pb(t: Timestamp) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.as_second(),
-        nanos: t.subsec_nanosecond(),
-    }
-}
-
 pub(crate) fn timestamp(
     field: &str,
     t: Option<&prost_types::Timestamp>,
@@ -228,7 +222,7 @@ pub(crate) fn assessment_pb(a: &Assessment) -> pb::Assessment {
                 answer: *answer,
             })
             .collect(),
-        administered_at: Some(timestamp_pb(a.administered_at)),
+        administered_at: Some(instants::to_pb(a.administered_at)),
         occurrence_id: a.occurrence_id.map(|o| o.to_string()).unwrap_or_default(),
         scorings: a.scorings.iter().map(scores_pb).collect(),
         safety_signals: a

@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 use crate::Error;
 use crate::keys::{self, KeyRing, ReadKey};
+use tend_protocol_scheduler::instants;
 
 /// How often a command is decided again when another writer got to the
 /// stream first.
@@ -434,13 +435,6 @@ fn format_start(content: &Content) -> String {
         .to_string()
 }
 
-fn timestamp_pb(t: Timestamp) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.as_second(),
-        nanos: t.subsec_nanosecond(),
-    }
-}
-
 fn from_timestamp_pb(field: &str, t: &prost_types::Timestamp) -> Result<Timestamp, Error> {
     Timestamp::new(t.seconds, t.nanos).map_err(|_| Error::invalid(field, "is out of range"))
 }
@@ -461,7 +455,7 @@ fn entry_pb(entry: &Entry, note: String, state: NoteState) -> PracticeEntry {
         note,
         note_state: state.into(),
         revision: entry.revision,
-        retracted_at: entry.retracted_at.map(timestamp_pb),
+        retracted_at: entry.retracted_at.map(instants::to_pb),
     }
 }
 
@@ -722,7 +716,7 @@ impl PracticeLogService for PracticeLogApi {
                 })
                 .collect(),
             streak_days: s.streak_days,
-            last_practice_at: s.last_practice_at.map(timestamp_pb),
+            last_practice_at: s.last_practice_at.map(instants::to_pb),
             enrollment_id: enrollment.map(|e| e.id.to_string()).unwrap_or_default(),
         }))
     }
@@ -752,7 +746,7 @@ impl PracticeLogService for PracticeLogApi {
             .await?;
         tracing::info!(tenant = %subject.tenant, keys_destroyed, "participant's notes erased");
         Ok(Response::new(ForgetParticipantResponse {
-            notes_erased_at: log.notes_erased_at.map(timestamp_pb),
+            notes_erased_at: log.notes_erased_at.map(instants::to_pb),
             keys_destroyed,
         }))
     }

@@ -16,8 +16,9 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::convert::{self, uuid};
+use crate::instants;
 use crate::repo::{Loaded, Repo, participant_stream};
-use crate::worker::{Detail, chrono_time, jiff_time};
+use crate::worker::Detail;
 use crate::{Clock, Error};
 
 const MAX_PAGE: u32 = 1000;
@@ -599,9 +600,9 @@ impl ProtocolSchedulerService for SchedulerApi {
              LIMIT $7",
         )
         .bind(tenant.as_str())
-        .bind(chrono_time(from))
-        .bind(chrono_time(to))
-        .bind(after.map(|(t, _)| chrono_time(t)))
+        .bind(instants::to_chrono(from))
+        .bind(instants::to_chrono(to))
+        .bind(after.map(|(t, _)| instants::to_chrono(t)))
         .bind(after.map(|(_, id)| id).unwrap_or_default())
         .bind(r.open_only)
         .bind(i64::from(page_size) + 1)
@@ -650,7 +651,7 @@ fn parse_page_token(token: &str) -> Result<Option<(Timestamp, Uuid)>, Error> {
     let (micros, id) = token.split_once('.').ok_or_else(bad)?;
     let micros: i64 = micros.parse().map_err(|_| bad())?;
     let at = Timestamp::from_microsecond(micros).map_err(|_| bad())?;
-    convert::from_timestamp("page_token", &convert::timestamp(at))?;
+    convert::from_timestamp("page_token", &instants::to_pb(at))?;
     Ok(Some((at, Uuid::parse_str(id).map_err(|_| bad())?)))
 }
 
@@ -674,8 +675,11 @@ impl DueRow {
                 reason: format!("scheduler_occurrences.detail: {e}"),
             })
         })?;
-        let (at, closes) = (jiff_time(self.scheduled_at), jiff_time(self.closes_at));
-        let completed = self.completed_at.map(jiff_time);
+        let (at, closes) = (
+            instants::from_chrono(self.scheduled_at),
+            instants::from_chrono(self.closes_at),
+        );
+        let completed = self.completed_at.map(instants::from_chrono);
         let status = match completed {
             Some(c) if c <= closes => Status::Done,
             Some(_) => Status::Late,
@@ -694,11 +698,11 @@ impl DueRow {
             local_date: d.local_date,
             local_time: d.local_time,
             time_zone: d.time_zone,
-            scheduled_at: Some(convert::timestamp(at)),
-            window_closes_at: Some(convert::timestamp(closes)),
+            scheduled_at: Some(instants::to_pb(at)),
+            window_closes_at: Some(instants::to_pb(closes)),
             target_minutes: d.target_minutes,
             status: convert::status_to_pb(status) as i32,
-            completed_at: completed.map(convert::timestamp),
+            completed_at: completed.map(instants::to_pb),
             protocol_version: d.protocol_version,
             participant_ref: d.participant_ref,
         })

@@ -10,6 +10,7 @@ use tend_domain::time::LocalTime;
 use uuid::Uuid;
 
 use crate::Error;
+use crate::instants;
 
 /// An activity kind as either of the two generated oneofs that carry it
 /// (`Activity.kind`, `Occurrence.kind`): the same variants, distinct types.
@@ -36,13 +37,6 @@ pub(crate) fn uuid(field: &str, s: &str) -> Result<Uuid, Error> {
         return Err(Error::invalid(field, "is required"));
     }
     Uuid::parse_str(s).map_err(|_| Error::invalid(field, "must be a UUID"))
-}
-
-pub(crate) fn timestamp(t: Timestamp) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.as_second(),
-        nanos: t.subsec_nanosecond(),
-    }
 }
 
 /// Years 1900 to 9999: what every part of the system (PostgreSQL included)
@@ -155,7 +149,7 @@ pub(crate) fn protocol_to_pb(
         weeks_after: p.weeks_after,
         activities: p.activities.iter().map(activity_to_pb).collect(),
         state: state as i32,
-        published_at: published_at.map(timestamp),
+        published_at: published_at.map(instants::to_pb),
         built_in,
     }
 }
@@ -202,10 +196,10 @@ pub(crate) fn enrollment_to_pb(e: &Enrollment) -> pb::Enrollment {
         protocol_id: e.protocol_id.clone(),
         protocol_version: current.protocol_version,
         session_local_time: current.session.to_string(),
-        session_at: Some(timestamp(e.session_instant())),
+        session_at: Some(instants::to_pb(e.session_instant())),
         time_zone: current.zone.name().to_owned(),
         state: state as i32,
-        enrolled_at: Some(timestamp(e.enrolled_at)),
+        enrolled_at: Some(instants::to_pb(e.enrolled_at)),
         arc_start_date: start.to_string(),
         arc_end_date: end.to_string(),
     }
@@ -237,11 +231,11 @@ pub(crate) fn occurrence_to_pb(o: &Occurrence) -> pb::Occurrence {
         local_date: o.local_date.to_string(),
         local_time: o.local_time.to_string(),
         time_zone: o.zone.name().to_owned(),
-        scheduled_at: Some(timestamp(o.at)),
-        window_closes_at: Some(timestamp(o.closes_at)),
+        scheduled_at: Some(instants::to_pb(o.at)),
+        window_closes_at: Some(instants::to_pb(o.closes_at)),
         target_minutes: o.target_minutes,
         status: status_to_pb(o.status) as i32,
-        completed_at: o.completed_at.map(timestamp),
+        completed_at: o.completed_at.map(instants::to_pb),
         protocol_version: o.protocol_version,
         participant_ref: String::new(),
     }

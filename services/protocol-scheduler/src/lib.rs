@@ -11,6 +11,7 @@ mod api;
 mod clock;
 mod convert;
 mod error;
+pub mod instants;
 mod repo;
 mod schedules;
 mod worker;

@@ -11,8 +11,9 @@ use tend_event_store::{EventStore, Metadata, TenantId};
 use uuid::Uuid;
 
 use crate::Error;
+use crate::instants;
 use crate::repo::{Repo, participant_stream};
-use crate::worker::{Detail, jiff_time};
+use crate::worker::Detail;
 
 /// What a service needs to know about one occurrence.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,9 +155,9 @@ impl Schedules {
         {
             return Ok((row_stream == stream.as_str()).then(|| OccurrenceFacts {
                 kind: detail.kind,
-                opens_at: jiff_time(at),
+                opens_at: instants::from_chrono(at),
                 cancelled,
-                completed_at: completed_at.map(jiff_time),
+                completed_at: completed_at.map(instants::from_chrono),
             }));
         }
         let loaded = self.repo.load_participant(tenant, &stream).await?;

@@ -34,6 +34,7 @@ use tend_event_store::{EventStore, Filter, StreamId, TenantId};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::instants;
 use crate::repo::{Loaded, PARTICIPANT, PRACTICE, Repo};
 use crate::{Clock, Error};
 
@@ -111,14 +112,6 @@ pub(crate) struct Detail {
     pub time_zone: String,
     pub target_minutes: u32,
     pub protocol_version: u32,
-}
-
-pub(crate) fn chrono_time(t: Timestamp) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(t.as_microsecond()).unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
-pub(crate) fn jiff_time(t: DateTime<Utc>) -> Timestamp {
-    Timestamp::from_microsecond(t.timestamp_micros()).unwrap_or(Timestamp::MAX)
 }
 
 impl Worker {
@@ -390,7 +383,7 @@ impl Worker {
                       next_at NULLS FIRST
              LIMIT $2",
         )
-        .bind(chrono_time(now))
+        .bind(instants::to_chrono(now))
         .bind(self.options.batch_size as i64)
         .fetch_all(self.pool())
         .await
@@ -477,9 +470,9 @@ impl Worker {
         for (participant_ref, o) in rows {
             ids.push(o.id);
             enrollments.push(o.enrollment_id);
-            at.push(chrono_time(o.at));
-            closes.push(chrono_time(o.closes_at));
-            completed.push(o.completed_at.map(chrono_time));
+            at.push(instants::to_chrono(o.at));
+            closes.push(instants::to_chrono(o.closes_at));
+            completed.push(o.completed_at.map(instants::to_chrono));
             cancelled.push(o.status == Status::Cancelled);
             details.push(
                 serde_json::to_value(Detail {
@@ -538,7 +531,7 @@ impl Worker {
         .bind(tenant.as_str())
         .bind(stream.as_str())
         .bind(version.map_or(-1, |v| v as i64))
-        .bind(next.map(chrono_time))
+        .bind(next.map(instants::to_chrono))
         .bind(digest)
         .bind(practice_version.map_or(-1, |v| v as i64))
         .execute(&mut *tx)
@@ -600,7 +593,7 @@ impl Worker {
         )
         .bind(tenant.as_str())
         .bind(stream.as_str())
-        .bind(chrono_time(retry))
+        .bind(instants::to_chrono(retry))
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
