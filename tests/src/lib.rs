@@ -100,14 +100,19 @@ impl TendProcess {
         self.child.id()
     }
 
-    /// Sends `signal` (for example "TERM") and waits for the process to end.
-    pub fn stop_with(mut self, signal: &str, within: Duration) -> ExitStatus {
+    /// Sends `signal` (for example "TERM") without waiting.
+    pub fn signal(&self, signal: &str) {
         let sent = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(self.child.id().to_string())
             .status()
             .expect("run kill");
         assert!(sent.success(), "kill -{signal} failed");
+    }
+
+    /// Sends `signal` (for example "TERM") and waits for the process to end.
+    pub fn stop_with(mut self, signal: &str, within: Duration) -> ExitStatus {
+        self.signal(signal);
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -130,4 +135,23 @@ impl Drop for TendProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A gRPC channel to `server`, connected.
+pub async fn channel(server: &TendProcess) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(server.endpoint())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// `message` with `token` as its bearer token.
+pub fn bearer<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    request
 }

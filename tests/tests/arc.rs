@@ -14,7 +14,7 @@ use tend_api::assessment::v1::assessment_service_client::AssessmentServiceClient
 use tend_api::scheduler::v1 as spb;
 use tend_api::scheduler::v1::protocol_scheduler_service_client::ProtocolSchedulerServiceClient;
 use tend_testkit::fresh_database;
-use tend_tests::{TendProcess, tend_binary};
+use tend_tests::{TendProcess, channel, tend_binary};
 use tonic::Request;
 use tonic::transport::Channel;
 use uuid::Uuid;
@@ -22,22 +22,11 @@ use uuid::Uuid;
 const TOKEN: &str = "tend_test_token_for_arcs";
 
 fn authed<T>(message: T) -> Request<T> {
-    let mut r = Request::new(message);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    r
+    tend_tests::bearer(TOKEN, message)
 }
 
 fn tokens() -> String {
     format!("clinic={}", tend_auth::TokenHash::of(TOKEN))
-}
-
-async fn channel(server: &TendProcess) -> Channel {
-    Channel::from_shared(server.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
 }
 
 /// Runs a `tend` subcommand against the database; its output.

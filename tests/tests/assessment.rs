@@ -21,10 +21,7 @@ use uuid::Uuid;
 const TOKEN: &str = "tend_test_token_for_assessments";
 
 fn authed<T>(message: T) -> Request<T> {
-    let mut r = Request::new(message);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    r
+    tend_tests::bearer(TOKEN, message)
 }
 
 fn pb_ts(t: Timestamp) -> prost_types::Timestamp {

@@ -12,9 +12,8 @@ use tend_api::practice::v1::practice_log_service_client::PracticeLogServiceClien
 use tend_api::scheduler::v1 as spb;
 use tend_api::scheduler::v1::protocol_scheduler_service_client::ProtocolSchedulerServiceClient;
 use tend_testkit::{TestDatabase, fresh_database};
-use tend_tests::TendProcess;
+use tend_tests::{TendProcess, channel};
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
 use uuid::Uuid;
@@ -36,19 +35,8 @@ fn start(db: &TestDatabase) -> TendProcess {
     ])
 }
 
-async fn channel(server: &TendProcess) -> Channel {
-    Channel::from_shared(server.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 fn authed<T>(message: T) -> Request<T> {
-    let mut r = Request::new(message);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    r
+    tend_tests::bearer(TOKEN, message)
 }
 
 fn rfc3339(t: Timestamp) -> String {

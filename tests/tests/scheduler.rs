@@ -13,7 +13,7 @@ use tend_api::scheduler::v1 as pb;
 use tend_api::scheduler::v1::protocol_scheduler_service_client::ProtocolSchedulerServiceClient;
 use tend_event_store::{EventStore, Filter, TenantId};
 use tend_testkit::{TestDatabase, fresh_database};
-use tend_tests::TendProcess;
+use tend_tests::{TendProcess, channel};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -34,20 +34,8 @@ fn start(db: &TestDatabase, extra: &[(&str, &str)]) -> TendProcess {
     TendProcess::start(&env)
 }
 
-async fn channel(server: &TendProcess) -> Channel {
-    Channel::from_shared(server.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 fn authed<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-    request
+    tend_tests::bearer(TOKEN, message)
 }
 
 fn field_of(status: &Status) -> String {

@@ -7,9 +7,8 @@ use tend_api::events::v1 as pb;
 use tend_api::events::v1::event_stream_service_client::EventStreamServiceClient;
 use tend_event_store::{EventStore, ExpectedVersion, NewEvent, StreamId, TenantId};
 use tend_testkit::{TestDatabase, fresh_database};
-use tend_tests::TendProcess;
+use tend_tests::{TendProcess, channel};
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -40,21 +39,8 @@ fn start(db: &TestDatabase) -> TendProcess {
     ])
 }
 
-async fn channel(server: &TendProcess) -> Channel {
-    Channel::from_shared(server.endpoint())
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect")
-}
-
 fn authed<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    request
+    tend_tests::bearer(token, message)
 }
 
 async fn append(store: &EventStore, tenant: &str, stream: &str, n: u64) -> u64 {

@@ -42,3 +42,37 @@ pub mod arc {
         tonic::include_proto!("tend.arc.v1");
     }
 }
+
+/// Every method of Tend's services as `package.Service/Method`, from the
+/// compiled descriptors (so metrics name exactly what is served).
+pub fn method_names() -> Vec<String> {
+    use prost::Message;
+    let Ok(set) = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                names.push(format!(
+                    "{}.{}/{}",
+                    file.package(),
+                    service.name(),
+                    method.name()
+                ));
+            }
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn method_names_come_from_the_descriptors() {
+        let names = super::method_names();
+        assert!(names.contains(&"tend.practice.v1.PracticeLogService/LogPractice".to_owned()));
+        assert!(names.contains(&"tend.arc.v1.ArcService/GetCohort".to_owned()));
+        assert!(names.len() > 30, "{names:?}");
+    }
+}

@@ -55,6 +55,17 @@ impl Error {
         }
     }
 
+    /// True for the refusals: the caller's input or expectation, not a
+    /// failure of the store.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidInput { .. }
+                | Self::WrongExpectedVersion { .. }
+                | Self::IdempotencyConflict { .. }
+        )
+    }
+
     /// True when the failure is transient (the database was unreachable or
     /// overloaded) and the same call may succeed later.
     pub fn is_unavailable(&self) -> bool {

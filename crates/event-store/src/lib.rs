@@ -23,8 +23,10 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
+use tend_telemetry::Outcome;
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 pub use error::Error;
 pub use model::{
@@ -159,12 +161,55 @@ impl EventStore {
     }
 
     /// Appends `events` to `stream`, atomically: all are stored or none.
+    ///
+    /// When tracing is on, events without trace context get the append's,
+    /// so that a subscriber can link an event back to the call that wrote
+    /// it.
     pub async fn append(
         &self,
         tenant: &TenantId,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
+    ) -> Result<Appended, Error> {
+        let started = std::time::Instant::now();
+        let count = events.len() as u64;
+        let span = if tend_telemetry::within_trace() {
+            tracing::info_span!(
+                "append",
+                otel.name = "append",
+                tend.category = stream.category(),
+                tend.events = count,
+                tend.outcome = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
+        let result = self
+            .append_traced(tenant, stream, expected, events, &span)
+            .instrument(span.clone())
+            .await;
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(e) if e.is_refusal() => Outcome::Refused,
+            Err(_) => Outcome::Error,
+        };
+        span.record("tend.outcome", outcome.as_str());
+        let metrics = tend_telemetry::instruments();
+        metrics
+            .append_duration
+            .record(started.elapsed().as_secs_f64(), &[outcome.attribute()]);
+        metrics.append_events.record(count, &[]);
+        result
+    }
+
+    async fn append_traced(
+        &self,
+        tenant: &TenantId,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        mut events: Vec<NewEvent>,
+        span: &tracing::Span,
     ) -> Result<Appended, Error> {
         if events.is_empty() {
             return Err(Error::invalid("events", "at least one event is required"));
@@ -190,6 +235,14 @@ impl EventStore {
                 ));
             }
         }
+        if let Some(trace) = tend_telemetry::current_trace_context() {
+            for event in events
+                .iter_mut()
+                .filter(|e| e.metadata.traceparent.is_none())
+            {
+                event.metadata.traceparent = trace.traceparent.clone();
+            }
+        }
         let (reply, answer) = oneshot::channel();
         let job = writer::Job {
             request: AppendRequest {
@@ -199,6 +252,7 @@ impl EventStore {
                 events,
             },
             reply,
+            span: span.clone(),
         };
         let queue = self.inner.queue.lock().await.clone();
         let queue = queue.ok_or(Error::ShuttingDown)?;

@@ -2,6 +2,7 @@
 
 use sqlx::Row;
 use sqlx::postgres::PgRow;
+use tracing::Instrument;
 
 use crate::{
     Direction, Error, EventStore, Filter, LogPage, Metadata, RecordedEvent, StreamId, StreamSlice,
@@ -43,6 +44,7 @@ impl EventStore {
                 .bind(from.unwrap_or(0).min(i64::MAX as u64) as i64)
                 .bind(max)
                 .fetch_all(self.pool())
+                .instrument(tend_telemetry::db_span("SELECT events", "SELECT", "events"))
                 .await?
             }
             Direction::Backwards => {
@@ -62,6 +64,7 @@ impl EventStore {
                 .bind(from.map_or(i64::MAX, |v| v.min(i64::MAX as u64) as i64))
                 .bind(max)
                 .fetch_all(self.pool())
+                .instrument(tend_telemetry::db_span("SELECT events", "SELECT", "events"))
                 .await?
             }
         };
@@ -117,6 +120,7 @@ impl EventStore {
         .bind(&filter.event_types)
         .bind(max as i64)
         .fetch_all(self.pool())
+        .instrument(tend_telemetry::db_span("SELECT events", "SELECT", "events"))
         .await?;
         let head = match rows.first() {
             Some(row) => row.try_get::<i64, _>(0)? as u64,
@@ -157,6 +161,7 @@ impl EventStore {
         .bind(tenant.as_str())
         .bind(event_id)
         .fetch_optional(self.pool())
+        .instrument(tend_telemetry::db_span("SELECT events", "SELECT", "events"))
         .await?;
         row.map(|row| event_from_row(&row, 0)).transpose()
     }
@@ -177,6 +182,7 @@ impl EventStore {
         .bind(category)
         .bind(MAX_LISTED_STREAMS as i64)
         .fetch_all(self.pool())
+        .instrument(tend_telemetry::db_span("SELECT events", "SELECT", "events"))
         .await?;
         ids.into_iter()
             .map(|id| {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgListener};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::plan::{self, AppendRequest, Plan, Snapshot, StoredEvent};
@@ -25,6 +26,8 @@ pub(crate) const NOTIFY_CHANNEL: &str = "tend_events";
 pub(crate) struct Job {
     pub request: AppendRequest,
     pub reply: oneshot::Sender<Result<Appended, Error>>,
+    /// The caller's append span: the commit's parent, or a link.
+    pub span: tracing::Span,
 }
 
 pub(crate) async fn run(
@@ -115,8 +118,26 @@ struct Writer {
 
 impl Writer {
     async fn write(&mut self, batch: Vec<Job>) {
+        let started = std::time::Instant::now();
+        let appends = batch.len() as u64;
+        let span = commit_span(&batch);
         let (requests, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|j| (j.request, j.reply)).unzip();
+        self.write_requests(requests, replies)
+            .instrument(span)
+            .await;
+        let metrics = tend_telemetry::instruments();
+        metrics.commit_appends.record(appends, &[]);
+        metrics
+            .commit_duration
+            .record(started.elapsed().as_secs_f64(), &[]);
+    }
+
+    async fn write_requests(
+        &mut self,
+        requests: Vec<AppendRequest>,
+        replies: Vec<oneshot::Sender<Result<Appended, Error>>>,
+    ) {
         match self.append(&requests).await {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
@@ -190,7 +211,9 @@ impl Writer {
             let snapshot = if round == 0 {
                 self.guess(requests)
             } else {
-                lookup(connection, requests).await?
+                lookup(connection, requests)
+                    .instrument(lookup_span())
+                    .await?
             };
             let assumed_head = snapshot.head;
             let plan = plan::plan(requests, snapshot);
@@ -203,7 +226,10 @@ impl Writer {
             }
             let notify = self.notify_due();
             let connection = self.connection().await?;
-            match insert(connection, requests, &plan, assumed_head, notify).await {
+            match insert(connection, requests, &plan, assumed_head, notify)
+                .instrument(insert_span())
+                .await
+            {
                 Ok(Some(base)) => {
                     return Ok(self.written(requests, plan, assumed_head, base, notify));
                 }
@@ -220,7 +246,7 @@ impl Writer {
             .bind(APPEND_LOCK)
             .execute(&mut *tx)
             .await?;
-        let snapshot = lookup(&mut tx, requests).await?;
+        let snapshot = lookup(&mut tx, requests).instrument(lookup_span()).await?;
         let assumed_head = snapshot.head;
         let plan = plan::plan(requests, snapshot);
         if plan.rows.is_empty() {
@@ -229,6 +255,7 @@ impl Writer {
         }
         // Under the lock the facts cannot go stale: the guard passes.
         let base = insert(&mut tx, requests, &plan, assumed_head, notify)
+            .instrument(insert_span())
             .await?
             .ok_or(Error::Contended)?;
         tx.commit().await?;
@@ -261,6 +288,9 @@ impl Writer {
             self.last_notified = Some(tokio::time::Instant::now());
         }
         self.notify_owed = !notified;
+        tend_telemetry::instruments()
+            .events_appended
+            .add(plan.rows.len() as u64, &[]);
         advance(&self.head, base + plan.rows.len() as u64);
         self.remember(requests, &plan);
         rebase(plan.outcomes, assumed_head, base)
@@ -322,6 +352,39 @@ impl Writer {
                 .insert((r.tenant.clone(), r.stream.clone()), row.stream_version);
         }
     }
+}
+
+/// One commit serves several callers: it continues the trace of the first
+/// one that is sampled and links to the other sampled ones'. A batch of
+/// untraced appends (background work) makes no span at all.
+fn commit_span(batch: &[Job]) -> tracing::Span {
+    if !tend_telemetry::tracing_enabled() {
+        return tracing::Span::none();
+    }
+    let mut traced = batch.iter().filter(|j| tend_telemetry::is_sampled(&j.span));
+    let Some(parent) = traced.next() else {
+        return tracing::Span::none();
+    };
+    let events: usize = batch.iter().map(|j| j.request.events.len()).sum();
+    let span = tracing::info_span!(
+        parent: &parent.span,
+        "commit",
+        otel.name = "commit",
+        tend.appends = batch.len(),
+        tend.events = events,
+    );
+    for job in traced {
+        tend_telemetry::link_to(&span, &job.span);
+    }
+    span
+}
+
+fn insert_span() -> tracing::Span {
+    tend_telemetry::db_span("INSERT events", "INSERT", "events")
+}
+
+fn lookup_span() -> tracing::Span {
+    tend_telemetry::db_span("SELECT events", "SELECT", "events")
 }
 
 fn advance(head: &watch::Sender<u64>, to: u64) {

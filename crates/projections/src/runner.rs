@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use tend_event_store::EventStore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{BoxError, Error, Projection};
@@ -84,6 +85,7 @@ impl<P: Projection> Runner<P> {
         loop {
             let wait = match self.step().await {
                 Ok(step) => {
+                    tend_telemetry::lease_held(name, step.held_lease);
                     if step.held_lease != held {
                         held = step.held_lease;
                         tracing::info!(projection = name, holder = %self.holder, held, "projection lease changed hands");
@@ -92,6 +94,8 @@ impl<P: Projection> Runner<P> {
                     !step.advanced
                 }
                 Err(e) => {
+                    // Not working, whatever the lease row says.
+                    tend_telemetry::lease_held(name, false);
                     tracing::warn!(projection = name, error = %e, "projection batch failed; retrying");
                     true
                 }
@@ -109,6 +113,7 @@ impl<P: Projection> Runner<P> {
         if let Err(e) = release(pool(&self.store), name, self.holder).await {
             tracing::warn!(projection = name, error = %e, "could not release the projection lease; it will expire");
         }
+        tend_telemetry::lease_held(name, false);
     }
 
     /// One batch, if this runner holds (or can take) the lease.
@@ -150,6 +155,17 @@ impl<P: Projection> Runner<P> {
             }
             return Ok(step);
         }
+        let started = Instant::now();
+        let span = if tend_telemetry::tracing_enabled() {
+            tracing::info_span!(
+                "projection batch",
+                otel.name = "projection batch",
+                tend.projection = name,
+                tend.events = page.events.len(),
+            )
+        } else {
+            tracing::Span::none()
+        };
         let written = async {
             self.projection
                 .fold(&pool, generation, &page.events)
@@ -167,6 +183,7 @@ impl<P: Projection> Runner<P> {
             tx.commit().await?;
             Ok(())
         }
+        .instrument(span.clone())
         .await;
         if let Err(e) = written {
             self.projection.reset();
@@ -177,9 +194,17 @@ impl<P: Projection> Runner<P> {
             return Err(e);
         }
         let caught_up = page.scanned_through >= self.store.head();
-        if let Err(e) = self.projection.committed(caught_up).await {
+        if let Err(e) = self.projection.committed(caught_up).instrument(span).await {
             tracing::warn!(projection = name, error = %e, "after a projection batch");
         }
+        let metrics = tend_telemetry::instruments();
+        let attributes = [opentelemetry::KeyValue::new("tend.projection", name)];
+        metrics
+            .projection_events
+            .add(page.events.len() as u64, &attributes);
+        metrics
+            .projection_batch_duration
+            .record(started.elapsed().as_secs_f64(), &attributes);
         self.projection.reset();
         step.events = page.events.len();
         step.position = page.scanned_through;

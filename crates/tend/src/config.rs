@@ -225,6 +225,12 @@ pub struct ServeOptions {
     #[arg(long, env = "TEND_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
 
+    /// Seconds to keep serving after SIGTERM while health reports
+    /// NOT_SERVING, so that load balancers stop sending calls first.
+    #[arg(long, env = "TEND_SHUTDOWN_DRAIN_SECONDS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=300))]
+    pub shutdown_drain_seconds: u64,
+
     /// Milliseconds between scheduler rounds: how promptly due and missed
     /// events follow the clock.
     #[arg(long, env = "TEND_SCHEDULER_TICK_MS", default_value_t = 1000,

@@ -5,6 +5,7 @@
 mod config;
 mod logging;
 mod serve;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -47,11 +48,15 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(options) => {
-                logging::init(&options.database.log)?;
-                serve::serve(options).await
+                let settings = telemetry::Settings::from(|k| std::env::var(k).ok())?;
+                let (telemetry, tracer) = telemetry::Telemetry::install(&settings)?;
+                logging::init(&options.database.log, tracer)?;
+                let served = serve::serve(options, &telemetry).await;
+                telemetry.shutdown();
+                served
             }
             Command::Migrate(options) => {
-                logging::init(&options.log)?;
+                logging::init(&options.log, None)?;
                 serve::migrate_only(options).await
             }
             Command::Token {
@@ -63,7 +68,7 @@ fn main() -> ExitCode {
             Command::Keys {
                 command: KeysCommand::Rotate { keys, database },
             } => {
-                logging::init(&database.log)?;
+                logging::init(&database.log, None)?;
                 serve::rotate_keys(keys, database).await
             }
             Command::Projections {
@@ -75,17 +80,17 @@ fn main() -> ExitCode {
                         database,
                     },
             } => {
-                logging::init(&database.log)?;
+                logging::init(&database.log, None)?;
                 serve::rebuild_projection(&name, flush_every, duty, database).await
             }
             Command::Projections {
                 command: ProjectionsCommand::Status { database },
             } => {
-                logging::init(&database.log)?;
+                logging::init(&database.log, None)?;
                 serve::projection_status(database).await
             }
             Command::Demo(options) => {
-                logging::init(&options.database.log)?;
+                logging::init(&options.database.log, None)?;
                 serve::demo(options).await
             }
         }

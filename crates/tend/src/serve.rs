@@ -27,6 +27,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::{ArcOptions, DatabaseOptions, DemoOptions, KeyOptions, ServeOptions};
+use crate::telemetry::Telemetry;
 
 type Result<T> = std::result::Result<T, Box<dyn Error + Send + Sync>>;
 
@@ -325,7 +326,7 @@ fn master_keys(
     .transpose()
 }
 
-pub async fn serve(options: ServeOptions) -> Result<()> {
+pub async fn serve(options: ServeOptions, telemetry: &Telemetry) -> Result<()> {
     // Handlers go in first: a signal during start-up then stops the server
     // as soon as it serves, through the orderly path, embedded PostgreSQL
     // included.
@@ -337,7 +338,7 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
         );
     }
     let database = Database::open(&options.database).await?;
-    let served = run(&options, &database, stop_signal).await;
+    let served = run(&options, &database, telemetry, stop_signal).await;
     let closed = database.close().await;
     served?;
     closed
@@ -346,6 +347,7 @@ pub async fn serve(options: ServeOptions) -> Result<()> {
 async fn run(
     options: &ServeOptions,
     database: &Database,
+    telemetry: &Telemetry,
     stop_signal: impl Future<Output = &'static str> + Send + 'static,
 ) -> Result<()> {
     if options.migrate {
@@ -380,10 +382,37 @@ async fn run(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let auth = Authenticator::new(tokens);
-    let events = InterceptedService::new(
-        EventStreamApi::new(store.clone(), shutdown.clone()).into_server(),
-        auth.clone(),
+    let event_stream = EventStreamApi::new(store.clone(), shutdown.clone());
+    let _observed = observe(
+        database,
+        options.database.db_max_connections,
+        &store,
+        &event_stream,
+        telemetry,
+        shutdown.clone(),
     );
+    let metrics_stop = CancellationToken::new();
+    let _stop_metrics = metrics_stop.clone().drop_guard();
+    let metrics_endpoint = match &telemetry.prometheus {
+        Some((spec, reader)) => {
+            let addr = crate::telemetry::prometheus_addr(spec).await?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+            let addr = listener.local_addr()?;
+            // Served until the very end, so that a draining server stays
+            // observable.
+            tokio::spawn(tend_telemetry::prometheus::serve(
+                listener,
+                reader.clone(),
+                metrics_stop.clone(),
+            ));
+            tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+            Some(addr)
+        }
+        None => None,
+    };
+    let events = InterceptedService::new(event_stream.into_server(), auth.clone());
     let clock = std::sync::Arc::new(SystemClock);
     let scheduler = InterceptedService::new(
         SchedulerApi::new(store.clone(), clock.clone()).into_server(),
@@ -446,7 +475,21 @@ async fn run(
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", options.listen))?;
     let addr = listener.local_addr()?;
+    let methods = tend_api::method_names().into_iter().chain(
+        [
+            "grpc.health.v1.Health/Check",
+            "grpc.health.v1.Health/Watch",
+            "grpc.health.v1.Health/List",
+            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ]
+        .map(String::from),
+    );
     let server = Server::builder()
+        .layer(tend_telemetry::RpcLayer::new(
+            tend_telemetry::tracing_enabled(),
+            methods,
+        ))
         .add_service(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
@@ -460,16 +503,23 @@ async fn run(
             shutdown.clone().cancelled_owned(),
         );
     tracing::info!(%addr, "serving gRPC");
-    print_banner(addr, database, dev_token.as_deref());
+    print_banner(addr, metrics_endpoint, database, dev_token.as_deref());
 
+    let drain = Duration::from_secs(options.shutdown_drain_seconds);
     tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
             let signal = stop_signal.await;
             tracing::info!(
                 signal,
-                "shutting down: no new calls; finishing calls in flight"
+                drain_seconds = drain.as_secs(),
+                "shutting down: health says NOT_SERVING; then no new calls, and calls in flight finish"
             );
+            // The whole server ("", what Kubernetes' gRPC probes ask
+            // about) as well as each service.
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
             health
                 .set_not_serving::<EventStreamServiceServer<EventStreamApi>>()
                 .await;
@@ -483,6 +533,7 @@ async fn run(
                 .set_not_serving::<AssessmentServiceServer<AssessmentApi>>()
                 .await;
             health.set_not_serving::<ArcServiceServer<ArcApi>>().await;
+            tokio::time::sleep(drain).await;
             shutdown.cancel();
         }
     });
@@ -530,8 +581,16 @@ fn tokens(options: &ServeOptions, embedded: bool) -> Result<(Tokens, Option<Stri
     }
 }
 
-fn print_banner(addr: SocketAddr, database: &Database, dev_token: Option<&str>) {
+fn print_banner(
+    addr: SocketAddr,
+    metrics: Option<SocketAddr>,
+    database: &Database,
+    dev_token: Option<&str>,
+) {
     println!("Tend is serving gRPC on {addr}");
+    if let Some(metrics) = metrics {
+        println!("  metrics: http://{metrics}/metrics");
+    }
     if let Some(cluster) = &database.embedded {
         println!(
             "  database: embedded PostgreSQL in {} (psql \"{}\")",
@@ -549,6 +608,147 @@ fn print_banner(addr: SocketAddr, database: &Database, dev_token: Option<&str>) 
     // The empty line ends the banner (scripts and tests wait for it).
     println!();
 }
+
+/// The gauges read from state this server owns: the connection pool, the
+/// open subscriptions against the head, and the projection's lag (polled
+/// from the database, so every replica reports it, lease holder or not).
+/// Kept alive by the caller for as long as it serves.
+fn observe(
+    database: &Database,
+    max_connections: u32,
+    store: &EventStore,
+    event_stream: &EventStreamApi,
+    telemetry: &Telemetry,
+    shutdown: CancellationToken,
+) -> Vec<Box<dyn std::any::Any + Send>> {
+    use opentelemetry::KeyValue;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    if !telemetry.metrics_enabled() {
+        return Vec::new();
+    }
+    let meter = opentelemetry::global::meter("tend");
+    let pool = database.pool.clone();
+    let connections = meter
+        .i64_observable_up_down_counter("db.client.connection.count")
+        .with_unit("{connection}")
+        .with_description("Connections in the pool, by state")
+        .with_callback(move |o| {
+            let size = i64::from(pool.size());
+            let idle = pool.num_idle() as i64;
+            let name = KeyValue::new("db.client.connection.pool.name", "tend");
+            o.observe(
+                idle,
+                &[
+                    name.clone(),
+                    KeyValue::new("db.client.connection.state", "idle"),
+                ],
+            );
+            o.observe(
+                (size - idle).max(0),
+                &[name, KeyValue::new("db.client.connection.state", "used")],
+            );
+        })
+        .build();
+    let max = meter
+        .i64_observable_up_down_counter("db.client.connection.max")
+        .with_unit("{connection}")
+        .with_description("The most connections the pool opens")
+        .with_callback(move |o| {
+            o.observe(
+                i64::from(max_connections.max(2)),
+                &[KeyValue::new("db.client.connection.pool.name", "tend")],
+            );
+        })
+        .build();
+    let open = event_stream.open_subscriptions();
+    let head_store = store.clone();
+    let subscription_lag = meter
+        .u64_observable_gauge("tend.event_stream.subscription.lag")
+        .with_unit("{event}")
+        .with_description("Events between the head and the furthest-behind open subscription")
+        .with_callback(move |o| {
+            let head = head_store.head();
+            let lag = open.oldest_position().map_or(0, |p| head.saturating_sub(p));
+            o.observe(lag, &[]);
+        })
+        .build();
+    let head_store = store.clone();
+    let head = meter
+        .u64_observable_gauge("tend.event_store.head")
+        .with_unit("{position}")
+        .with_description("The last committed position this server knows of")
+        .with_callback(move |o| o.observe(head_store.head(), &[]))
+        .build();
+
+    let behind = Arc::new(AtomicU64::new(0));
+    let seconds_behind = Arc::new(AtomicU64::new(0f64.to_bits()));
+    let known = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn({
+        let (behind, seconds_behind, known) =
+            (behind.clone(), seconds_behind.clone(), known.clone());
+        let pool = database.pool.clone();
+        async move {
+            loop {
+                match tend_projections::status(&pool, tend_arc::NAME).await {
+                    Ok(s) => {
+                        behind.store(s.events_behind, Ordering::Relaxed);
+                        seconds_behind.store(s.seconds_behind.to_bits(), Ordering::Relaxed);
+                        known.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        // No figure rather than a stale one.
+                        known.store(false, Ordering::Relaxed);
+                        tracing::debug!(error = %e, "projection status unavailable");
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(PROJECTION_STATUS_EVERY) => {}
+                }
+            }
+        }
+    });
+    let projection = [KeyValue::new("tend.projection", tend_arc::NAME)];
+    let events_behind = meter
+        .u64_observable_gauge("tend.projection.events_behind")
+        .with_unit("{event}")
+        .with_description("Events in the log the projection has not folded yet")
+        .with_callback({
+            let (behind, known, projection) = (behind.clone(), known.clone(), projection.clone());
+            move |o| {
+                if known.load(Ordering::Relaxed) {
+                    o.observe(behind.load(Ordering::Relaxed), &projection);
+                }
+            }
+        })
+        .build();
+    let lag = meter
+        .f64_observable_gauge("tend.projection.lag")
+        .with_unit("s")
+        .with_description("Age of the oldest event the projection has not folded yet")
+        .with_callback(move |o| {
+            if known.load(Ordering::Relaxed) {
+                o.observe(
+                    f64::from_bits(seconds_behind.load(Ordering::Relaxed)),
+                    &projection,
+                );
+            }
+        })
+        .build();
+    vec![
+        Box::new(connections),
+        Box::new(max),
+        Box::new(subscription_lag),
+        Box::new(head),
+        Box::new(events_behind),
+        Box::new(lag),
+    ]
+}
+
+/// How often the projection lag gauges are refreshed from the database.
+const PROJECTION_STATUS_EVERY: Duration = Duration::from_secs(5);
 
 /// Resolves with the name of the first SIGTERM or SIGINT.
 fn stop_signal() -> Result<impl Future<Output = &'static str>> {

@@ -69,7 +69,18 @@ impl BenchServer {
             .connect_with(admin.database(&name))
             .await?;
         tend_event_store::migrate(&pool).await?;
-        Ok(BenchDatabase { pool, name, conn })
+        let (base, query) = match self.admin_url.split_once('?') {
+            Some((b, q)) => (b, format!("?{q}")),
+            None => (self.admin_url.as_str(), String::new()),
+        };
+        let root = base.rsplit_once('/').map_or(base, |(r, _)| r);
+        let url = format!("{root}/{name}{query}");
+        Ok(BenchDatabase {
+            pool,
+            url,
+            name,
+            conn,
+        })
     }
 
     pub fn stop(self) -> Result<()> {
@@ -83,6 +94,8 @@ impl BenchServer {
 #[derive(Debug)]
 pub struct BenchDatabase {
     pub pool: PgPool,
+    /// A URL for other processes (a `tend` server under test).
+    pub url: String,
     name: String,
     conn: PgConnection,
 }

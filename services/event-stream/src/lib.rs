@@ -7,6 +7,10 @@
 
 mod error;
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
 use tend_api::events::v1 as pb;
 use tend_api::events::v1::event_stream_service_server::{
     EventStreamService, EventStreamServiceServer,
@@ -30,11 +34,74 @@ const SHUTDOWN_NOTICE_WAIT: std::time::Duration = std::time::Duration::from_secs
 pub struct EventStreamApi {
     store: EventStore,
     shutdown: CancellationToken,
+    open: Arc<OpenSubscriptions>,
+}
+
+/// The subscriptions open on this server and how far each has read: what
+/// the subscription lag metric observes.
+#[derive(Debug, Default)]
+pub struct OpenSubscriptions {
+    positions: Mutex<HashMap<u64, Arc<AtomicU64>>>,
+    next_id: AtomicU64,
+}
+
+impl OpenSubscriptions {
+    fn open(self: &Arc<Self>, after: u64) -> Open {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let position = Arc::new(AtomicU64::new(after));
+        self.lock().insert(id, position.clone());
+        tend_telemetry::instruments().subscriptions.add(1, &[]);
+        Open {
+            id,
+            position,
+            registry: self.clone(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<AtomicU64>>> {
+        // The map is consistent after any panic: entries are whole.
+        self.positions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The position the furthest-behind open subscription has read to.
+    pub fn oldest_position(&self) -> Option<u64> {
+        self.lock()
+            .values()
+            .map(|p| p.load(Ordering::Relaxed))
+            .min()
+    }
+}
+
+/// One open subscription; closing it is dropping it.
+struct Open {
+    id: u64,
+    position: Arc<AtomicU64>,
+    registry: Arc<OpenSubscriptions>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+        tend_telemetry::instruments().subscriptions.add(-1, &[]);
+    }
 }
 
 impl EventStreamApi {
     pub fn new(store: EventStore, shutdown: CancellationToken) -> Self {
-        Self { store, shutdown }
+        Self {
+            store,
+            shutdown,
+            open: Arc::default(),
+        }
+    }
+
+    /// The open subscriptions, for metrics.
+    pub fn open_subscriptions(&self) -> Arc<OpenSubscriptions> {
+        self.open.clone()
     }
 
     pub fn into_server(self) -> EventStreamServiceServer<Self> {
@@ -63,6 +130,7 @@ impl EventStreamService for EventStreamApi {
         let mut subscription = self.store.subscribe(filter, request.after_position);
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
         let shutdown = self.shutdown.clone();
+        let open = self.open.open(request.after_position);
         tokio::spawn(async move {
             loop {
                 let message = tokio::select! {
@@ -81,6 +149,8 @@ impl EventStreamService for EventStreamApi {
                         Err(e) => Err(Status::from(Error::Store(e))),
                     },
                 };
+                open.position
+                    .store(subscription.position(), Ordering::Relaxed);
                 let last = message.is_err();
                 // Waiting here is the backpressure on a slow client; the
                 // subscription reads no further until there is room.

@@ -132,9 +132,27 @@ impl Worker {
     /// server takes over at once.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut held = false;
+        let metrics = tend_telemetry::instruments();
         loop {
-            match self.run_once().await {
+            let started = std::time::Instant::now();
+            let result = self.run_once().await;
+            // Only the holder's rounds are ticks; a failure counts wherever
+            // it happens, since it may be why nobody holds the lease.
+            let outcome = match &result {
+                Ok(round) if round.held_lease => Some(tend_telemetry::Outcome::Ok),
+                Ok(_) => None,
+                Err(_) => Some(tend_telemetry::Outcome::Error),
+            };
+            if let Some(outcome) = outcome {
+                let attributes = [outcome.attribute()];
+                metrics.scheduler_ticks.add(1, &attributes);
+                metrics
+                    .scheduler_tick_duration
+                    .record(started.elapsed().as_secs_f64(), &attributes);
+            }
+            match result {
                 Ok(round) => {
+                    tend_telemetry::lease_held(LEASE, round.held_lease);
                     if round.held_lease != held {
                         held = round.held_lease;
                         tracing::info!(holder = %self.holder, held, "scheduler lease changed hands");
@@ -147,7 +165,11 @@ impl Worker {
                         );
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "scheduler round failed; retrying"),
+                Err(e) => {
+                    // Not working, whatever the lease row says.
+                    tend_telemetry::lease_held(LEASE, false);
+                    tracing::warn!(error = %e, "scheduler round failed; retrying");
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -162,6 +184,7 @@ impl Worker {
         {
             tracing::warn!(error = %e, "could not release the scheduler lease; it will expire");
         }
+        tend_telemetry::lease_held(LEASE, false);
     }
 
     /// One round, if this worker holds (or can take) the lease.
