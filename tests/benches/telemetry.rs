@@ -1,19 +1,23 @@
 //! What telemetry costs: `LogPractice` through the real `tend` binary on a
 //! real socket, with telemetry off (the default), with the Prometheus
-//! endpoint on, and with every call traced (sampled always, exported over
-//! OTLP to a collector in this process) plus metrics. Beside it, in the
+//! endpoint on, and with traces (one call in ten sampled, then every call;
+//! exported over OTLP to a collector in this process, which shares the
+//! machine) plus metrics. Beside it, in the
 //! same run and on the same PostgreSQL, `../shared/bench/pg-baseline`'s
 //! single-event insert rate.
 //!
-//! Target: off costs nothing measurable (it is the default server); on,
-//! calls per second within a few percent of off.
+//! Target: off costs nothing (it is the default server); metrics and
+//! sampled traces within a few percent of off.
+//!
+//! Needs the release `tend` binary: `cargo build --release -p tend` first.
 //!
 //! cargo bench -p tend-tests --bench telemetry
 //!
 //! Settings (environment): TEND_BENCH_SECONDS (default 5) per figure,
-//! TEND_BENCH_CLIENTS (default 8), TEND_BENCH_ROUNDS (default 2: the three
-//! settings run in turn, this many times, and the best of each is shown,
-//! so a background hiccup does not decide the comparison).
+//! TEND_BENCH_CLIENTS (default 8), TEND_BENCH_ROUNDS (default 4: the
+//! settings run in turn, each round starting with the next one, and the
+//! best of each is shown, so that neither a background hiccup nor going
+//! first decides the comparison).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +68,29 @@ struct Figures {
     calls_per_second: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// The server process's CPU time (user + system) per call: what
+    /// telemetry costs, whatever else the machine is doing.
+    cpu_us_per_call: f64,
+    calls: usize,
+}
+
+/// User plus system CPU seconds a process has used, from /proc.
+fn cpu_seconds(pid: u32, ticks_per_second: f64) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at ')'.
+    let rest = stat.rsplit_once(')').ok_or("malformed stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 here.
+    let utime: f64 = fields.get(11).ok_or("no utime")?.parse()?;
+    let stime: f64 = fields.get(12).ok_or("no stime")?.parse()?;
+    Ok((utime + stime) / ticks_per_second)
+}
+
+fn ticks_per_second() -> Result<f64> {
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()?;
+    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
 }
 
 async fn load(endpoint: &str, clients: usize, seconds: u64) -> Result<Figures> {
@@ -110,6 +137,8 @@ async fn load(endpoint: &str, clients: usize, seconds: u64) -> Result<Figures> {
         calls_per_second: all.len() as f64 / elapsed,
         p50_ms: quantile(&all, 0.5),
         p99_ms: quantile(&all, 0.99),
+        cpu_us_per_call: 0.0,
+        calls: all.len(),
     })
 }
 
@@ -117,7 +146,7 @@ async fn load(endpoint: &str, clients: usize, seconds: u64) -> Result<Figures> {
 async fn main() -> Result<()> {
     let seconds: u64 = env_number("TEND_BENCH_SECONDS", 5);
     let clients: usize = env_number("TEND_BENCH_CLIENTS", 8);
-    let rounds: usize = env_number("TEND_BENCH_ROUNDS", 2);
+    let rounds: usize = env_number("TEND_BENCH_ROUNDS", 4);
     let server = BenchServer::start().await?;
     let baseline = pg_baseline(&server.admin_url, clients, seconds)?;
 
@@ -131,11 +160,22 @@ async fn main() -> Result<()> {
     );
 
     let tokens = format!("bench={}", tend_auth::TokenHash::of(TOKEN));
-    let settings: [(&str, Vec<(&str, &str)>); 3] = [
+    let settings: [(&str, Vec<(&str, &str)>); 4] = [
         ("off (default)", vec![]),
         (
             "metrics (Prometheus endpoint)",
             vec![
+                ("OTEL_METRICS_EXPORTER", "prometheus"),
+                ("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1"),
+                ("OTEL_EXPORTER_PROMETHEUS_PORT", "0"),
+            ],
+        ),
+        (
+            "traces, 10% sampled, + metrics",
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.as_str()),
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
                 ("OTEL_METRICS_EXPORTER", "prometheus"),
                 ("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1"),
                 ("OTEL_EXPORTER_PROMETHEUS_PORT", "0"),
@@ -152,9 +192,15 @@ async fn main() -> Result<()> {
             ],
         ),
     ];
+    let ticks = ticks_per_second()?;
     let mut best: Vec<Option<Figures>> = (0..settings.len()).map(|_| None).collect();
-    for _ in 0..rounds {
-        for (i, (_, env)) in settings.iter().enumerate() {
+    let mut cpu_per_call: Vec<Vec<f64>> = vec![Vec::new(); settings.len()];
+    for round in 0..rounds {
+        // Each round starts with the next setting: whatever the first run
+        // of a round pays (a cold cache, a checkpoint) is shared out.
+        for k in 0..settings.len() {
+            let i = (round + k) % settings.len();
+            let env = &settings[i].1;
             let db = server.database(4).await?;
             let mut vars = vec![
                 ("TEND_DATABASE_URL", db.url.as_str()),
@@ -165,7 +211,11 @@ async fn main() -> Result<()> {
             let tend = TendProcess::start(&vars);
             // Warm up: connections, plans, the writer's hints.
             load(&tend.endpoint(), clients, 1).await?;
-            let f = load(&tend.endpoint(), clients, seconds).await?;
+            let cpu_before = cpu_seconds(tend.pid(), ticks)?;
+            let mut f = load(&tend.endpoint(), clients, seconds).await?;
+            let cpu = cpu_seconds(tend.pid(), ticks)? - cpu_before;
+            f.cpu_us_per_call = cpu * 1e6 / f.calls as f64;
+            cpu_per_call[i].push(f.cpu_us_per_call);
             drop(tend);
             db.drop_database().await?;
             if best[i]
@@ -185,15 +235,24 @@ async fn main() -> Result<()> {
         baseline.single
     );
     let off = best[0].as_ref().map_or(f64::NAN, |f| f.calls_per_second);
-    for ((name, _), f) in settings.iter().zip(&best) {
+    // CPU per call: the median over the rounds (it does not depend on
+    // what else runs, so it needs no best-of).
+    let cpu: Vec<f64> = cpu_per_call
+        .iter_mut()
+        .map(|v| tend_testkit::bench::median(v))
+        .collect();
+    let cpu_off = cpu[0];
+    for (((name, _), f), cpu) in settings.iter().zip(&best).zip(&cpu) {
         let f = f.as_ref().ok_or("no figure")?;
         println!(
-            "  {name:<40} {:>7.0} calls/s  p50 {:>5.2} ms  p99 {:>5.2} ms  {:.3}x off  {:.2}x baseline",
+            "  {name:<40} {:>7.0} calls/s  p50 {:>5.2} ms  p99 {:>5.2} ms  {:.3}x off  {:.2}x baseline  server CPU {:>5.0} us/call ({:.3}x off)",
             f.calls_per_second,
             f.p50_ms,
             f.p99_ms,
             f.calls_per_second / off,
-            f.calls_per_second / baseline.single as f64
+            f.calls_per_second / baseline.single as f64,
+            cpu,
+            cpu / cpu_off
         );
     }
     println!(

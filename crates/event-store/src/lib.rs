@@ -162,9 +162,9 @@ impl EventStore {
 
     /// Appends `events` to `stream`, atomically: all are stored or none.
     ///
-    /// When tracing is on, events without trace context get the append's,
-    /// so that a subscriber can link an event back to the call that wrote
-    /// it.
+    /// Within a sampled trace, events without trace context get the
+    /// append's, so that a subscriber can link an event back to the call
+    /// that wrote it.
     pub async fn append(
         &self,
         tenant: &TenantId,

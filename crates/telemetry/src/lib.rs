@@ -45,11 +45,16 @@ pub fn tracing_enabled() -> bool {
 }
 
 /// True when a child span should be made: tracing is on and something
-/// traced (a call, a projection batch) is in progress. Background work
-/// that is not itself traced (subscriptions, idle polls, scheduler rounds)
-/// then exports no stream of one-span traces.
+/// traced and sampled (a call, a projection batch) is in progress.
+/// Background work that is not itself traced (subscriptions, idle polls,
+/// scheduler rounds) then exports no stream of one-span traces, and a call
+/// the sampler left out costs no child spans.
 pub fn within_trace() -> bool {
-    tracing_enabled() && !tracing::Span::current().is_none()
+    if !tracing_enabled() {
+        return false;
+    }
+    let current = tracing::Span::current();
+    !current.is_none() && is_sampled(&current)
 }
 
 /// A span for one round trip to PostgreSQL, named by its summary

@@ -41,14 +41,15 @@ impl Injector for TraceContext {
 }
 
 /// The trace context of the current span, if tracing is on and the span is
-/// part of a trace. `None` costs one lookup when tracing is off.
+/// part of a sampled trace (an unsampled one leads nowhere). `None` costs
+/// one lookup when tracing is off.
 pub fn current_trace_context() -> Option<TraceContext> {
     let span = tracing::Span::current();
     if span.is_disabled() {
         return None;
     }
     let cx = span.context();
-    if !cx.span().span_context().is_valid() {
+    if !cx.span().span_context().is_sampled() {
         return None;
     }
     let mut out = TraceContext::default();
