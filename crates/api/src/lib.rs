@@ -43,11 +43,12 @@ pub mod arc {
     }
 }
 
-/// Every method of Tend's services as `package.Service/Method`, from the
-/// compiled descriptors (so metrics name exactly what is served).
-pub fn method_names() -> Vec<String> {
+/// Every method of the services in an encoded descriptor set (Tend's
+/// [`FILE_DESCRIPTOR_SET`], or health's and reflection's) as
+/// `package.Service/Method`, so that metrics name exactly what is served.
+pub fn method_names(descriptor_set: &[u8]) -> Vec<String> {
     use prost::Message;
-    let Ok(set) = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET) else {
+    let Ok(set) = prost_types::FileDescriptorSet::decode(descriptor_set) else {
         return Vec::new();
     };
     let mut names = Vec::new();
@@ -70,7 +71,7 @@ pub fn method_names() -> Vec<String> {
 mod tests {
     #[test]
     fn method_names_come_from_the_descriptors() {
-        let names = super::method_names();
+        let names = super::method_names(super::FILE_DESCRIPTOR_SET);
         assert!(names.contains(&"tend.practice.v1.PracticeLogService/LogPractice".to_owned()));
         assert!(names.contains(&"tend.arc.v1.ArcService/GetCohort".to_owned()));
         assert!(names.len() > 30, "{names:?}");

@@ -235,12 +235,12 @@ impl EventStore {
                 ));
             }
         }
-        if let Some(trace) = tend_telemetry::current_trace_context() {
+        if let Some(traceparent) = tend_telemetry::current_traceparent() {
             for event in events
                 .iter_mut()
                 .filter(|e| e.metadata.traceparent.is_none())
             {
-                event.metadata.traceparent = trace.traceparent.clone();
+                event.metadata.traceparent = Some(traceparent.clone());
             }
         }
         let (reply, answer) = oneshot::channel();

@@ -16,7 +16,7 @@ mod trace;
 
 pub use instruments::{Instruments, Outcome, instruments, lease_held};
 pub use rpc::RpcLayer;
-pub use trace::{TraceContext, current_trace_context, is_sampled, link_to, remote_parent};
+pub use trace::{current_traceparent, is_sampled, link_to, remote_parent};
 
 /// Bucket bounds (seconds) for durations from sub-millisecond calls to
 /// ten-second stalls.

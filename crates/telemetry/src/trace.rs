@@ -24,26 +24,24 @@ pub fn remote_parent(headers: &http::HeaderMap) -> Context {
     TraceContextPropagator::new().extract(&Headers(headers))
 }
 
-/// The W3C trace context of a span, as stored in event metadata: the
-/// `traceparent` only. A partner's `tracestate` is vendor data of any
-/// length; the log is immutable and is not the place for it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TraceContext {
-    pub traceparent: Option<String>,
-}
+/// Collects the `traceparent` an injection writes. A partner's
+/// `tracestate` is vendor data of any length; the immutable log is not the
+/// place for it.
+#[derive(Default)]
+struct Traceparent(Option<String>);
 
-impl Injector for TraceContext {
+impl Injector for Traceparent {
     fn set(&mut self, key: &str, value: String) {
         if key == "traceparent" {
-            self.traceparent = Some(value);
+            self.0 = Some(value);
         }
     }
 }
 
-/// The trace context of the current span, if tracing is on and the span is
-/// part of a sampled trace (an unsampled one leads nowhere). `None` costs
-/// one lookup when tracing is off.
-pub fn current_trace_context() -> Option<TraceContext> {
+/// The W3C `traceparent` of the current span, as stored in event metadata,
+/// if tracing is on and the span is part of a sampled trace (an unsampled
+/// one leads nowhere). `None` costs one lookup when tracing is off.
+pub fn current_traceparent() -> Option<String> {
     let span = tracing::Span::current();
     if span.is_disabled() {
         return None;
@@ -52,9 +50,9 @@ pub fn current_trace_context() -> Option<TraceContext> {
     if !cx.span().span_context().is_sampled() {
         return None;
     }
-    let mut out = TraceContext::default();
+    let mut out = Traceparent::default();
     TraceContextPropagator::new().inject_context(&cx, &mut out);
-    out.traceparent.is_some().then_some(out)
+    out.0
 }
 
 /// True when `span` belongs to a trace that is being recorded.

@@ -475,16 +475,14 @@ async fn run(
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", options.listen))?;
     let addr = listener.local_addr()?;
-    let methods = tend_api::method_names().into_iter().chain(
-        [
-            "grpc.health.v1.Health/Check",
-            "grpc.health.v1.Health/Watch",
-            "grpc.health.v1.Health/List",
-            "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-            "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-        ]
-        .map(String::from),
-    );
+    let methods = [
+        tend_api::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]
+    .into_iter()
+    .flat_map(tend_api::method_names);
     let server = Server::builder()
         .layer(tend_telemetry::RpcLayer::new(
             tend_telemetry::tracing_enabled(),
