@@ -195,7 +195,7 @@ async fn demo_arcs_cohort_and_a_rebuild_under_a_running_server() {
 }
 
 async fn lease_holder(pool: &sqlx::PgPool) -> Option<Uuid> {
-    sqlx::query_scalar("SELECT holder FROM projection_leases WHERE name = 'arc'")
+    sqlx::query_scalar("SELECT holder FROM leases WHERE name = 'arc'")
         .fetch_optional(pool)
         .await
         .unwrap()

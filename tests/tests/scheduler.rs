@@ -470,7 +470,7 @@ async fn due_and_missed_reach_the_stream_once_each_when_the_scheduling_server_di
     let first = start(&db, &fast);
     // The first server takes the lease before the second one starts.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while sqlx::query_scalar::<_, Uuid>("SELECT holder FROM scheduler_lease")
+    while sqlx::query_scalar::<_, Uuid>("SELECT holder FROM leases WHERE name = 'scheduler'")
         .fetch_optional(&db.pool)
         .await
         .unwrap()

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::Error;
-use crate::protocol::Protocol;
-use crate::schedule::{Occurrence, Protocols, Status, occurrences};
+use crate::protocol::{Protocol, ProtocolSet, Protocols};
+use crate::schedule::{Occurrence, Status, occurrences};
 use crate::time::{LocalTime, Zone, resolve_date_time};
 
 /// How far ahead a session may be booked.
@@ -713,6 +713,32 @@ pub fn decide(
             events.sort_by_key(|(at, _)| *at);
             Ok(events.into_iter().map(|(_, e)| e).collect())
         }
+    }
+}
+
+/// A command with the protocol versions it may need: those the
+/// participant's enrollments use, and any it names (read by the shell).
+#[derive(Debug, Clone)]
+pub struct WithProtocols {
+    pub command: Command,
+    pub protocols: ProtocolSet,
+}
+
+/// A participant's enrollments as a decider.
+#[derive(Debug)]
+pub enum Aggregate {}
+
+impl crate::Decider for Aggregate {
+    type State = Participant;
+    type Command = WithProtocols;
+    type Event = Event;
+
+    fn decide(state: &Participant, c: WithProtocols) -> Result<Vec<Event>, Error> {
+        decide(state, c.command, &c.protocols)
+    }
+
+    fn evolve(state: Participant, event: &Event) -> Participant {
+        evolve(state, event)
     }
 }
 

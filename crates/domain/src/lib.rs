@@ -37,8 +37,33 @@ macro_rules! event_codec {
     };
 }
 
+/// The `Decider` of a module whose `decide(&state, command)` and
+/// `evolve(state, &event)` are its own plain functions.
+macro_rules! decider {
+    ($(#[$meta:meta])* $name:ident: $state:ty, $command:ty => $event:ty) => {
+        $(#[$meta])*
+        #[derive(Debug)]
+        pub enum $name {}
+
+        impl $crate::Decider for $name {
+            type State = $state;
+            type Command = $command;
+            type Event = $event;
+
+            fn decide(state: &$state, command: $command) -> Result<Vec<$event>, $crate::Error> {
+                decide(state, command)
+            }
+
+            fn evolve(state: $state, event: &$event) -> $state {
+                evolve(state, event)
+            }
+        }
+    };
+}
+
 pub mod arc;
 pub mod assessment;
+mod decider;
 pub mod enrollment;
 mod error;
 pub mod practice;
@@ -46,6 +71,7 @@ pub mod protocol;
 pub mod schedule;
 pub mod time;
 
+pub use decider::Decider;
 pub use error::Error;
 
 /// An event with the type name and schema version stored beside its body.

@@ -373,6 +373,11 @@ pub fn decide(log: &Log, command: Command) -> Result<Vec<Event>, Error> {
     }
 }
 
+decider! {
+    /// A participant's practice log as a decider.
+    Aggregate: Log, Command => Event
+}
+
 fn already_used() -> Error {
     Error::already_exists("entry_id", "was already used for a different entry")
 }

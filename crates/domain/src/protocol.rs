@@ -7,6 +7,8 @@
 //! protocol; the built-in ones are data in this module and exist in every
 //! tenant.
 
+use std::collections::BTreeMap;
+
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -506,6 +508,43 @@ pub fn decide(state: &History, command: Command) -> Result<Vec<Event>, Error> {
                 version,
                 published_at: now,
             })])
+        }
+    }
+}
+
+decider! {
+    /// A protocol's versions as a decider: drafts and publications.
+    Aggregate: History, Command => Event
+}
+
+/// Looks up protocol versions (built in or a partner's).
+pub trait Protocols {
+    fn get(&self, protocol_id: &str, version: u32) -> Option<&Protocol>;
+}
+
+/// A set of protocol versions, with the built-ins always present.
+#[derive(Debug, Clone, Default)]
+pub struct ProtocolSet {
+    versions: BTreeMap<(String, u32), Protocol>,
+}
+
+impl ProtocolSet {
+    pub fn insert(&mut self, protocol: Protocol) {
+        self.versions
+            .insert((protocol.id.clone(), protocol.version), protocol);
+    }
+
+    pub fn contains(&self, protocol_id: &str, version: u32) -> bool {
+        self.get(protocol_id, version).is_some()
+    }
+}
+
+impl Protocols for ProtocolSet {
+    fn get(&self, protocol_id: &str, version: u32) -> Option<&Protocol> {
+        match built_in(protocol_id) {
+            Some(p) if p.version == version => Some(p),
+            Some(_) => None,
+            None => self.versions.get(&(protocol_id.to_owned(), version)),
         }
     }
 }

@@ -24,40 +24,8 @@ use jiff::{SignedDuration, Timestamp, ToSpan};
 use uuid::Uuid;
 
 use crate::enrollment::Enrollment;
-use crate::protocol::{ActivityKind, Protocol, arc_week};
+use crate::protocol::{ActivityKind, Protocols, arc_week};
 use crate::time::{LocalTime, Zone, resolve};
-
-/// Looks up protocol versions (built in or a partner's).
-pub trait Protocols {
-    fn get(&self, protocol_id: &str, version: u32) -> Option<&Protocol>;
-}
-
-/// A set of protocol versions, with the built-ins always present.
-#[derive(Debug, Clone, Default)]
-pub struct ProtocolSet {
-    versions: BTreeMap<(String, u32), Protocol>,
-}
-
-impl ProtocolSet {
-    pub fn insert(&mut self, protocol: Protocol) {
-        self.versions
-            .insert((protocol.id.clone(), protocol.version), protocol);
-    }
-
-    pub fn contains(&self, protocol_id: &str, version: u32) -> bool {
-        self.get(protocol_id, version).is_some()
-    }
-}
-
-impl Protocols for ProtocolSet {
-    fn get(&self, protocol_id: &str, version: u32) -> Option<&Protocol> {
-        match crate::protocol::built_in(protocol_id) {
-            Some(p) if p.version == version => Some(p),
-            Some(_) => None,
-            None => self.versions.get(&(protocol_id.to_owned(), version)),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {

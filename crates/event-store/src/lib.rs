@@ -11,6 +11,7 @@
 //! authenticate; callers pass the tenant they have already established.
 
 mod error;
+mod lease;
 mod model;
 mod plan;
 mod read;
@@ -29,6 +30,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 pub use error::Error;
+pub use lease::Lease;
 pub use model::{
     Appended, Direction, ExpectedVersion, Filter, LogPage, Metadata, NewEvent, RecordedEvent,
     StreamId, StreamSlice, TenantId,
@@ -66,6 +68,11 @@ pub fn migrator() -> Migrator {
             4,
             "projections",
             include_str!("../../../migrations/0004_projections.sql"),
+        ),
+        (
+            5,
+            "one lease table",
+            include_str!("../../../migrations/0005_leases.sql"),
         ),
     ];
     Migrator::with_migrations(

@@ -4,10 +4,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
-use tend_event_store::EventStore;
+use tend_event_store::{EventStore, Lease};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-use uuid::Uuid;
 
 use crate::{BoxError, Error, Projection};
 
@@ -55,7 +54,7 @@ pub struct Runner<P> {
     store: EventStore,
     projection: P,
     options: RunnerOptions,
-    holder: Uuid,
+    lease: Lease,
     generation: Option<i32>,
     last_sweep: Option<Instant>,
 }
@@ -68,9 +67,9 @@ impl<P: Projection> Runner<P> {
     pub fn new(store: EventStore, projection: P, options: RunnerOptions) -> Self {
         Self {
             store,
+            lease: Lease::new(projection.name(), options.lease_ttl),
             projection,
             options,
-            holder: Uuid::new_v4(),
             generation: None,
             last_sweep: None,
         }
@@ -88,7 +87,7 @@ impl<P: Projection> Runner<P> {
                     tend_telemetry::lease_held(name, step.held_lease);
                     if step.held_lease != held {
                         held = step.held_lease;
-                        tracing::info!(projection = name, holder = %self.holder, held, "projection lease changed hands");
+                        tracing::info!(projection = name, holder = %self.lease.holder(), held, "projection lease changed hands");
                     }
                     // Caught up (or not the holder): wait for the log to move.
                     !step.advanced
@@ -110,7 +109,7 @@ impl<P: Projection> Runner<P> {
                 break;
             }
         }
-        if let Err(e) = release(pool(&self.store), name, self.holder).await {
+        if let Err(e) = self.lease.release(pool(&self.store)).await {
             tracing::warn!(projection = name, error = %e, "could not release the projection lease; it will expire");
         }
         tend_telemetry::lease_held(name, false);
@@ -120,7 +119,7 @@ impl<P: Projection> Runner<P> {
     pub async fn step(&mut self) -> Result<Step, Error> {
         let name = self.projection.name();
         let pool = pool(&self.store).clone();
-        if !acquire(&pool, name, self.holder, self.options.lease_ttl).await? {
+        if !self.lease.acquire(&pool).await? {
             self.generation = None;
             self.projection.reset();
             return Ok(Step::default());
@@ -172,7 +171,7 @@ impl<P: Projection> Runner<P> {
                 .await
                 .map_err(|e| wrap(name, e))?;
             let mut tx = pool.begin().await?;
-            if !fenced(&mut tx, name, self.holder, generation).await? {
+            if !fenced(&mut tx, &self.lease, name, generation).await? {
                 return Err(Error::LeaseLost);
             }
             self.projection
@@ -220,58 +219,15 @@ fn wrap(name: &str, source: BoxError) -> Error {
     }
 }
 
-async fn acquire(pool: &PgPool, name: &str, holder: Uuid, ttl: Duration) -> Result<bool, Error> {
-    let ttl_ms = ttl.as_millis().min(i64::MAX as u128) as i64;
-    let row: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO projection_leases (name, holder, expires_at)
-         VALUES ($1, $2, clock_timestamp() + $3 * interval '1 millisecond')
-         ON CONFLICT (name) DO UPDATE
-            SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
-            WHERE projection_leases.holder = EXCLUDED.holder
-               OR projection_leases.expires_at < clock_timestamp()
-         RETURNING holder",
-    )
-    .bind(name)
-    .bind(holder)
-    .bind(ttl_ms)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.is_some())
-}
-
-async fn release(pool: &PgPool, name: &str, holder: Uuid) -> Result<(), Error> {
-    sqlx::query("DELETE FROM projection_leases WHERE name = $1 AND holder = $2")
-        .bind(name)
-        .bind(holder)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
-/// Holds the lease for the rest of the transaction, if it is still this
-/// holder's: a taker waits until the transaction ends.
-async fn holds(tx: &mut PgConnection, lease: &str, holder: Uuid) -> Result<bool, Error> {
-    let held: Option<i32> = sqlx::query_scalar(
-        "SELECT 1 FROM projection_leases
-         WHERE name = $1 AND holder = $2 AND expires_at > clock_timestamp()
-         FOR SHARE",
-    )
-    .bind(lease)
-    .bind(holder)
-    .fetch_optional(&mut *tx)
-    .await?;
-    Ok(held.is_some())
-}
-
 /// Holds the lease and the generation for the rest of the transaction: the
 /// share locks make a taker (or a rebuild's switch) wait until it ends.
 async fn fenced(
     tx: &mut PgConnection,
+    lease: &Lease,
     name: &str,
-    holder: Uuid,
     generation: i32,
 ) -> Result<bool, Error> {
-    if !holds(tx, name, holder).await? {
+    if !lease.fence(tx).await? {
         return Ok(false);
     }
     let active: Option<i32> =
@@ -396,13 +352,12 @@ pub async fn rebuild<P: Projection>(
 ) -> Result<RebuildReport, Error> {
     let name = projection.name();
     let pool = pool(store).clone();
-    let lease = format!("{name}#rebuild");
-    let holder = Uuid::new_v4();
-    if !acquire(&pool, &lease, holder, options.lease_ttl).await? {
+    let lease = Lease::new(format!("{name}#rebuild"), options.lease_ttl);
+    if !lease.acquire(&pool).await? {
         return Err(Error::RebuildRunning(name.to_owned()));
     }
-    let result = rebuild_held(store, &mut projection, &options, &lease, holder).await;
-    let _ = release(&pool, &lease, holder).await;
+    let result = rebuild_held(store, &mut projection, &options, &lease).await;
+    let _ = lease.release(&pool).await;
     result
 }
 
@@ -410,8 +365,7 @@ async fn rebuild_held<P: Projection>(
     store: &EventStore,
     projection: &mut P,
     options: &RebuildOptions,
-    lease: &str,
-    holder: Uuid,
+    lease: &Lease,
 ) -> Result<RebuildReport, Error> {
     let name = projection.name();
     let pool = pool(store).clone();
@@ -422,7 +376,7 @@ async fn rebuild_held<P: Projection>(
         None => {
             let target = active + 1;
             let mut tx = pool.begin().await?;
-            if !holds(&mut tx, lease, holder).await? {
+            if !lease.fence(&mut tx).await? {
                 return Err(Error::LeaseLost);
             }
             projection
@@ -485,11 +439,11 @@ async fn rebuild_held<P: Projection>(
         }
         // Renewed per page, and checked in every transaction below: a
         // rebuild that stalled past its lease writes nothing over another.
-        if !acquire(&pool, lease, holder, options.lease_ttl).await? {
+        if !lease.acquire(&pool).await? {
             return Err(Error::LeaseLost);
         }
         if unflushed >= options.flush_every {
-            flush_fenced(&pool, projection, (lease, holder), target, position).await?;
+            flush_fenced(&pool, projection, lease, target, position).await?;
             projection.reset();
             unflushed = 0;
         }
@@ -497,13 +451,13 @@ async fn rebuild_held<P: Projection>(
     // Caught up: write what is folded first, so that the switch below holds
     // its lock only for the few events that arrived meanwhile.
     if unflushed > 0 {
-        flush_fenced(&pool, projection, (lease, holder), target, position).await?;
+        flush_fenced(&pool, projection, lease, target, position).await?;
     }
     // The last events and the switch in one transaction. The
     // exclusive lock on the generation row waits for the live runner's
     // batch in flight and keeps its next one out until the switch is done.
     let mut tx = pool.begin().await?;
-    if !holds(&mut tx, lease, holder).await? {
+    if !lease.fence(&mut tx).await? {
         return Err(Error::LeaseLost);
     }
     sqlx::query("SELECT active_generation FROM projections WHERE name = $1 FOR UPDATE")
@@ -588,13 +542,13 @@ async fn unfinished(pool: &PgPool, name: &str, active: i32) -> Result<Option<(i3
 async fn flush_fenced<P: Projection>(
     pool: &PgPool,
     projection: &mut P,
-    (lease, holder): (&str, Uuid),
+    lease: &Lease,
     target: i32,
     position: u64,
 ) -> Result<(), Error> {
     let name = projection.name();
     let mut tx = pool.begin().await?;
-    if !holds(&mut tx, lease, holder).await? {
+    if !lease.fence(&mut tx).await? {
         return Err(Error::LeaseLost);
     }
     projection

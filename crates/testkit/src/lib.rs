@@ -5,6 +5,7 @@
 //! It is not a mock: every test talks to a real PostgreSQL server.
 
 pub mod bench;
+pub mod grpc;
 
 use std::str::FromStr;
 

@@ -34,7 +34,7 @@ use tend_arc::{ArcApi, ArcProjection};
 use tend_auth::{Authenticator, TokenHash, Tokens};
 use tend_event_store::{EventStore, Filter, TenantId};
 use tend_projections::{RebuildOptions, rebuild};
-use tend_protocol_scheduler::SystemClock;
+use tend_service_kit::SystemClock;
 use tend_testkit::bench::{BenchServer, Result, env_number, quantile};
 use tokio::net::TcpListener;
 use tonic::Request;

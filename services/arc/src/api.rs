@@ -14,13 +14,13 @@ use tend_domain::arc::{
 };
 use tend_domain::enrollment::{participant_key, validate_participant_ref};
 use tend_event_store::TenantId;
-use tend_protocol_scheduler::Clock;
+use tend_service_kit::Clock;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::Error;
 use crate::projection::{NAME, flag_bit};
-use tend_protocol_scheduler::instants;
+use tend_service_kit::instants;
 
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 200;
@@ -83,7 +83,7 @@ impl ArcApi {
         let (state, position) = match row {
             Some((Some(state), position)) => (state, position.unwrap_or(0) as u64),
             _ => {
-                return Err(Error::Domain(tend_domain::Error::not_found(
+                return Err(Error::from(tend_domain::Error::not_found(
                     "participant (no enrollment, practice or assessment has reached the arc projection yet)",
                 )));
             }

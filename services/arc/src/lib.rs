@@ -16,4 +16,4 @@ mod projection;
 
 pub use api::ArcApi;
 pub use error::Error;
-pub use projection::{ARC_CATEGORY, ArcProjection, NAME};
+pub use projection::{ArcProjection, NAME};

@@ -7,20 +7,22 @@ use std::sync::Arc;
 
 use sqlx::{PgConnection, PgPool};
 use tend_domain::arc::{self, ArcState, FlagEvent, FlagKind, Input, Rules, SlotCache};
-use tend_domain::schedule::ProtocolSet;
+use tend_domain::protocol::ProtocolSet;
 use tend_domain::{DomainEvent, assessment, enrollment, practice, protocol};
-use tend_event_store::{
-    EventStore, ExpectedVersion, Filter, NewEvent, RecordedEvent, StreamId, TenantId,
-};
+use tend_event_store::{EventStore, ExpectedVersion, Filter, Metadata, RecordedEvent, TenantId};
 use tend_projections::{BoxError, Projection};
-use tend_protocol_scheduler::instants;
-use tend_protocol_scheduler::{Clock, Schedules};
+use tend_service_kit::execute::new_events;
+use tend_service_kit::{Clock, Schedules, instants, streams};
 use uuid::Uuid;
 
 pub const NAME: &str = "arc";
 /// A participant's flag events: `arc-<participant key>`.
-pub const ARC_CATEGORY: &str = "arc";
-const CATEGORIES: [&str; 4] = ["participant", "practice", "assessment", ARC_CATEGORY];
+const CATEGORIES: [&str; 4] = [
+    streams::PARTICIPANT,
+    streams::PRACTICE,
+    streams::ASSESSMENT,
+    streams::ARC,
+];
 /// Rows read or written per statement.
 const CHUNK: usize = 1000;
 
@@ -84,12 +86,6 @@ impl ArcProjection {
         }
     }
 
-    /// A participant's arc stream.
-    pub fn stream(participant_key: Uuid) -> StreamId {
-        StreamId::for_entity(ARC_CATEGORY, participant_key)
-            .expect("a fixed category and a uuid make a valid stream id")
-    }
-
     async fn load(
         &mut self,
         pool: &PgPool,
@@ -148,7 +144,7 @@ impl ArcProjection {
                 .await
             {
                 Ok(p) => self.protocols.entry(tenant.clone()).or_default().insert(p),
-                Err(tend_protocol_scheduler::Error::Domain(e)) => {
+                Err(tend_service_kit::Error::Domain(e)) => {
                     // Without the definition its occurrences count 0
                     // planned minutes; the rest of the arc stands.
                     tracing::warn!(tenant = %tenant, error = %e, "a protocol version an enrollment uses cannot be read");
@@ -185,20 +181,10 @@ impl ArcProjection {
                 None => ExpectedVersion::NoStream,
                 Some(v) => ExpectedVersion::Exact(v),
             };
-            let new = events
-                .iter()
-                .map(|e| {
-                    NewEvent::new(
-                        Uuid::now_v7(),
-                        e.event_type(),
-                        e.schema_version(),
-                        &e.to_payload(),
-                    )
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let new = new_events(&events, |_| Uuid::now_v7(), &Metadata::default())?;
             match self
                 .store
-                .append(&key.0, &Self::stream(key.1), expected, new)
+                .append(&key.0, &streams::arc(key.1), expected, new)
                 .await
             {
                 Ok(_) => {
@@ -224,10 +210,10 @@ fn decode(e: &RecordedEvent) -> Result<(Uuid, Decoded), BoxError> {
     let key: Uuid = e.stream_id.as_str()[category.len() + 1..].parse()?;
     let (t, v, p) = (e.event_type.as_str(), e.schema_version, &e.payload);
     let decoded = match category {
-        "participant" => Decoded::Enrollment(enrollment::Event::from_stored(t, v, p)?),
-        "practice" => Decoded::Practice(practice::Event::from_stored(t, v, p)?),
-        "assessment" => Decoded::Assessment(assessment::Event::from_stored(t, v, p)?),
-        ARC_CATEGORY => Decoded::Flag(FlagEvent::from_stored(t, v, p)?),
+        streams::PARTICIPANT => Decoded::Enrollment(enrollment::Event::from_stored(t, v, p)?),
+        streams::PRACTICE => Decoded::Practice(practice::Event::from_stored(t, v, p)?),
+        streams::ASSESSMENT => Decoded::Assessment(assessment::Event::from_stored(t, v, p)?),
+        streams::ARC => Decoded::Flag(FlagEvent::from_stored(t, v, p)?),
         other => return Err(format!("unexpected category {other}").into()),
     };
     Ok((key, decoded))

@@ -10,21 +10,13 @@ use jiff::Timestamp;
 use tend_api::arc::v1 as pb;
 use tend_api::arc::v1::arc_service_server::ArcService;
 use tend_arc::{ArcApi, ArcProjection};
-use tend_auth::Caller;
 use tend_event_store::{EventStore, TenantId};
 use tend_projections::{Runner, RunnerOptions};
-use tend_protocol_scheduler::ManualClock;
-use tonic::{Code, Request};
+use tend_service_kit::ManualClock;
+use tend_testkit::grpc::req;
+use tonic::Code;
 
 const NOW: &str = "2026-06-01T12:00:00Z";
-
-fn req<T>(tenant: &str, message: T) -> Request<T> {
-    let mut r = Request::new(message);
-    r.extensions_mut().insert(Caller {
-        tenant: TenantId::new(tenant).unwrap(),
-    });
-    r
-}
 
 async fn projected() -> ArcApi {
     let db = tend_testkit::fresh_database().await;

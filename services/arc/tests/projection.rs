@@ -12,7 +12,7 @@ use tend_arc::ArcProjection;
 use tend_domain::arc::ArcState;
 use tend_event_store::{EventStore, TenantId};
 use tend_projections::{RebuildOptions, Runner, RunnerOptions, rebuild, status};
-use tend_protocol_scheduler::ManualClock;
+use tend_service_kit::ManualClock;
 
 const NOW: &str = "2026-06-01T12:00:00Z";
 
@@ -333,7 +333,7 @@ async fn a_stopped_rebuild_resumes_and_a_second_one_at_once_is_refused() {
     });
     // While one rebuild holds its lease, another is refused.
     sqlx::query(
-        "INSERT INTO projection_leases (name, holder, expires_at)
+        "INSERT INTO leases (name, holder, expires_at)
          VALUES ('arc#rebuild', gen_random_uuid(), now() + interval '1 minute')",
     )
     .execute(&pool)

@@ -9,14 +9,15 @@ use tend_api::assessment::v1::assessment_service_server::{
     AssessmentService, AssessmentServiceServer,
 };
 use tend_auth::tenant_of;
+use tend_domain::Error as DomainError;
 use tend_domain::assessment::{
     self, Command, Event, Instrument, InstrumentEvent, Record, assessment_id_for_request,
 };
 use tend_domain::enrollment::{participant_key, validate_participant_ref};
 use tend_domain::protocol::ActivityKind;
-use tend_domain::{DomainEvent, Error as DomainError};
-use tend_event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, StreamId, TenantId};
-use tend_protocol_scheduler::{Clock, Schedules};
+use tend_event_store::{EventStore, ExpectedVersion, Metadata, StreamId, TenantId};
+use tend_service_kit::execute::{self, Retry, new_events};
+use tend_service_kit::{Clock, Schedules, streams};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -25,9 +26,9 @@ use crate::convert::{
     assessment_pb, change_pb, instrument, instrument_pb, method_pb, sourced, timestamp,
 };
 
-const ATTEMPTS: usize = 5;
-const ASSESSMENT: &str = "assessment";
-const INSTRUMENT: &str = "instrument";
+/// An event id derived from the request may be stored already by another
+/// writer deciding at another instant: decide again on what they wrote.
+const RETRY: Retry = Retry::on_any_conflict(5);
 
 #[derive(Debug, Clone)]
 pub struct AssessmentApi {
@@ -51,13 +52,6 @@ fn parse_uuid(field: &str, s: &str) -> Result<Uuid, Error> {
     }
 }
 
-fn new_event<E: DomainEvent>(id: Uuid, e: &E) -> Result<NewEvent, Error> {
-    Ok(
-        NewEvent::new(id, e.event_type(), e.schema_version(), &e.to_payload())?
-            .with_metadata(Metadata::default()),
-    )
-}
-
 impl AssessmentApi {
     pub fn new(store: EventStore, clock: Arc<dyn Clock>) -> Self {
         Self {
@@ -74,7 +68,7 @@ impl AssessmentApi {
     fn subject(&self, tenant: TenantId, participant_ref: String) -> Result<Subject, Error> {
         validate_participant_ref(&participant_ref)?;
         let key = participant_key(tenant.as_str(), &participant_ref);
-        let stream = StreamId::for_entity(ASSESSMENT, key)?;
+        let stream = streams::assessment(key);
         Ok(Subject {
             tenant,
             participant_ref,
@@ -87,7 +81,7 @@ impl AssessmentApi {
 
     fn instrument_stream(id: &str) -> Result<StreamId, Error> {
         tend_domain::protocol::validate_id(id).map_err(|e| e.within("instrument_id"))?;
-        Ok(StreamId::new(format!("{INSTRUMENT}-{id}"))?)
+        Ok(streams::instrument(id)?)
     }
 
     /// Every version of a tenant instrument, oldest first, and the stream's
@@ -97,19 +91,8 @@ impl AssessmentApi {
         tenant: &TenantId,
         id: &str,
     ) -> Result<(Vec<Instrument>, Option<u64>), Error> {
-        let (events, version) = self
-            .store
-            .read_whole_stream(tenant, &Self::instrument_stream(id)?)
-            .await?;
-        let versions = events
-            .iter()
-            .map(|e| {
-                let InstrumentEvent::Defined(d) =
-                    InstrumentEvent::from_stored(&e.event_type, e.schema_version, &e.payload)?;
-                Ok(d.instrument)
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
-        Ok((versions, version))
+        let stream = Self::instrument_stream(id)?;
+        Ok(execute::load::<assessment::Instruments>(&self.store, tenant, &stream).await?)
     }
 
     /// A built-in or the tenant's own; version 0 is the latest.
@@ -174,50 +157,24 @@ impl AssessmentApi {
     // ---- Assessments ----
 
     async fn load(&self, subject: &Subject) -> Result<(Record, Option<u64>), Error> {
-        let (events, version) = self
-            .store
-            .read_whole_stream(&subject.tenant, &subject.stream)
-            .await?;
-        let record = events.iter().try_fold(Record::default(), |r, e| {
-            let event = Event::from_stored(&e.event_type, e.schema_version, &e.payload)?;
-            Ok::<_, Error>(assessment::evolve(r, &event))
-        })?;
-        Ok((record, version))
+        Ok(
+            execute::load::<assessment::Aggregate>(&self.store, &subject.tenant, &subject.stream)
+                .await?,
+        )
     }
 
     async fn execute(&self, subject: &Subject, command: Command) -> Result<(Record, usize), Error> {
-        for _ in 0..ATTEMPTS {
-            let (record, version) = self.load(subject).await?;
-            let events = assessment::decide(&record, command.clone())?;
-            if events.is_empty() {
-                return Ok((record, 0));
-            }
-            let new = events
-                .iter()
-                .map(|e| new_event(e.id().unwrap_or_else(Uuid::now_v7), e))
-                .collect::<Result<Vec<_>, _>>()?;
-            match self
-                .store
-                .append(
-                    &subject.tenant,
-                    &subject.stream,
-                    ExpectedVersion::as_read(version),
-                    new,
-                )
-                .await
-            {
-                Ok(_) => {
-                    let n = events.len();
-                    return Ok((events.iter().fold(record, assessment::evolve), n));
-                }
-                Err(
-                    tend_event_store::Error::WrongExpectedVersion { .. }
-                    | tend_event_store::Error::IdempotencyConflict { .. },
-                ) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(Error::Contended)
+        let done = execute::execute::<assessment::Aggregate, Error>(
+            &self.store,
+            &subject.tenant,
+            &subject.stream,
+            RETRY,
+            &Metadata::default(),
+            |e| e.id().unwrap_or_else(Uuid::now_v7),
+            |_| Ok(command.clone()),
+        )
+        .await?;
+        Ok((done.after, done.events.len()))
     }
 
     /// The first instant of the participant's latest arc, if they have one.
@@ -251,13 +208,13 @@ impl AssessmentService for AssessmentApi {
         let tenant = tenant_of(&request)?;
         let mut instruments: Vec<pb::Instrument> =
             assessment::built_ins().iter().map(instrument_pb).collect();
-        let streams = self
+        let found = self
             .store
-            .list_streams(&tenant, INSTRUMENT)
+            .list_streams(&tenant, streams::INSTRUMENT)
             .await
             .map_err(Error::from)?;
-        for stream in streams {
-            let Some(id) = stream.as_str().strip_prefix("instrument-") else {
+        for stream in found {
+            let Some(id) = streams::id_in(streams::INSTRUMENT, &stream) else {
                 continue;
             };
             let (versions, _) = self.versions(&tenant, id).await?;
@@ -298,49 +255,40 @@ impl AssessmentService for AssessmentApi {
                 "must be 1 to 64 lowercase letters, digits and dashes",
             )
         })?;
-        for _ in 0..ATTEMPTS {
-            let (versions, version) = self.versions(&tenant, &given.id).await?;
-            let events = assessment::define(&versions, given.clone()).map_err(Error::from)?;
-            let Some(InstrumentEvent::Defined(defined)) = events.first() else {
-                // Defined before with the same content (as that version, or
-                // as the latest when the next one was asked for).
-                let same = versions
-                    .iter()
-                    .filter(|v| given.version == 0 || v.version == given.version)
-                    .max_by_key(|v| v.version)
-                    .cloned()
-                    .unwrap_or(given);
-                return Ok(Response::new(pb::DefineInstrumentResponse {
-                    instrument: Some(instrument_pb(&same)),
-                }));
-            };
-            let id = Uuid::new_v5(
-                &Uuid::NAMESPACE_OID,
-                format!(
-                    "{tenant}/instrument/{}/{}",
-                    defined.instrument.id, defined.instrument.version
+        let done = execute::execute::<assessment::Instruments, Error>(
+            &self.store,
+            &tenant,
+            &stream,
+            RETRY,
+            &Metadata::default(),
+            |InstrumentEvent::Defined(defined)| {
+                Uuid::new_v5(
+                    &Uuid::NAMESPACE_OID,
+                    format!(
+                        "{tenant}/instrument/{}/{}",
+                        defined.instrument.id, defined.instrument.version
+                    )
+                    .as_bytes(),
                 )
-                .as_bytes(),
-            );
-            let new = vec![new_event(id, &events[0])?];
-            match self
-                .store
-                .append(&tenant, &stream, ExpectedVersion::as_read(version), new)
-                .await
-            {
-                Ok(_) => {
-                    return Ok(Response::new(pb::DefineInstrumentResponse {
-                        instrument: Some(instrument_pb(&defined.instrument)),
-                    }));
-                }
-                Err(
-                    tend_event_store::Error::WrongExpectedVersion { .. }
-                    | tend_event_store::Error::IdempotencyConflict { .. },
-                ) => continue,
-                Err(e) => return Err(Error::from(e).into()),
-            }
-        }
-        Err(Error::Contended.into())
+            },
+            |_| Ok(given.clone()),
+        )
+        .await?;
+        let instrument = match done.events.first() {
+            Some(InstrumentEvent::Defined(defined)) => defined.instrument.clone(),
+            // Defined before with the same content (as that version, or as
+            // the latest when the next one was asked for).
+            None => done
+                .before
+                .iter()
+                .filter(|v| given.version == 0 || v.version == given.version)
+                .max_by_key(|v| v.version)
+                .cloned()
+                .unwrap_or(given),
+        };
+        Ok(Response::new(pb::DefineInstrumentResponse {
+            instrument: Some(instrument_pb(&instrument)),
+        }))
     }
 
     async fn submit_responses(
@@ -430,10 +378,12 @@ impl AssessmentService for AssessmentApi {
             },
         )
         .map_err(Error::from)?;
-        let new = events
-            .iter()
-            .map(|e| new_event(e.id().unwrap_or_else(Uuid::now_v7), e))
-            .collect::<Result<Vec<_>, _>>()?;
+        let new = new_events(
+            &events,
+            |e| e.id().unwrap_or_else(Uuid::now_v7),
+            &Metadata::default(),
+        )
+        .map_err(Error::from)?;
         let fresh = match self
             .store
             .append(&subject.tenant, &subject.stream, ExpectedVersion::Any, new)
@@ -447,7 +397,7 @@ impl AssessmentService for AssessmentApi {
                 // answers if it is the same submission.
                 let (record, _) = self.load(&subject).await?;
                 let Some(Event::Submitted(mine)) = events.first() else {
-                    return Err(Error::Contended.into());
+                    return Err(Error::contended().into());
                 };
                 return match record.assessments.get(&assessment_id) {
                     Some(a)

@@ -8,7 +8,7 @@ use tend_domain::assessment::{
 };
 
 use crate::Error;
-use tend_protocol_scheduler::instants;
+use tend_service_kit::instants;
 
 pub(crate) fn method_pb(m: Method) -> pb::ScoringMethod {
     match m {

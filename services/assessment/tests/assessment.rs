@@ -4,39 +4,23 @@
 
 use std::sync::Arc;
 
-use jiff::Timestamp;
 use tend_api::assessment::v1 as pb;
 use tend_api::assessment::v1::assessment_service_server::AssessmentService;
 use tend_api::scheduler::v1 as spb;
 use tend_api::scheduler::v1::protocol_scheduler_service_server::ProtocolSchedulerService;
 use tend_assessment::AssessmentApi;
-use tend_auth::Caller;
 use tend_event_store::{EventStore, Filter, TenantId};
-use tend_protocol_scheduler::{ManualClock, SchedulerApi};
-use tonic::{Code, Request};
+use tend_protocol_scheduler::SchedulerApi;
+use tend_service_kit::ManualClock;
+use tend_testkit::grpc::{self, Services, req, ts};
+use tonic::Code;
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
 const TENANT: &str = "clinic-a";
 
-fn ts(s: &str) -> Timestamp {
-    s.parse().unwrap()
-}
-
 fn pb_ts(s: &str) -> prost_types::Timestamp {
-    let t = ts(s);
-    prost_types::Timestamp {
-        seconds: t.as_second(),
-        nanos: 0,
-    }
-}
-
-fn req<T>(tenant: &str, message: T) -> Request<T> {
-    let mut r = Request::new(message);
-    r.extensions_mut().insert(Caller {
-        tenant: TenantId::new(tenant).unwrap(),
-    });
-    r
+    grpc::pb_ts(ts(s))
 }
 
 struct Harness {
@@ -47,11 +31,7 @@ struct Harness {
 }
 
 async fn harness(start: &str) -> Harness {
-    let db = tend_testkit::fresh_database().await;
-    let store = EventStore::open(db.pool.clone(), Default::default())
-        .await
-        .unwrap();
-    let clock = ManualClock::new(ts(start));
+    let Services { store, clock, .. } = Services::start(start).await;
     Harness {
         scheduler: SchedulerApi::new(store.clone(), Arc::new(clock.clone())),
         api: AssessmentApi::new(store.clone(), Arc::new(clock.clone())),

@@ -1,8 +1,8 @@
 //! The one place where this service's failures become gRPC statuses.
 
 use tend_event_store as store;
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tend_service_kit::{Conflicts, status};
+use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
@@ -23,32 +23,18 @@ impl Error {
     }
 }
 
-fn bad_request(field: &str, reason: &str) -> Status {
-    Status::with_error_details(
-        Code::InvalidArgument,
-        format!("{field}: {reason}"),
-        ErrorDetails::with_bad_request_violation(field, reason),
-    )
-}
+/// The service only reads: these cannot arise from its calls.
+const CONFLICTS: Conflicts = Conflicts {
+    version: "the stream changed concurrently; retry",
+    idempotency: "an event id was already used for other content",
+};
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
         match e {
-            Error::InvalidArgument { field, reason } => bad_request(field, &reason),
+            Error::InvalidArgument { field, reason } => status::bad_request(field, &reason),
             Error::StreamNotFound => Status::not_found("stream not found"),
-            Error::Store(e) => match e {
-                store::Error::InvalidInput { field, reason } => bad_request(field, &reason),
-                store::Error::WrongExpectedVersion { .. } => Status::aborted(e.to_string()),
-                store::Error::IdempotencyConflict { .. } => Status::already_exists(e.to_string()),
-                e if e.is_unavailable() => {
-                    tracing::warn!(error = %e, "event store unavailable");
-                    Status::unavailable("the event store is unavailable; retry later")
-                }
-                e => {
-                    tracing::error!(error = %e, "event store failure");
-                    Status::internal("internal error")
-                }
-            },
+            Error::Store(e) => status::store(e, &CONFLICTS),
         }
     }
 }

@@ -33,7 +33,7 @@ use tend_auth::{Authenticator, Caller, TokenHash, Tokens};
 use tend_event_store::{EventStore, TenantId};
 use tend_practice_log::keys::{KeyRing, MasterKeys};
 use tend_practice_log::{PracticeLogApi, PracticeOptions};
-use tend_protocol_scheduler::SystemClock;
+use tend_service_kit::SystemClock;
 use tend_testkit::bench::{BenchServer, Result, env_number, pg_baseline, quantile};
 use tokio::net::TcpListener;
 use tonic::Request;

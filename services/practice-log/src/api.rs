@@ -23,18 +23,19 @@ use tend_domain::enrollment::{participant_key, validate_participant_ref};
 use tend_domain::practice::{self, Command, Content, Entry, Limits, Log};
 use tend_domain::time::{Zone, parse_local_date_time, resolve_date_time};
 use tend_domain::{DomainEvent, Error as DomainError};
-use tend_event_store::{EventStore, ExpectedVersion, Metadata, NewEvent, StreamId, TenantId};
-use tend_protocol_scheduler::{Clock, Schedules, practice_stream};
+use tend_event_store::{EventStore, ExpectedVersion, Metadata, StreamId, TenantId};
+use tend_service_kit::execute::{self, Retry, new_events};
+use tend_service_kit::{Clock, Schedules, instants, streams};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::Error;
 use crate::keys::{self, KeyRing, ReadKey};
-use tend_protocol_scheduler::instants;
 
-/// How often a command is decided again when another writer got to the
-/// stream first.
-const ATTEMPTS: usize = 5;
+/// Someone else may write first (perhaps an event with the very id a
+/// command derives, decided at another instant): decide again on what they
+/// wrote.
+const RETRY: Retry = Retry::on_any_conflict(5);
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 500;
 /// How long a tenant's protocol-defined practice kinds are trusted before
@@ -91,7 +92,7 @@ impl PracticeLogApi {
     fn subject(&self, tenant: TenantId, participant_ref: String) -> Result<Subject, Error> {
         validate_participant_ref(&participant_ref)?;
         let key = participant_key(tenant.as_str(), &participant_ref);
-        let stream = practice_stream(key);
+        let stream = streams::practice(key);
         Ok(Subject {
             tenant,
             participant_ref,
@@ -201,15 +202,10 @@ impl PracticeLogApi {
     }
 
     async fn load(&self, subject: &Subject) -> Result<(Log, Option<u64>), Error> {
-        let (events, version) = self
-            .store
-            .read_whole_stream(&subject.tenant, &subject.stream)
-            .await?;
-        let log = events.iter().try_fold(Log::default(), |log, e| {
-            let event = practice::Event::from_stored(&e.event_type, e.schema_version, &e.payload)?;
-            Ok::<_, Error>(practice::evolve(log, &event))
-        })?;
-        Ok((log, version))
+        Ok(
+            execute::load::<practice::Aggregate>(&self.store, &subject.tenant, &subject.stream)
+                .await?,
+        )
     }
 
     /// Decides a command on the current log and appends what it causes,
@@ -220,38 +216,17 @@ impl PracticeLogApi {
         command: impl Fn(&Log) -> Command,
         event_id: impl Fn(&practice::Event) -> Uuid,
     ) -> Result<Log, Error> {
-        for _ in 0..ATTEMPTS {
-            let (log, version) = self.load(subject).await?;
-            let events = practice::decide(&log, command(&log))?;
-            if events.is_empty() {
-                return Ok(log);
-            }
-            let new = events
-                .iter()
-                .map(|e| to_new_event(event_id(e), e))
-                .collect::<Result<Vec<_>, _>>()?;
-            match self
-                .store
-                .append(
-                    &subject.tenant,
-                    &subject.stream,
-                    ExpectedVersion::as_read(version),
-                    new,
-                )
-                .await
-            {
-                Ok(_) => return Ok(events.iter().fold(log, practice::evolve)),
-                // Someone else wrote first (perhaps an event with this very
-                // id, decided at another instant): decide again on what
-                // they wrote.
-                Err(
-                    tend_event_store::Error::WrongExpectedVersion { .. }
-                    | tend_event_store::Error::IdempotencyConflict { .. },
-                ) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(Error::Contended)
+        let done = execute::execute::<practice::Aggregate, Error>(
+            &self.store,
+            &subject.tenant,
+            &subject.stream,
+            RETRY,
+            &Metadata::default(),
+            event_id,
+            |log| Ok(command(log)),
+        )
+        .await?;
+        Ok(done.after)
     }
 
     /// The stored entry, if `details` are what was logged under this id.
@@ -338,16 +313,6 @@ impl PracticeLogApi {
         };
         Ok(entry_pb(entry, note, state))
     }
-}
-
-fn to_new_event(id: Uuid, event: &practice::Event) -> Result<NewEvent, Error> {
-    Ok(NewEvent::new(
-        id,
-        event.event_type(),
-        event.schema_version(),
-        &event.to_payload(),
-    )?
-    .with_metadata(Metadata::default()))
 }
 
 fn parse_uuid(field: &str, s: &str) -> Result<Uuid, Error> {
@@ -518,10 +483,7 @@ impl PracticeLogService for PracticeLogApi {
         // (other content), whoever gets there first.
         let events = practice::decide(&Log::default(), Command::Log { entry_id, content })
             .map_err(Error::from)?;
-        let new = events
-            .iter()
-            .map(|e| to_new_event(event_id, e))
-            .collect::<Result<Vec<_>, _>>()?;
+        let new = new_events(&events, |_| event_id, &Metadata::default()).map_err(Error::from)?;
         self.store
             .append(&subject.tenant, &subject.stream, ExpectedVersion::Any, new)
             .await
@@ -760,7 +722,9 @@ mod tests {
         parse_start(s, zone)
             .map(|(t, o, _)| (t.to_string(), o))
             .map_err(|e| match e {
-                Error::Domain(DomainError::Invalid { field, .. }) => field,
+                Error::Kit(tend_service_kit::Error::Domain(DomainError::Invalid {
+                    field, ..
+                })) => field,
                 other => format!("{other:?}"),
             })
     }

@@ -11,29 +11,18 @@ use tend_api::practice::v1 as pb;
 use tend_api::practice::v1::practice_log_service_server::PracticeLogService;
 use tend_api::scheduler::v1 as spb;
 use tend_api::scheduler::v1::protocol_scheduler_service_server::ProtocolSchedulerService;
-use tend_auth::Caller;
 use tend_event_store::{EventStore, Filter, TenantId};
 use tend_practice_log::keys::{KeyRing, MasterKeys};
 use tend_practice_log::{PracticeLogApi, PracticeOptions};
-use tend_protocol_scheduler::{ManualClock, SchedulerApi, Worker, WorkerOptions};
+use tend_protocol_scheduler::{SchedulerApi, Worker, WorkerOptions};
+use tend_service_kit::ManualClock;
 use tend_testkit::TestDatabase;
-use tonic::{Code, Request};
+use tend_testkit::grpc::{Services, req, ts};
+use tonic::Code;
 use tonic_types::StatusExt;
 use uuid::Uuid;
 
 const TENANT: &str = "clinic-a";
-
-fn ts(s: &str) -> Timestamp {
-    s.parse().unwrap()
-}
-
-fn req<T>(tenant: &str, message: T) -> Request<T> {
-    let mut r = Request::new(message);
-    r.extensions_mut().insert(Caller {
-        tenant: TenantId::new(tenant).unwrap(),
-    });
-    r
-}
 
 struct Harness {
     db: TestDatabase,
@@ -49,11 +38,7 @@ fn master() -> MasterKeys {
 }
 
 async fn harness(start: &str) -> Harness {
-    let db = tend_testkit::fresh_database().await;
-    let store = EventStore::open(db.pool.clone(), Default::default())
-        .await
-        .unwrap();
-    let clock = ManualClock::new(ts(start));
+    let Services { db, store, clock } = Services::start(start).await;
     let scheduler = SchedulerApi::new(store.clone(), Arc::new(clock.clone()));
     let practice = PracticeLogApi::new(
         store.clone(),
@@ -1083,7 +1068,7 @@ async fn concurrent_erasure_requests_all_succeed_and_destroy_one_key() {
     let api = PracticeLogApi::new(
         h.store.clone(),
         KeyRing::new(h.db.pool.clone(), Some(master())),
-        Arc::new(tend_protocol_scheduler::SystemClock),
+        Arc::new(tend_service_kit::SystemClock),
         PracticeOptions::default(),
     );
     let calls = (0..5).map(|_| {

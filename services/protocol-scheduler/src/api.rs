@@ -15,11 +15,10 @@ use tend_event_store::{EventStore, Metadata, TenantId};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use tend_service_kit::{Clock, Loaded, OccurrenceDetail, Participants, instants, streams};
+
+use crate::Error;
 use crate::convert::{self, uuid};
-use crate::instants;
-use crate::repo::{Loaded, Repo, participant_stream};
-use crate::worker::Detail;
-use crate::{Clock, Error};
 
 const MAX_PAGE: u32 = 1000;
 const DEFAULT_PAGE: u32 = 100;
@@ -27,14 +26,14 @@ const DEFAULT_PAGE: u32 = 100;
 /// The service; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SchedulerApi {
-    repo: Repo,
+    repo: Participants,
     clock: Arc<dyn Clock>,
 }
 
 impl SchedulerApi {
     pub fn new(store: EventStore, clock: Arc<dyn Clock>) -> Self {
         Self {
-            repo: Repo::new(store),
+            repo: Participants::new(store),
             clock,
         }
     }
@@ -96,7 +95,7 @@ impl SchedulerApi {
                 tenant,
                 &stream,
                 extra,
-                |_| command(id, self.clock.now()),
+                || command(id, self.clock.now()),
                 &Metadata::default(),
             )
             .await?;
@@ -160,9 +159,9 @@ impl ProtocolSchedulerService for SchedulerApi {
         let Some(p) = request.into_inner().protocol else {
             return Err(Error::invalid("protocol", "is required").into());
         };
-        protocol::validate_id(&p.protocol_id).map_err(|e| Error::Domain(e.within("protocol")))?;
+        protocol::validate_id(&p.protocol_id).map_err(|e| Error::from(e.within("protocol")))?;
         if built_in(&p.protocol_id).is_some() {
-            return Err(Error::Domain(tend_domain::Error::already_exists(
+            return Err(Error::from(tend_domain::Error::already_exists(
                 "protocol.protocol_id",
                 "is the id of a built-in protocol",
             ))
@@ -170,18 +169,15 @@ impl ProtocolSchedulerService for SchedulerApi {
         }
         let p = convert::protocol_from_pb(p)?;
         let id = p.id.clone();
+        let now = self.clock.now();
         let history = self
             .repo
-            .execute_protocol(
-                &tenant,
-                &id,
-                |now| protocol::Command::Draft {
-                    protocol: p.clone(),
-                    now,
-                },
-                self.clock.now(),
-            )
-            .await?;
+            .execute_protocol(&tenant, &id, || protocol::Command::Draft {
+                protocol: p.clone(),
+                now,
+            })
+            .await
+            .map_err(Error::from)?;
         let latest = history
             .latest()
             .ok_or_else(|| Error::not_found("protocol"))?;
@@ -209,18 +205,15 @@ impl ProtocolSchedulerService for SchedulerApi {
                 protocol: Some(convert::protocol_to_pb(p, None, true)),
             }));
         }
+        let now = self.clock.now();
         let history = self
             .repo
-            .execute_protocol(
-                &tenant,
-                &r.protocol_id,
-                |now| protocol::Command::Publish {
-                    version: r.version,
-                    now,
-                },
-                self.clock.now(),
-            )
-            .await?;
+            .execute_protocol(&tenant, &r.protocol_id, || protocol::Command::Publish {
+                version: r.version,
+                now,
+            })
+            .await
+            .map_err(Error::from)?;
         let v = history
             .version(r.version)
             .ok_or_else(|| Error::not_found("protocol version"))?;
@@ -255,7 +248,7 @@ impl ProtocolSchedulerService for SchedulerApi {
             .iter()
             .map(|p| convert::protocol_to_pb(p, None, true))
             .collect();
-        for id in self.repo.protocol_ids(&tenant).await? {
+        for id in self.repo.protocol_ids(&tenant).await.map_err(Error::from)? {
             protocols.push(self.get_protocol_pb(&tenant, &id, 0).await?);
         }
         Ok(Response::new(pb::ListProtocolsResponse { protocols }))
@@ -280,9 +273,10 @@ impl ProtocolSchedulerService for SchedulerApi {
         let protocol = self
             .repo
             .published_protocol(&tenant, &r.protocol_id, r.protocol_version)
-            .await?;
+            .await
+            .map_err(Error::from)?;
         let enrollment_id = enrollment_id_for_request(request_id);
-        let stream = participant_stream(&tenant, &r.participant_ref);
+        let stream = streams::participant(&tenant, &r.participant_ref);
         let metadata = Metadata {
             correlation_id: Some(request_id),
             ..Metadata::default()
@@ -293,7 +287,7 @@ impl ProtocolSchedulerService for SchedulerApi {
                 &tenant,
                 &stream,
                 std::slice::from_ref(&protocol),
-                |_| enrollment::Command::Enroll {
+                || enrollment::Command::Enroll {
                     enrollment_id,
                     participant_ref: r.participant_ref.clone(),
                     protocol: protocol.clone(),
@@ -304,7 +298,8 @@ impl ProtocolSchedulerService for SchedulerApi {
                 },
                 &metadata,
             )
-            .await?;
+            .await
+            .map_err(Error::from)?;
         let now = self.clock.now();
         let e = enrollment_of(&after, enrollment_id)?;
         let count = e
@@ -395,7 +390,8 @@ impl ProtocolSchedulerService for SchedulerApi {
         let target = self
             .repo
             .published_protocol(&tenant, &protocol_id, r.protocol_version)
-            .await?;
+            .await
+            .map_err(Error::from)?;
         let command = |enrollment_id, now| enrollment::Command::Migrate {
             enrollment_id,
             protocol: target.clone(),
@@ -488,14 +484,18 @@ impl ProtocolSchedulerService for SchedulerApi {
             .as_ref()
             .map(|t| convert::from_timestamp("completed_at", t))
             .transpose()?;
-        let stream = self.repo.enrollment_stream(&tenant, id).await?;
+        let stream = self
+            .repo
+            .enrollment_stream(&tenant, id)
+            .await
+            .map_err(Error::from)?;
         let (_, after) = self
             .repo
             .execute_participant(
                 &tenant,
                 &stream,
                 &[],
-                |_| enrollment::Command::Complete {
+                || enrollment::Command::Complete {
                     enrollment_id: id,
                     occurrence_id,
                     completed_at,
@@ -503,7 +503,8 @@ impl ProtocolSchedulerService for SchedulerApi {
                 },
                 &Metadata::default(),
             )
-            .await?;
+            .await
+            .map_err(Error::from)?;
         let now = self.clock.now();
         let schedule = enrollment_of(&after, id)?
             .schedule(&after.protocols, now)
@@ -606,9 +607,9 @@ impl ProtocolSchedulerService for SchedulerApi {
         .bind(after.map(|(_, id)| id).unwrap_or_default())
         .bind(r.open_only)
         .bind(i64::from(page_size) + 1)
-        .fetch_all(self.repo.store.pool())
+        .fetch_all(self.repo.store().pool())
         .await
-        .map_err(|e| Error::Store(e.into()))?;
+        .map_err(|e| Error::from(tend_event_store::Error::from(e)))?;
         let rows: Vec<DueRow> = rows
             .into_iter()
             .map(|r| DueRow {
@@ -669,8 +670,8 @@ struct DueRow {
 impl DueRow {
     fn to_pb(&self, now: Timestamp) -> Result<pb::Occurrence, Error> {
         use tend_domain::schedule::Status;
-        let d: Detail = serde_json::from_value(self.detail.clone()).map_err(|e| {
-            Error::Store(tend_event_store::Error::Corrupt {
+        let d: OccurrenceDetail = serde_json::from_value(self.detail.clone()).map_err(|e| {
+            Error::from(tend_event_store::Error::Corrupt {
                 position: 0,
                 reason: format!("scheduler_occurrences.detail: {e}"),
             })

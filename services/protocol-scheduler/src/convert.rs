@@ -9,8 +9,9 @@ use tend_domain::schedule::{Change, Occurrence, Status};
 use tend_domain::time::LocalTime;
 use uuid::Uuid;
 
+use tend_service_kit::instants;
+
 use crate::Error;
-use crate::instants;
 
 /// An activity kind as either of the two generated oneofs that carry it
 /// (`Activity.kind`, `Occurrence.kind`): the same variants, distinct types.
@@ -77,7 +78,7 @@ pub(crate) fn protocol_from_pb(p: pb::Protocol) -> Result<Protocol, Error> {
 
 fn within(e: Error, prefix: &str) -> Error {
     match e {
-        Error::Domain(d) => Error::Domain(d.within(prefix)),
+        Error::Kit(tend_service_kit::Error::Domain(d)) => Error::from(d.within(prefix)),
         other => other,
     }
 }

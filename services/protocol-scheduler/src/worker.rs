@@ -24,19 +24,19 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Postgres, Transaction};
 use tend_domain::enrollment::{self, Enrollment};
 use tend_domain::practice;
-use tend_domain::protocol::ActivityKind;
 use tend_domain::schedule::{Occurrence, Status};
-use tend_event_store::{EventStore, Filter, StreamId, TenantId};
+use tend_event_store::{EventStore, ExpectedVersion, Filter, Lease, Metadata, StreamId, TenantId};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::instants;
-use crate::repo::{Loaded, PARTICIPANT, PRACTICE, Repo};
-use crate::{Clock, Error};
+use tend_service_kit::execute::new_events;
+use tend_service_kit::streams::{PARTICIPANT, PRACTICE};
+use tend_service_kit::{Clock, Loaded, OccurrenceDetail, Participants, instants};
+
+use crate::Error;
 
 const LEASE: &str = "scheduler";
 const CHECKPOINT: &str = "scheduler";
@@ -93,39 +93,24 @@ pub struct Round {
 
 #[derive(Debug)]
 pub struct Worker {
-    repo: Repo,
+    repo: Participants,
     clock: Arc<dyn Clock>,
     options: WorkerOptions,
-    holder: Uuid,
-}
-
-/// The rest of an occurrence, stored beside its indexed columns.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Detail {
-    pub participant_ref: String,
-    pub activity_key: String,
-    pub kind: ActivityKind,
-    pub day: i32,
-    pub arc_week: i32,
-    pub local_date: String,
-    pub local_time: String,
-    pub time_zone: String,
-    pub target_minutes: u32,
-    pub protocol_version: u32,
+    lease: Lease,
 }
 
 impl Worker {
     pub fn new(store: EventStore, clock: Arc<dyn Clock>, options: WorkerOptions) -> Self {
         Self {
-            repo: Repo::new(store),
+            repo: Participants::new(store),
             clock,
+            lease: Lease::new(LEASE, options.lease_ttl),
             options,
-            holder: Uuid::new_v4(),
         }
     }
 
     fn pool(&self) -> &PgPool {
-        self.repo.store.pool()
+        self.repo.store().pool()
     }
 
     /// Runs rounds until `shutdown`, then gives the lease up so that another
@@ -155,7 +140,7 @@ impl Worker {
                     tend_telemetry::lease_held(LEASE, round.held_lease);
                     if round.held_lease != held {
                         held = round.held_lease;
-                        tracing::info!(holder = %self.holder, held, "scheduler lease changed hands");
+                        tracing::info!(holder = %self.lease.holder(), held, "scheduler lease changed hands");
                     }
                     if round.streams > 0 {
                         tracing::debug!(
@@ -176,12 +161,7 @@ impl Worker {
                 _ = tokio::time::sleep(self.options.tick_interval) => {}
             }
         }
-        if let Err(e) = sqlx::query("DELETE FROM scheduler_lease WHERE name = $1 AND holder = $2")
-            .bind(LEASE)
-            .bind(self.holder)
-            .execute(self.pool())
-            .await
-        {
+        if let Err(e) = self.lease.release(self.pool()).await {
             tracing::warn!(error = %e, "could not release the scheduler lease; it will expire");
         }
         tend_telemetry::lease_held(LEASE, false);
@@ -223,12 +203,14 @@ impl Worker {
                         round.streams += 1;
                         round.events += events;
                     }
-                    Err(Error::Store(tend_event_store::Error::WrongExpectedVersion { .. })) => {
+                    Err(Error::Kit(tend_service_kit::Error::Store(
+                        tend_event_store::Error::WrongExpectedVersion { .. },
+                    ))) => {
                         // Changed while we decided (by a command, or by a
                         // scheduler that lost its lease mid-round): the
                         // change is in the log and the next round sees it.
                     }
-                    Err(Error::Store(e)) if e.is_unavailable() => {
+                    Err(Error::Kit(tend_service_kit::Error::Store(e))) if e.is_unavailable() => {
                         tracing::warn!(error = %e, "database unavailable; retrying next round");
                     }
                     Err(e) if is_lease_lost(&e) => return Ok(round),
@@ -237,7 +219,7 @@ impl Worker {
                         // reference: it stays out of the log.
                         match &e {
                             // Its reason may quote stored content.
-                            Error::Decode(d) => tracing::error!(
+                            Error::Kit(tend_service_kit::Error::Decode(d)) => tracing::error!(
                                 tenant = %tenant,
                                 event_type = %d.event_type,
                                 schema_version = d.schema_version,
@@ -261,42 +243,15 @@ impl Worker {
     }
 
     async fn acquire(&self) -> Result<bool, Error> {
-        let ttl_ms = self.options.lease_ttl.as_millis().min(i64::MAX as u128) as i64;
-        let row: Option<Uuid> = sqlx::query_scalar(
-            "INSERT INTO scheduler_lease (name, holder, expires_at)
-             VALUES ($1, $2, clock_timestamp() + $3 * interval '1 millisecond')
-             ON CONFLICT (name) DO UPDATE
-                SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
-                WHERE scheduler_lease.holder = EXCLUDED.holder
-                   OR scheduler_lease.expires_at < clock_timestamp()
-             RETURNING holder",
-        )
-        .bind(LEASE)
-        .bind(self.holder)
-        .bind(ttl_ms)
-        .fetch_optional(self.pool())
-        .await
-        .map_err(store_error)?;
-        Ok(row.is_some())
+        self.lease.acquire(self.pool()).await.map_err(store_error)
     }
 
     /// Opens a transaction that writes only while this worker holds the
-    /// lease. The share lock on the lease row keeps a taker waiting until
-    /// the transaction ends, and lets this worker's own transactions run
+    /// lease (`Lease::fence`); this worker's own transactions still run
     /// side by side.
     async fn fenced(&self) -> Result<Transaction<'static, Postgres>, Error> {
         let mut tx = self.pool().begin().await.map_err(store_error)?;
-        let held: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM scheduler_lease
-             WHERE name = $1 AND holder = $2 AND expires_at > clock_timestamp()
-             FOR SHARE",
-        )
-        .bind(LEASE)
-        .bind(self.holder)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(store_error)?;
-        if held.is_none() {
+        if !self.lease.fence(&mut tx).await.map_err(store_error)? {
             return Err(Error::LeaseLost);
         }
         Ok(tx)
@@ -319,7 +274,7 @@ impl Worker {
         loop {
             let page = self
                 .repo
-                .store
+                .store()
                 .read_log(&filter, checkpoint, LOG_PAGE)
                 .await?;
             if page.scanned_through == checkpoint {
@@ -447,7 +402,7 @@ impl Worker {
             &loaded.protocols,
         )?);
         if !events.is_empty() {
-            let version = self.repo.append_tick(tenant, &loaded, &events).await?;
+            let version = self.append_tick(tenant, &loaded, &events).await?;
             loaded.state = events.iter().fold(loaded.state, enrollment::evolve);
             loaded.version = Some(version);
         }
@@ -498,7 +453,7 @@ impl Worker {
             completed.push(o.completed_at.map(instants::to_chrono));
             cancelled.push(o.status == Status::Cancelled);
             details.push(
-                serde_json::to_value(Detail {
+                serde_json::to_value(OccurrenceDetail {
                     participant_ref: participant_ref.clone(),
                     activity_key: o.activity_key.clone(),
                     kind: o.kind.clone(),
@@ -660,10 +615,44 @@ fn digest(
     h.finish() as i64
 }
 
+impl Worker {
+    /// Appends time-driven events at the version they were decided on.
+    async fn append_tick(
+        &self,
+        tenant: &TenantId,
+        loaded: &Loaded,
+        events: &[enrollment::Event],
+    ) -> Result<u64, Error> {
+        let new = new_events(
+            events,
+            |e| e.deterministic_id().unwrap_or_else(Uuid::now_v7),
+            &Metadata::default(),
+        )?;
+        let appended = self
+            .repo
+            .store()
+            .append(
+                tenant,
+                &loaded.stream,
+                ExpectedVersion::as_read(loaded.version),
+                new,
+            )
+            .await?;
+        // Events already in the history that was read, decided again: the
+        // state and the decision disagree, and retrying would only repeat
+        // it. (Already stored *after* that version is another scheduler
+        // having got there first, which the next round sees.)
+        if appended.already_stored && loaded.version.is_some_and(|v| appended.stream_version <= v) {
+            return Err(Error::Redecided);
+        }
+        Ok(appended.stream_version)
+    }
+}
+
 fn is_lease_lost(e: &Error) -> bool {
     matches!(e, Error::LeaseLost)
 }
 
 fn store_error(e: sqlx::Error) -> Error {
-    Error::Store(tend_event_store::Error::from(e))
+    Error::from(tend_event_store::Error::from(e))
 }

@@ -9,31 +9,12 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use tend_api::scheduler::v1 as pb;
 use tend_api::scheduler::v1::protocol_scheduler_service_server::ProtocolSchedulerService;
-use tend_auth::Caller;
 use tend_event_store::{EventStore, Filter, TenantId};
-use tend_protocol_scheduler::{ManualClock, SchedulerApi, Worker, WorkerOptions};
+use tend_protocol_scheduler::{SchedulerApi, Worker, WorkerOptions};
+use tend_service_kit::ManualClock;
+use tend_testkit::grpc::{Services, pb_ts, req, ts};
 use tokio_util::sync::CancellationToken;
-use tonic::Request;
 use uuid::Uuid;
-
-fn ts(s: &str) -> Timestamp {
-    s.parse().unwrap()
-}
-
-fn req<T>(tenant: &str, message: T) -> Request<T> {
-    let mut r = Request::new(message);
-    r.extensions_mut().insert(Caller {
-        tenant: TenantId::new(tenant).unwrap(),
-    });
-    r
-}
-
-fn pb_ts(t: Timestamp) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.as_second(),
-        nanos: 0,
-    }
-}
 
 struct Harness {
     store: EventStore,
@@ -42,11 +23,7 @@ struct Harness {
 }
 
 async fn harness(start: &str) -> Harness {
-    let db = tend_testkit::fresh_database().await;
-    let store = EventStore::open(db.pool.clone(), Default::default())
-        .await
-        .unwrap();
-    let clock = ManualClock::new(ts(start));
+    let Services { store, clock, .. } = Services::start(start).await;
     let api = SchedulerApi::new(store.clone(), Arc::new(clock.clone()));
     Harness { store, clock, api }
 }
@@ -453,7 +430,7 @@ async fn a_dead_schedulers_lease_passes_on_and_a_stopped_one_hands_it_over() {
     let e = h.enroll("clinic", "P-1", "UTC").await;
     let pool = h.store.pool().clone();
     let holder = || async {
-        sqlx::query_scalar::<_, Uuid>("SELECT holder FROM scheduler_lease")
+        sqlx::query_scalar::<_, Uuid>("SELECT holder FROM leases WHERE name = 'scheduler'")
             .fetch_optional(&pool)
             .await
             .unwrap()

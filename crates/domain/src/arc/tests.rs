@@ -2,13 +2,17 @@
 //! figure worked out by hand; each warning raised and cleared; the cohort.
 
 use jiff::civil::date;
-use jiff::{SignedDuration, Timestamp};
+use jiff::{SignedDuration, Timestamp, ToSpan};
+use uuid::Uuid;
 
 use super::*;
 use crate::DomainEvent;
+use crate::decider::spec;
 use crate::enrollment::{Command as EnrollmentCommand, Participant};
-use crate::protocol::{Activity, Cadence, DaySpan, Protocol};
-use crate::schedule::ProtocolSet;
+use crate::protocol::ProtocolSet;
+use crate::protocol::{Activity, ActivityKind, Cadence, DaySpan, Protocol};
+use crate::time::Zone;
+use crate::{assessment, enrollment, practice};
 
 const ENROLLMENT: Uuid = Uuid::from_u128(0xe1);
 const GRACE: SignedDuration = SignedDuration::from_hours(6);
@@ -201,11 +205,14 @@ impl Script {
 
     /// Decides the flags at `now` and folds them; returns what was decided.
     fn flags(&mut self, now: Timestamp) -> Vec<FlagEvent> {
-        let mut n = 0xf000;
-        let events = decide_flags(&self.arc, &Rules::default(), now, || {
-            n += 1;
-            Uuid::from_u128(n + self.next)
-        });
+        let ids = [1, 2, 3, 4].map(|n| Uuid::from_u128(0xf000 + n + self.next));
+        let events = spec::given_state::<Flags>(self.arc.clone())
+            .when(CheckFlags {
+                rules: Rules::default(),
+                now,
+                ids,
+            })
+            .events();
         self.next += 0x100;
         for e in &events {
             let e = FlagEvent::from_stored(e.event_type(), 1, &e.to_payload()).unwrap();

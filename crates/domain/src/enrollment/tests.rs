@@ -5,8 +5,10 @@ use jiff::civil::DateTime;
 
 use super::*;
 use crate::DomainEvent;
+use crate::decider::spec;
+use crate::protocol::ProtocolSet;
 use crate::protocol::{Activity, ActivityKind, Cadence, DaySpan, built_in};
-use crate::schedule::{ProtocolSet, change};
+use crate::schedule::change;
 
 const E: Uuid = Uuid::from_u128(0xe1);
 
@@ -48,8 +50,10 @@ fn daily_at(times: &[&str], days: (i32, i32), window_minutes: u32) -> Protocol {
     }
 }
 
+/// The generic harness, with the protocol versions every command of a
+/// scenario may need.
 struct Spec {
-    state: Participant,
+    given: spec::Given<Aggregate>,
     protocols: ProtocolSet,
 }
 
@@ -59,25 +63,38 @@ fn given(protocols: &[Protocol], events: &[Event]) -> Spec {
         set.insert(p.clone());
     }
     Spec {
-        state: events.iter().fold(Participant::default(), evolve),
+        given: spec::given(events),
         protocols: set,
     }
 }
 
 impl Spec {
+    fn with(&self, command: Command) -> WithProtocols {
+        WithProtocols {
+            command,
+            protocols: self.protocols.clone(),
+        }
+    }
+
+    fn state(&self) -> &Participant {
+        &self.given.state
+    }
+
     fn when(&self, command: Command) -> Result<Vec<Event>, Error> {
-        decide(&self.state, command, &self.protocols)
+        self.given.when(self.with(command)).outcome
     }
 
     /// Applies a command that must succeed, returning the new spec.
-    fn then_apply(mut self, command: Command) -> Self {
-        let events = self.when(command).expect("command accepted");
-        self.state = events.iter().fold(self.state, evolve);
-        self
+    fn then_apply(self, command: Command) -> Self {
+        let command = self.with(command);
+        Self {
+            given: self.given.and(command),
+            protocols: self.protocols,
+        }
     }
 
     fn schedule(&self, now: Timestamp) -> Vec<Occurrence> {
-        self.state
+        self.state()
             .enrollment(E)
             .unwrap()
             .schedule(&self.protocols, now)
@@ -329,7 +346,7 @@ fn a_session_inside_the_spring_forward_gap_moves_forward_by_the_gap() {
         "America/New_York",
         "2026-03-01T00:00:00Z",
     );
-    let e = spec.state.enrollment(E).unwrap();
+    let e = spec.state().enrollment(E).unwrap();
     assert_eq!(e.session_instant().to_string(), "2026-03-08T07:30:00Z");
     let s = spec.schedule(ts("2026-03-01T00:00:00Z"));
     assert_eq!(

@@ -4,9 +4,10 @@ use jiff::civil::date;
 
 use super::*;
 use crate::DomainEvent;
+use crate::decider::spec;
 use crate::enrollment::{Command as EnrollmentCommand, Participant};
+use crate::protocol::ProtocolSet;
 use crate::protocol::{Activity, Cadence, DaySpan, Protocol};
-use crate::schedule::ProtocolSet;
 
 const ENTRY: Uuid = Uuid::from_u128(0xa1);
 const ENTRY2: Uuid = Uuid::from_u128(0xa2);
@@ -58,12 +59,11 @@ fn field_of(e: Error) -> String {
 }
 
 fn fold(events: &[Event]) -> Log {
-    events.iter().fold(Log::default(), evolve)
+    spec::given::<Aggregate>(events).state
 }
 
 fn apply(log: Log, command: Command) -> Log {
-    let events = decide(&log, command).unwrap();
-    events.iter().fold(log, evolve)
+    spec::given_state::<Aggregate>(log).and(command).state
 }
 
 #[test]
@@ -117,33 +117,16 @@ fn rejects_notes_over_16_kib_or_not_utf8() {
 #[test]
 fn logging_the_same_entry_again_is_nothing_new_and_other_content_is_refused() {
     let c = content("soothing-touch", "2026-06-10T11:00:00Z", 2);
-    let log = apply(
-        Log::default(),
-        Command::Log {
-            entry_id: ENTRY,
-            content: c.clone(),
-        },
-    );
-    assert_eq!(
-        decide(
-            &log,
-            Command::Log {
-                entry_id: ENTRY,
-                content: c.clone()
-            }
-        ),
-        Ok(vec![])
-    );
+    let log = |content| Command::Log {
+        entry_id: ENTRY,
+        content,
+    };
+    let logged = spec::given_state::<Aggregate>(Log::default()).and(log(c.clone()));
+    logged.when(log(c.clone())).then_nothing();
     let other = Content { minutes: 3, ..c };
     assert!(matches!(
-        decide(
-            &log,
-            Command::Log {
-                entry_id: ENTRY,
-                content: other
-            }
-        ),
-        Err(Error::AlreadyExists { field, .. }) if field == "entry_id"
+        logged.when(log(other)).err(),
+        Error::AlreadyExists { field, .. } if field == "entry_id"
     ));
 }
 

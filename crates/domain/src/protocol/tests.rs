@@ -1,4 +1,5 @@
 use super::*;
+use crate::decider::spec;
 
 fn now() -> Timestamp {
     "2026-11-01T12:00:00Z".parse().unwrap()
@@ -161,10 +162,6 @@ fn rejects_protocols_that_expand_beyond_the_bound() {
 
 // ---- The protocol aggregate, given / when / then. ----
 
-fn given(events: &[Event]) -> History {
-    events.iter().fold(History::default(), evolve)
-}
-
 fn drafted(version: u32) -> Event {
     let mut protocol = custom("clinic-arc");
     protocol.version = version;
@@ -182,113 +179,67 @@ fn published(version: u32) -> Event {
     })
 }
 
+fn draft(protocol: Protocol) -> Command {
+    Command::Draft {
+        protocol,
+        now: now(),
+    }
+}
+
+fn publish(version: u32) -> Command {
+    Command::Publish {
+        version,
+        now: now(),
+    }
+}
+
 #[test]
 fn a_first_draft_is_version_one() {
-    let events = decide(
-        &given(&[]),
-        Command::Draft {
-            protocol: custom("clinic-arc"),
-            now: now(),
-        },
-    )
-    .unwrap();
-    assert_eq!(events, vec![drafted(1)]);
+    spec::given::<Aggregate>(&[])
+        .when(draft(custom("clinic-arc")))
+        .then(&[drafted(1)]);
 }
 
 #[test]
 fn drafting_after_publishing_opens_the_next_version() {
-    let state = given(&[drafted(1), published(1)]);
-    let events = decide(
-        &state,
-        Command::Draft {
-            protocol: custom("clinic-arc"),
-            now: now(),
-        },
-    )
-    .unwrap();
-    assert_eq!(events, vec![drafted(2)]);
-    let state = events.iter().fold(state, evolve);
+    let given = spec::given::<Aggregate>(&[drafted(1), published(1)]);
+    given
+        .clone()
+        .when(draft(custom("clinic-arc")))
+        .then(&[drafted(2)]);
+    let state = given.and(draft(custom("clinic-arc"))).state;
     assert_eq!(state.latest_published().unwrap().protocol.version, 1);
     assert_eq!(state.latest().unwrap().published_at, None);
 }
 
 #[test]
 fn drafting_again_replaces_the_open_draft_and_an_identical_draft_is_a_no_op() {
-    let state = given(&[drafted(1)]);
-    assert_eq!(
-        decide(
-            &state,
-            Command::Draft {
-                protocol: custom("clinic-arc"),
-                now: now()
-            }
-        )
-        .unwrap(),
-        vec![]
-    );
+    let given = spec::given::<Aggregate>(&[drafted(1)]);
+    given.when(draft(custom("clinic-arc"))).then_nothing();
     let mut other = custom("clinic-arc");
     other.title = "Renamed".into();
-    let events = decide(
-        &state,
-        Command::Draft {
-            protocol: other,
-            now: now(),
-        },
-    )
-    .unwrap();
-    let state = events.iter().fold(state, evolve);
+    let state = given.and(draft(other)).state;
     assert_eq!(state.versions.len(), 1);
     assert_eq!(state.latest().unwrap().protocol.title, "Renamed");
 }
 
 #[test]
 fn publishing_is_final_and_idempotent() {
-    let state = given(&[drafted(1)]);
-    assert_eq!(
-        decide(
-            &state,
-            Command::Publish {
-                version: 1,
-                now: now()
-            }
-        )
-        .unwrap(),
-        vec![published(1)]
-    );
-    let state = given(&[drafted(1), published(1)]);
-    assert_eq!(
-        decide(
-            &state,
-            Command::Publish {
-                version: 1,
-                now: now()
-            }
-        )
-        .unwrap(),
-        vec![]
-    );
-    assert!(matches!(
-        decide(
-            &state,
-            Command::Publish {
-                version: 2,
-                now: now()
-            }
-        ),
-        Err(Error::NotFound { .. })
-    ));
+    spec::given::<Aggregate>(&[drafted(1)])
+        .when(publish(1))
+        .then(&[published(1)]);
+    let published_once = spec::given::<Aggregate>(&[drafted(1), published(1)]);
+    published_once.when(publish(1)).then_nothing();
+    published_once
+        .when(publish(2))
+        .then_err(Error::not_found("protocol version"));
 }
 
 #[test]
 fn refuses_to_shadow_a_built_in_protocol() {
-    let err = decide(
-        &given(&[]),
-        Command::Draft {
-            protocol: custom("msc-8w"),
-            now: now(),
-        },
-    )
-    .unwrap_err();
+    let err = spec::given::<Aggregate>(&[])
+        .when(draft(custom("msc-8w")))
+        .err();
     assert!(
         matches!(err, Error::AlreadyExists { ref field, .. } if field == "protocol.protocol_id"),
         "{err:?}"
@@ -299,14 +250,7 @@ fn refuses_to_shadow_a_built_in_protocol() {
 fn refuses_an_invalid_draft_naming_the_field() {
     let mut p = custom("clinic-arc");
     p.activities[1].window_minutes = 0;
-    let err = decide(
-        &given(&[]),
-        Command::Draft {
-            protocol: p,
-            now: now(),
-        },
-    )
-    .unwrap_err();
+    let err = spec::given::<Aggregate>(&[]).when(draft(p)).err();
     assert!(
         matches!(err, Error::Invalid { ref field, .. } if field == "protocol.activities[1].window_minutes"),
         "{err:?}"

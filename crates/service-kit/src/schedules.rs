@@ -1,19 +1,21 @@
-//! Read access to participants' schedules for Tend's other services (the
-//! practice log links entries to occurrences and counts arc weeks).
+//! Read access to participants' schedules: the one read API shared between
+//! services (the practice log checks named occurrences, assessments
+//! complete theirs, the arc projection reads protocol versions). It lives
+//! here, not in the scheduler service, so that no service depends on
+//! another.
 
 use std::collections::BTreeSet;
 
 use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
 use tend_domain::enrollment::{Command, Participant};
 use tend_domain::protocol::ActivityKind;
-use tend_domain::schedule::{ProtocolSet, Status};
+use tend_domain::protocol::ProtocolSet;
+use tend_domain::schedule::Status;
 use tend_event_store::{EventStore, Metadata, TenantId};
 use uuid::Uuid;
 
-use crate::Error;
-use crate::instants;
-use crate::repo::{Repo, participant_stream};
-use crate::worker::Detail;
+use crate::{Error, Participants, instants, streams};
 
 /// What a service needs to know about one occurrence.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,16 +26,32 @@ pub struct OccurrenceFacts {
     pub completed_at: Option<Timestamp>,
 }
 
+/// The rest of an occurrence in `scheduler_occurrences`, stored beside its
+/// indexed columns: written by the scheduler's worker, read here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OccurrenceDetail {
+    pub participant_ref: String,
+    pub activity_key: String,
+    pub kind: ActivityKind,
+    pub day: i32,
+    pub arc_week: i32,
+    pub local_date: String,
+    pub local_time: String,
+    pub time_zone: String,
+    pub target_minutes: u32,
+    pub protocol_version: u32,
+}
+
 /// Participants' enrollments and schedules, read-only. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Schedules {
-    repo: Repo,
+    repo: Participants,
 }
 
 impl Schedules {
     pub fn new(store: EventStore) -> Self {
         Self {
-            repo: Repo::new(store),
+            repo: Participants::new(store),
         }
     }
 
@@ -44,7 +62,7 @@ impl Schedules {
         tenant: &TenantId,
         participant_ref: &str,
     ) -> Result<(Participant, ProtocolSet), Error> {
-        let stream = participant_stream(tenant, participant_ref);
+        let stream = streams::participant(tenant, participant_ref);
         let loaded = self.repo.load_participant(tenant, &stream).await?;
         Ok((loaded.state, loaded.protocols))
     }
@@ -93,7 +111,7 @@ impl Schedules {
         completed_at: Timestamp,
         now: Timestamp,
     ) -> Result<(), Error> {
-        let stream = participant_stream(tenant, participant_ref);
+        let stream = streams::participant(tenant, participant_ref);
         let loaded = self.repo.load_participant(tenant, &stream).await?;
         let mut enrollment_id = None;
         for e in &loaded.state.enrollments {
@@ -110,7 +128,7 @@ impl Schedules {
                 tenant,
                 &stream,
                 &[],
-                |_| Command::Complete {
+                || Command::Complete {
                     enrollment_id,
                     occurrence_id,
                     completed_at: Some(completed_at),
@@ -133,7 +151,7 @@ impl Schedules {
         occurrence_id: Uuid,
         now: Timestamp,
     ) -> Result<Option<OccurrenceFacts>, Error> {
-        let stream = participant_stream(tenant, participant_ref);
+        let stream = streams::participant(tenant, participant_ref);
         type Row = (
             String,
             chrono::DateTime<chrono::Utc>,
@@ -147,11 +165,11 @@ impl Schedules {
         )
         .bind(tenant.as_str())
         .bind(occurrence_id)
-        .fetch_optional(self.repo.store.pool())
+        .fetch_optional(self.repo.store().pool())
         .await
         .map_err(|e| Error::Store(e.into()))?;
         if let Some((row_stream, at, cancelled, completed_at, detail)) = row
-            && let Ok(detail) = serde_json::from_value::<Detail>(detail)
+            && let Ok(detail) = serde_json::from_value::<OccurrenceDetail>(detail)
         {
             return Ok((row_stream == stream.as_str()).then(|| OccurrenceFacts {
                 kind: detail.kind,

@@ -47,3 +47,28 @@ impl Clock for ManualClock {
         *self.now.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+/// A clock that starts at a given instant and runs at the system clock's
+/// pace from there: lets an end-to-end test place "now" anywhere (just
+/// before a window opens, far from a day boundary) without waiting.
+#[derive(Debug, Clone, Copy)]
+pub struct OffsetClock {
+    start: Timestamp,
+    since: std::time::Instant,
+}
+
+impl OffsetClock {
+    pub fn starting_at(start: Timestamp) -> Self {
+        Self {
+            start,
+            since: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for OffsetClock {
+    fn now(&self) -> Timestamp {
+        let elapsed = SignedDuration::try_from(self.since.elapsed()).unwrap_or(SignedDuration::MAX);
+        self.start.saturating_add(elapsed).unwrap_or(self.start)
+    }
+}

@@ -1,0 +1,37 @@
+//! The kit every Tend service is built on, so that a new service is a
+//! domain module, a proto and a thin `api.rs`, with nothing copied:
+//!
+//! - `Clock`: where "now" comes from (the system, or a test's hand);
+//! - `instants`: one conversion of an instant to protobuf and `timestamptz`;
+//! - `streams`: the names of every stream category and how ids become
+//!   stream names;
+//! - `execute`: load a stream, fold it with a `Decider`, decide, append at
+//!   the version read, and decide again under an explicit `Retry` policy;
+//! - `Participants` and `Schedules`: participants' enrollments, protocols
+//!   and occurrences, the one read API shared between services;
+//! - `Error` and `status`: the failures services share and the one mapping
+//!   of them to gRPC statuses; each service keeps its own error enum (with
+//!   a `Kit` variant, see `service_error!`) and its own words.
+//!
+//! It is not a service: it registers no gRPC handler and runs no task.
+
+mod clock;
+mod error;
+pub mod execute;
+pub mod instants;
+mod participants;
+mod schedules;
+pub mod status;
+pub mod streams;
+
+pub use clock::{Clock, ManualClock, OffsetClock, SystemClock};
+pub use error::{Conflicts, Error};
+pub use execute::{Executed, Retry};
+pub use participants::{Loaded, Participants};
+pub use schedules::{OccurrenceDetail, OccurrenceFacts, Schedules};
+
+// For `service_error!`, so that a service need not name these crates.
+#[doc(hidden)]
+pub use tend_domain as __domain;
+#[doc(hidden)]
+pub use tend_event_store as __store;

@@ -1,0 +1,78 @@
+//! Stream names: every category in one place, and how an entity's id
+//! becomes its stream. A participant's streams share one key
+//! (`enrollment::participant_key`): `participant-<key>`, `practice-<key>`,
+//! `assessment-<key>`, `arc-<key>`.
+
+use tend_domain::enrollment::participant_key;
+use tend_domain::protocol;
+use tend_event_store::{StreamId, TenantId};
+use uuid::Uuid;
+
+use crate::Error;
+
+/// Enrollments and what became of each occurrence.
+pub const PARTICIPANT: &str = "participant";
+/// Practice entries, beside the participant stream so that logging one
+/// needs no read of the schedule.
+pub const PRACTICE: &str = "practice";
+/// Administrations and their scores.
+pub const ASSESSMENT: &str = "assessment";
+/// Early warnings raised and cleared by the arc projection.
+pub const ARC: &str = "arc";
+/// A partner protocol's versions: `protocol-<id>`.
+pub const PROTOCOL: &str = "protocol";
+/// A partner instrument's versions: `instrument-<id>`.
+pub const INSTRUMENT: &str = "instrument";
+
+fn entity(category: &str, key: Uuid) -> StreamId {
+    StreamId::for_entity(category, key).expect("a fixed category and a uuid make a valid stream id")
+}
+
+/// The participant stream of a partner's reference.
+pub fn participant(tenant: &TenantId, participant_ref: &str) -> StreamId {
+    entity(
+        PARTICIPANT,
+        participant_key(tenant.as_str(), participant_ref),
+    )
+}
+
+/// A participant's practice stream, by their key.
+pub fn practice(participant_key: Uuid) -> StreamId {
+    entity(PRACTICE, participant_key)
+}
+
+/// A participant's assessment stream, by their key.
+pub fn assessment(participant_key: Uuid) -> StreamId {
+    entity(ASSESSMENT, participant_key)
+}
+
+/// A participant's arc stream, by their key.
+pub fn arc(participant_key: Uuid) -> StreamId {
+    entity(ARC, participant_key)
+}
+
+/// The key a participant's stream was named with, from any of their
+/// streams.
+pub fn key_of(stream: &StreamId) -> Option<Uuid> {
+    let (_, key) = stream.as_str().split_once('-')?;
+    Uuid::try_parse(key).ok()
+}
+
+/// A partner protocol's stream; refuses an id that is not one.
+pub fn protocol(protocol_id: &str) -> Result<StreamId, Error> {
+    protocol::validate_id(protocol_id)?;
+    Ok(StreamId::new(format!("{PROTOCOL}-{protocol_id}"))?)
+}
+
+/// A partner instrument's stream; refuses an id that cannot name one.
+pub fn instrument(instrument_id: &str) -> Result<StreamId, Error> {
+    Ok(StreamId::new(format!("{INSTRUMENT}-{instrument_id}"))?)
+}
+
+/// The id in a `protocol-<id>` or `instrument-<id>` stream name.
+pub fn id_in<'a>(category: &str, stream: &'a StreamId) -> Option<&'a str> {
+    stream
+        .as_str()
+        .strip_prefix(category)
+        .and_then(|s| s.strip_prefix('-'))
+}
