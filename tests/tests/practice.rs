@@ -23,16 +23,20 @@ const TOKEN: &str = "tend_test_token_for_the_practice_log";
 const MASTER_KEYS: &str = "test-1:dGVuZC10ZXN0LW1hc3Rlci1rZXktb2YtMzItYnl0ZXM=";
 
 fn start(db: &TestDatabase) -> TendProcess {
-    TendProcess::start(&[
-        ("TEND_DATABASE_URL", &db.url),
-        (
-            "TEND_AUTH_TOKENS",
-            &format!("clinic={}", tend_auth::TokenHash::of(TOKEN)),
-        ),
+    start_with(db, &[])
+}
+
+fn start_with(db: &TestDatabase, extra: &[(&str, &str)]) -> TendProcess {
+    let tokens = format!("clinic={}", tend_auth::TokenHash::of(TOKEN));
+    let mut env = vec![
+        ("TEND_DATABASE_URL", db.url.as_str()),
+        ("TEND_AUTH_TOKENS", tokens.as_str()),
         ("TEND_MASTER_KEYS", MASTER_KEYS),
         ("TEND_SCHEDULER_TICK_MS", "100"),
         ("TEND_SCHEDULER_LEASE_SECONDS", "2"),
-    ])
+    ];
+    env.extend_from_slice(extra);
+    TendProcess::start(&env)
 }
 
 fn authed<T>(message: T) -> Request<T> {
@@ -172,14 +176,21 @@ async fn concurrent_syncs_reach_a_subscriber_once_each_in_order() {
 #[tokio::test]
 async fn an_entry_for_a_scheduled_occurrence_completes_it_and_bad_input_is_named() {
     let db = fresh_database().await;
-    let server = start(&db);
+    // The server's clock starts two hours into a four-hour window, so a
+    // window is open whenever the test runs.
+    const START: &str = "2026-12-01T02:00:00Z";
+    let started = std::time::Instant::now();
+    let server = start_with(&db, &[("TEND_TEST_CLOCK", START)]);
+    // The server's "now", give or take how long it took to start.
+    let now = || {
+        START.parse::<Timestamp>().unwrap() + SignedDuration::try_from(started.elapsed()).unwrap()
+    };
     let channel = channel(&server).await;
     let mut scheduler = ProtocolSchedulerServiceClient::new(channel.clone());
     let mut practice = PracticeLogServiceClient::new(channel.clone());
 
     // A protocol with a soothing-touch slot every four hours, each open for
-    // 3 h 59 min: one is open now unless this is the last minute of a
-    // window, which the test waits out.
+    // 3 h 59 min.
     scheduler
         .create_protocol(authed(spb::CreateProtocolRequest {
             protocol: Some(spb::Protocol {
@@ -215,11 +226,7 @@ async fn an_entry_for_a_scheduled_occurrence_completes_it_and_bad_input_is_named
         }))
         .await
         .unwrap();
-    let into_window = Timestamp::now().as_second().rem_euclid(4 * 3600);
-    if into_window >= 4 * 3600 - 120 {
-        tokio::time::sleep(Duration::from_secs((4 * 3600 - into_window + 5) as u64)).await;
-    }
-    let session = Timestamp::now() + SignedDuration::from_hours(2 * 24);
+    let session = now() + SignedDuration::from_hours(2 * 24);
     let enrollment = scheduler
         .enroll(authed(spb::EnrollRequest {
             request_id: Uuid::new_v4().to_string(),
@@ -243,7 +250,7 @@ async fn an_entry_for_a_scheduled_occurrence_completes_it_and_bad_input_is_named
         .unwrap()
         .into_inner()
         .occurrences;
-    let now = Timestamp::now();
+    let now = now();
     let open = schedule
         .iter()
         .filter(|o| o.scheduled_at.as_ref().unwrap().seconds <= now.as_second())

@@ -143,7 +143,7 @@ impl EventStore {
 }
 
 /// The most stream ids one [`EventStore::list_streams`] call returns.
-pub const MAX_LISTED_STREAMS: usize = 10_000;
+pub(crate) const MAX_LISTED_STREAMS: usize = 10_000;
 
 impl EventStore {
     /// The event with this id in the tenant, if any: ids are unique per

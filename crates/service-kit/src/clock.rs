@@ -48,13 +48,15 @@ impl Clock for ManualClock {
     }
 }
 
-/// A clock that starts at a given instant and runs at the system clock's
-/// pace from there: lets an end-to-end test place "now" anywhere (just
-/// before a window opens, far from a day boundary) without waiting.
+/// A clock that starts at a given instant and runs from there at the
+/// system clock's pace, or `rate` times faster: lets an end-to-end test
+/// place "now" anywhere (just before a window opens, far from a day
+/// boundary) and see an hour pass in minutes, without waiting.
 #[derive(Debug, Clone, Copy)]
 pub struct OffsetClock {
     start: Timestamp,
     since: std::time::Instant,
+    rate: u32,
 }
 
 impl OffsetClock {
@@ -62,13 +64,39 @@ impl OffsetClock {
         Self {
             start,
             since: std::time::Instant::now(),
+            rate: 1,
+        }
+    }
+
+    /// The same clock running `rate` times faster than the system's.
+    pub fn at_rate(self, rate: u32) -> Self {
+        Self {
+            rate: rate.max(1),
+            ..self
         }
     }
 }
 
 impl Clock for OffsetClock {
     fn now(&self) -> Timestamp {
-        let elapsed = SignedDuration::try_from(self.since.elapsed()).unwrap_or(SignedDuration::MAX);
+        let elapsed = self.since.elapsed().saturating_mul(self.rate);
+        let elapsed = SignedDuration::try_from(elapsed).unwrap_or(SignedDuration::MAX);
         self.start.saturating_add(elapsed).unwrap_or(self.start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offset_clock_starts_where_told_and_runs_at_its_rate() {
+        let start: Timestamp = "2026-03-01T08:00:00Z".parse().unwrap();
+        let clock = OffsetClock::starting_at(start).at_rate(100);
+        let first = clock.now();
+        assert!(first >= start && first < start + SignedDuration::from_secs(60));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // 20 ms at a hundred times is at least 2 s.
+        assert!(clock.now() - first >= SignedDuration::from_secs(2).into());
     }
 }

@@ -268,16 +268,11 @@ struct ProtocolsOf<'a> {
 impl Prepare<Participant> for ProtocolsOf<'_> {
     type Output = ProtocolSet;
 
-    fn prepare(
-        &self,
-        state: &Participant,
-    ) -> impl Future<Output = Result<ProtocolSet, Error>> + Send {
-        async move {
-            let mut protocols = self.participants.protocols_of(self.tenant, state).await?;
-            for p in self.extra {
-                protocols.insert(p.clone());
-            }
-            Ok(protocols)
+    async fn prepare(&self, state: &Participant) -> Result<ProtocolSet, Error> {
+        let mut protocols = self.participants.protocols_of(self.tenant, state).await?;
+        for p in self.extra {
+            protocols.insert(p.clone());
         }
+        Ok(protocols)
     }
 }

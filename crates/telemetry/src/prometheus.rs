@@ -1,264 +1,48 @@
 //! The Prometheus scrape endpoint: the meter provider's metrics read on
-//! demand and written in the Prometheus text format (0.0.4), names
-//! converted the way OpenTelemetry specifies (`rpc.server.call.duration`
-//! in seconds becomes `rpc_server_call_duration_seconds`, counters end in
-//! `_total`).
+//! demand by `opentelemetry-prometheus` and written in the Prometheus text
+//! format (0.0.4), names converted the way OpenTelemetry specifies
+//! (`rpc.server.call.duration` in seconds becomes
+//! `rpc_server_call_duration_seconds`, counters end in `_total`).
 //!
-//! Written here rather than taken from `opentelemetry-prometheus`, which is
-//! discontinued and depends on an unmaintained protobuf crate.
+//! Scope labels and `target_info` are left out, so the series are exactly
+//! those the dashboard and alert rules query.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::fmt::Write;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::{KeyValue, Value};
-use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
-use opentelemetry_sdk::metrics::reader::MetricReader;
-use opentelemetry_sdk::metrics::{InstrumentKind, ManualReader, Pipeline, Temporality};
+use opentelemetry_prometheus::PrometheusExporter;
+use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// A reader the meter provider owns one handle of, and the endpoint the
-/// other.
-#[derive(Debug, Clone, Default)]
-pub struct PrometheusReader(Arc<ManualReader>);
-
-impl MetricReader for PrometheusReader {
-    fn register_pipeline(&self, pipeline: Weak<Pipeline>) {
-        self.0.register_pipeline(pipeline);
-    }
-
-    fn collect(&self, rm: &mut ResourceMetrics) -> OTelSdkResult {
-        self.0.collect(rm)
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.0.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.0.shutdown_with_timeout(timeout)
-    }
-
-    fn temporality(&self, _kind: InstrumentKind) -> Temporality {
-        // Prometheus counters and histograms are cumulative.
-        Temporality::Cumulative
-    }
+/// The endpoint's handle on the metrics; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PrometheusReader {
+    registry: Registry,
 }
 
 impl PrometheusReader {
+    /// The handle, and the reader to give the meter provider.
+    pub fn new() -> Result<(Self, PrometheusExporter), String> {
+        let registry = Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .scope_info_enabled(false)
+            .without_target_info()
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok((Self { registry }, exporter))
+    }
+
     /// Every metric now, in the text format.
     pub fn render(&self) -> Result<String, String> {
-        let mut rm = ResourceMetrics::default();
-        self.0.collect(&mut rm).map_err(|e| e.to_string())?;
-        Ok(render(&rm))
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .map_err(|e| e.to_string())?;
+        String::from_utf8(out).map_err(|e| e.to_string())
     }
-}
-
-#[derive(Default)]
-struct Family {
-    kind: &'static str,
-    help: String,
-    samples: String,
-}
-
-/// Writes `rm` in the Prometheus text format. Families are merged by name
-/// and sorted, so the output is stable.
-pub fn render(rm: &ResourceMetrics) -> String {
-    let mut families: BTreeMap<String, Family> = BTreeMap::new();
-    for scope in rm.scope_metrics() {
-        for metric in scope.metrics() {
-            let (name, kind) = match metric.data() {
-                AggregatedMetrics::F64(d) => shape(metric.name(), metric.unit(), d),
-                AggregatedMetrics::U64(d) => shape(metric.name(), metric.unit(), d),
-                AggregatedMetrics::I64(d) => shape(metric.name(), metric.unit(), d),
-            };
-            let family = families.entry(name.clone()).or_default();
-            family.kind = kind;
-            if family.help.is_empty() {
-                family.help = metric
-                    .description()
-                    .replace('\\', "\\\\")
-                    .replace('\n', "\\n");
-            }
-            let out = &mut family.samples;
-            match metric.data() {
-                AggregatedMetrics::F64(d) => samples(out, &name, d),
-                AggregatedMetrics::U64(d) => samples(out, &name, d),
-                AggregatedMetrics::I64(d) => samples(out, &name, d),
-            }
-        }
-    }
-    let mut text = String::new();
-    for (name, family) in families {
-        if !family.help.is_empty() {
-            let _ = writeln!(text, "# HELP {name} {}", family.help);
-        }
-        let _ = writeln!(text, "# TYPE {name} {}", family.kind);
-        text.push_str(&family.samples);
-    }
-    text
-}
-
-trait Number: Copy {
-    fn text(self) -> String;
-}
-
-impl Number for u64 {
-    fn text(self) -> String {
-        self.to_string()
-    }
-}
-
-impl Number for i64 {
-    fn text(self) -> String {
-        self.to_string()
-    }
-}
-
-impl Number for f64 {
-    fn text(self) -> String {
-        if self.is_nan() {
-            "NaN".into()
-        } else if self.is_infinite() {
-            if self > 0.0 { "+Inf" } else { "-Inf" }.into()
-        } else {
-            self.to_string()
-        }
-    }
-}
-
-/// The Prometheus name and type of a metric.
-fn shape<T>(name: &str, unit: &str, data: &MetricData<T>) -> (String, &'static str) {
-    let (kind, counter, gauge) = match data {
-        MetricData::Sum(s) if s.is_monotonic() => ("counter", true, false),
-        MetricData::Sum(_) | MetricData::Gauge(_) => ("gauge", false, true),
-        MetricData::Histogram(_) | MetricData::ExponentialHistogram(_) => {
-            ("histogram", false, false)
-        }
-    };
-    let mut out = sanitize(name);
-    let suffix = match unit {
-        "" => None,
-        u if u.starts_with('{') => None,
-        "s" => Some("seconds".to_owned()),
-        "ms" => Some("milliseconds".to_owned()),
-        "By" => Some("bytes".to_owned()),
-        "1" if gauge => Some("ratio".to_owned()),
-        "1" => None,
-        u => Some(sanitize(u)),
-    };
-    if let Some(suffix) = suffix
-        && !out.ends_with(&format!("_{suffix}"))
-    {
-        out.push('_');
-        out.push_str(&suffix);
-    }
-    if counter && !out.ends_with("_total") {
-        out.push_str("_total");
-    }
-    (out, kind)
-}
-
-fn samples<T: Number>(out: &mut String, name: &str, data: &MetricData<T>) {
-    match data {
-        MetricData::Sum(s) => points(
-            out,
-            name,
-            s.data_points().map(|p| (p.attributes(), p.value())),
-        ),
-        MetricData::Gauge(g) => points(
-            out,
-            name,
-            g.data_points().map(|p| (p.attributes(), p.value())),
-        ),
-        MetricData::Histogram(h) => {
-            for p in h.data_points() {
-                let mut cumulative = 0u64;
-                let counts: Vec<u64> = p.bucket_counts().collect();
-                for (i, bound) in p.bounds().enumerate() {
-                    cumulative += counts.get(i).copied().unwrap_or(0);
-                    let le = labels(p.attributes(), Some(&bound.text()));
-                    line(out, name, "_bucket", &le, cumulative.to_string());
-                }
-                let le = labels(p.attributes(), Some("+Inf"));
-                line(out, name, "_bucket", &le, p.count().to_string());
-                let plain = labels(p.attributes(), None);
-                line(out, name, "_sum", &plain, p.sum().text());
-                line(out, name, "_count", &plain, p.count().to_string());
-            }
-        }
-        // Not used by Tend (no instrument asks for one).
-        MetricData::ExponentialHistogram(_) => {}
-    }
-}
-
-fn points<'a, T: Number, A: Iterator<Item = &'a KeyValue>>(
-    out: &mut String,
-    name: &str,
-    points: impl Iterator<Item = (A, T)>,
-) {
-    for (attributes, value) in points {
-        line(out, name, "", &labels(attributes, None), value.text());
-    }
-}
-
-fn line(out: &mut String, name: &str, suffix: &str, labels: &str, value: String) {
-    let _ = writeln!(out, "{name}{suffix}{labels} {value}");
-}
-
-fn labels<'a>(attributes: impl Iterator<Item = &'a KeyValue>, le: Option<&str>) -> String {
-    let mut pairs: Vec<(String, String)> = attributes
-        .map(|kv| (sanitize(kv.key.as_str()), value_text(&kv.value)))
-        .collect();
-    pairs.sort();
-    if let Some(le) = le {
-        pairs.push(("le".into(), le.into()));
-    }
-    if pairs.is_empty() {
-        return String::new();
-    }
-    let mut s = String::from("{");
-    for (i, (k, v)) in pairs.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        let v = v
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n");
-        let _ = write!(s, "{k}=\"{v}\"");
-    }
-    s.push('}');
-    s
-}
-
-fn value_text(v: &Value) -> String {
-    v.as_str().into_owned()
-}
-
-/// A metric or label name: `[a-zA-Z_:][a-zA-Z0-9_:]*`, runs of anything
-/// else as one `_`.
-fn sanitize(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for c in name.chars() {
-        let c = if c.is_ascii_alphanumeric() || c == ':' {
-            c
-        } else {
-            '_'
-        };
-        if c == '_' && out.ends_with('_') {
-            continue;
-        }
-        out.push(c);
-    }
-    if out.starts_with(|c: char| c.is_ascii_digit()) {
-        out.insert(0, '_');
-    }
-    out
 }
 
 /// Scrapers connected at once; more wait to be accepted.
@@ -339,6 +123,7 @@ fn respond<B>(reader: &PrometheusReader, request: &http::Request<B>) -> http::Re
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry::KeyValue;
     use opentelemetry::metrics::MeterProvider;
     use opentelemetry_sdk::metrics::SdkMeterProvider;
 
@@ -346,10 +131,8 @@ mod tests {
 
     #[test]
     fn names_follow_the_opentelemetry_conversion() {
-        let reader = PrometheusReader::default();
-        let provider = SdkMeterProvider::builder()
-            .with_reader(reader.clone())
-            .build();
+        let (reader, exporter) = PrometheusReader::new().unwrap();
+        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
         let meter = provider.meter("test");
         let h = meter
             .f64_histogram("rpc.server.call.duration")
@@ -382,15 +165,5 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected:?} missing in:\n{text}");
         }
-    }
-
-    #[test]
-    fn names_are_sanitized() {
-        assert_eq!(
-            sanitize("db.client.connection.count"),
-            "db_client_connection_count"
-        );
-        assert_eq!(sanitize("a..b-c"), "a_b_c");
-        assert_eq!(sanitize("9x"), "_9x");
     }
 }

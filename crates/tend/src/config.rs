@@ -12,13 +12,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     version,
     about = "Tend: event-sourced gRPC backend for integration programs"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Serve the gRPC API.
     Serve(ServeOptions),
     /// Apply database migrations and exit.
@@ -45,7 +45,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ProjectionsCommand {
+pub(crate) enum ProjectionsCommand {
     /// Build a projection again from the whole log, beside the one queries
     /// read, and switch to it once it has caught up. Safe while servers
     /// run; a rebuild that stops is resumed by running it again.
@@ -71,7 +71,7 @@ pub enum ProjectionsCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct DemoOptions {
+pub(crate) struct DemoOptions {
     /// The tenant to fill; it must hold no participants yet. `dev` is the
     /// tenant of the embedded database's development token.
     #[arg(long, default_value = "dev")]
@@ -86,12 +86,32 @@ pub struct DemoOptions {
     pub seed: u64,
 
     #[command(flatten)]
+    pub clock: ClockOptions,
+
+    #[command(flatten)]
     pub database: DatabaseOptions,
+}
+
+/// Where "now" comes from: the system clock, unless a test says otherwise.
+#[derive(Debug, Args)]
+pub(crate) struct ClockOptions {
+    /// Test only: start the clock at this RFC 3339 instant (it then runs at
+    /// real pace), so that end-to-end tests place "now" where they need it
+    /// instead of waiting for the wall clock. Release builds refuse it;
+    /// empty is unset.
+    #[arg(long, env = "TEND_TEST_CLOCK", hide = true)]
+    pub test_clock: Option<String>,
+
+    /// Test only: with `--test-clock`, how many times faster than the
+    /// system clock it runs (1..=3600).
+    #[arg(long, env = "TEND_TEST_CLOCK_RATE", hide = true, default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub test_clock_rate: u32,
 }
 
 /// The early-warning rules (docs/arc.md gives the reasoning).
 #[derive(Debug, Args)]
-pub struct ArcOptions {
+pub(crate) struct ArcOptions {
     /// Critic returns: raised when practice minutes per day in weeks +2
     /// and +3 fall below this share of the participant's pre-session rate.
     #[arg(long, env = "TEND_ARC_CRITIC_RATIO", default_value_t = 0.5)]
@@ -118,7 +138,7 @@ pub struct ArcOptions {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum KeysCommand {
+pub(crate) enum KeysCommand {
     /// Print a new random master key entry for TEND_MASTER_KEYS.
     New {
         /// The key's id, stored beside every data key it wraps.
@@ -136,7 +156,7 @@ pub enum KeysCommand {
 }
 
 #[derive(Args)]
-pub struct KeyOptions {
+pub(crate) struct KeyOptions {
     /// Master keys that wrap each participant's note key: `<id>:<base64 of
     /// 32 bytes>`, comma separated, the current one first (`tend keys new`).
     /// Unset with the embedded database: one is made and kept in the data
@@ -163,7 +183,7 @@ impl std::fmt::Debug for KeyOptions {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum TokenCommand {
+pub(crate) enum TokenCommand {
     /// Issue a new token: prints the token (give it to the partner) and the
     /// hash entry for TEND_AUTH_TOKENS (keep it in the configuration).
     New {
@@ -173,7 +193,7 @@ pub enum TokenCommand {
 }
 
 #[derive(Args)]
-pub struct DatabaseOptions {
+pub(crate) struct DatabaseOptions {
     /// PostgreSQL URL. Unset: an embedded cluster under --data-dir.
     #[arg(long, env = "TEND_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
@@ -207,7 +227,7 @@ impl std::fmt::Debug for DatabaseOptions {
 }
 
 #[derive(Debug, Args)]
-pub struct ServeOptions {
+pub(crate) struct ServeOptions {
     /// Address for gRPC.
     #[arg(long, env = "TEND_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
@@ -262,11 +282,14 @@ pub struct ServeOptions {
     pub arc: ArcOptions,
 
     #[command(flatten)]
+    pub clock: ClockOptions,
+
+    #[command(flatten)]
     pub database: DatabaseOptions,
 }
 
 #[derive(Debug, Args)]
-pub struct LogOptions {
+pub(crate) struct LogOptions {
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "TEND_LOG", default_value = "info")]
     pub log: String,
@@ -277,14 +300,14 @@ pub struct LogOptions {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Auto,
     Json,
     Text,
 }
 
 impl DatabaseOptions {
-    pub fn data_dir(&self) -> PathBuf {
+    pub(crate) fn data_dir(&self) -> PathBuf {
         if let Some(dir) = &self.data_dir {
             return dir.clone();
         }

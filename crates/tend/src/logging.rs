@@ -11,7 +11,7 @@ use crate::config::{LogFormat, LogOptions};
 /// Structured logs on standard error: JSON for machines, text for people.
 /// With a tracer, Tend's own spans (never log events) also go to
 /// OpenTelemetry, whatever the log level: the two are filtered apart.
-pub fn init(
+pub(crate) fn init(
     options: &LogOptions,
     tracer: Option<SdkTracer>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

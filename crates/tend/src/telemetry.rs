@@ -28,7 +28,7 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>
 
 /// What the environment asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub traces: bool,
     pub metrics_otlp: bool,
     /// Where to serve `/metrics`, if anywhere.
@@ -37,7 +37,7 @@ pub struct Settings {
 
 impl Settings {
     /// Reads the settings from `var` (the environment, or a test's map).
-    pub fn from(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
+    pub(crate) fn from(var: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let set = |name: &str| var(name).is_some_and(|v| !v.trim().is_empty());
         if var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
             return Ok(Self::default());
@@ -115,7 +115,7 @@ impl Settings {
 /// The installed providers; [`Telemetry::shutdown`] flushes what is
 /// buffered.
 #[derive(Debug, Default)]
-pub struct Telemetry {
+pub(crate) struct Telemetry {
     tracer_provider: Option<SdkTracerProvider>,
     meter_provider: Option<SdkMeterProvider>,
     /// The scrape endpoint's reader, when one was asked for.
@@ -126,7 +126,7 @@ impl Telemetry {
     /// Installs the providers the settings ask for. Must run inside the
     /// Tokio runtime (the gRPC exporters live on it) and before anything
     /// records.
-    pub fn install(settings: &Settings) -> Result<(Self, Option<SdkTracer>)> {
+    pub(crate) fn install(settings: &Settings) -> Result<(Self, Option<SdkTracer>)> {
         let mut telemetry = Self::default();
         if !settings.traces && !settings.metrics_otlp && settings.prometheus.is_none() {
             return Ok((telemetry, None));
@@ -158,8 +158,9 @@ impl Telemetry {
                 builder = builder.with_periodic_exporter(exporter);
             }
             if let Some(addr) = &settings.prometheus {
-                let reader = PrometheusReader::default();
-                builder = builder.with_reader(reader.clone());
+                let (reader, exporter) = PrometheusReader::new()
+                    .map_err(|e| format!("cannot set up the Prometheus endpoint: {e}"))?;
+                builder = builder.with_reader(exporter);
                 telemetry.prometheus = Some((addr.clone(), reader));
             }
             let provider = builder.build();
@@ -169,13 +170,13 @@ impl Telemetry {
         Ok((telemetry, tracer))
     }
 
-    pub fn metrics_enabled(&self) -> bool {
+    pub(crate) fn metrics_enabled(&self) -> bool {
         self.meter_provider.is_some()
     }
 
     /// Exports what is buffered and stops the exporters, waiting at most
     /// a few seconds each for an unreachable collector.
-    pub fn shutdown(self) {
+    pub(crate) fn shutdown(self) {
         if let Some(provider) = self.tracer_provider
             && let Err(e) = provider.shutdown_with_timeout(EXPORT_AT_EXIT)
         {
@@ -208,7 +209,7 @@ fn resource() -> Resource {
 
 /// Resolves the scrape endpoint's address (a host name such as `localhost`
 /// included).
-pub async fn prometheus_addr(spec: &str) -> Result<SocketAddr> {
+pub(crate) async fn prometheus_addr(spec: &str) -> Result<SocketAddr> {
     tokio::net::lookup_host(spec)
         .await
         .map_err(|e| format!("OTEL_EXPORTER_PROMETHEUS_HOST/PORT {spec:?}: {e}"))?

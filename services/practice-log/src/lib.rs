@@ -10,6 +10,7 @@
 //! except in a reply to the tenant that wrote it.
 
 mod api;
+mod convert;
 mod error;
 pub mod keys;
 

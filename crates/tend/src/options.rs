@@ -1,0 +1,315 @@
+//! The options of `tend serve` (and `tend demo`'s clock) checked once, in
+//! one place, before any connection is made: what passes is typed for the
+//! wiring in `serve.rs`, which checks nothing again.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tend_auth::{TokenHash, Tokens};
+use tend_domain::arc::Rules;
+use tend_event_store::TenantId;
+use tend_practice_log::PracticeOptions;
+use tend_practice_log::keys::MasterKeys;
+use tend_projections::RunnerOptions;
+use tend_protocol_scheduler::WorkerOptions;
+use tend_service_kit::{Clock, OffsetClock, SystemClock};
+
+use crate::Result;
+use crate::config::{ArcOptions, ClockOptions, DatabaseOptions, ServeOptions};
+use crate::keys;
+
+/// The tenant of the development token issued with the embedded database.
+pub(crate) const DEV_TENANT: &str = "dev";
+
+/// `tend serve`'s options, checked.
+pub(crate) struct Serve {
+    pub listen: SocketAddr,
+    pub migrate: bool,
+    pub tokens: Tokens,
+    /// The development token issued with the embedded database, to print.
+    pub dev_token: Option<String>,
+    /// The configured master keys; without them the embedded database
+    /// brings a development one (`keys::or_development`).
+    pub master_keys: Option<MasterKeys>,
+    pub arc_rules: Rules,
+    /// How this server runs the arc projection; `None`: it does not.
+    pub arc_projection: Option<RunnerOptions>,
+    pub worker: WorkerOptions,
+    pub practice: PracticeOptions,
+    pub shutdown_grace: Duration,
+    pub shutdown_drain: Duration,
+    /// The test clock, if one is asked for.
+    pub test_clock: Option<TestClock>,
+    pub database: DatabaseOptions,
+}
+
+impl ServeOptions {
+    pub(crate) fn validate(self) -> Result<Serve> {
+        let test_clock = self.clock.start()?;
+        // A lease shorter than two ticks would change hands between rounds.
+        if self.scheduler_lease_seconds * 1000 <= 2 * self.scheduler_tick_ms {
+            return Err(
+                "TEND_SCHEDULER_LEASE_SECONDS must be more than twice TEND_SCHEDULER_TICK_MS"
+                    .into(),
+            );
+        }
+        let lease_ttl = Duration::from_secs(self.scheduler_lease_seconds);
+        let (tokens, dev_token) = tokens(
+            self.auth_tokens.as_deref(),
+            self.database.database_url.is_none(),
+        )?;
+        Ok(Serve {
+            listen: self.listen,
+            migrate: self.migrate,
+            tokens,
+            dev_token,
+            master_keys: keys::configured(&self.keys)?,
+            arc_rules: arc_rules(&self.arc)?,
+            arc_projection: self.arc.arc_projection.then(|| RunnerOptions {
+                lease_ttl,
+                ..Default::default()
+            }),
+            worker: WorkerOptions {
+                tick_interval: Duration::from_millis(self.scheduler_tick_ms),
+                lease_ttl,
+                miss_grace: jiff::SignedDuration::from_mins(i64::from(
+                    self.scheduler_miss_grace_minutes,
+                )),
+                ..WorkerOptions::default()
+            },
+            practice: PracticeOptions {
+                limits: tend_domain::practice::Limits {
+                    backdating: jiff::SignedDuration::from_hours(
+                        24 * i64::from(self.practice_backdate_days),
+                    ),
+                },
+            },
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_seconds),
+            shutdown_drain: Duration::from_secs(self.shutdown_drain_seconds),
+            test_clock,
+            database: self.database,
+        })
+    }
+}
+
+/// A test clock: where it starts and how fast it runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TestClock {
+    start: Timestamp,
+    rate: u32,
+}
+
+impl ClockOptions {
+    /// The test clock, if one is asked for (and allowed).
+    pub(crate) fn start(&self) -> Result<Option<TestClock>> {
+        Ok(
+            test_clock(self.test_clock.as_deref(), cfg!(debug_assertions))?.map(|start| {
+                TestClock {
+                    start,
+                    rate: self.test_clock_rate,
+                }
+            }),
+        )
+    }
+}
+
+/// The clock every service, worker and projection reads: the system's, or
+/// a test clock, said in the log.
+pub(crate) fn clock(test_clock: Option<TestClock>) -> Arc<dyn Clock> {
+    match test_clock {
+        None => Arc::new(SystemClock),
+        Some(TestClock { start, rate }) => {
+            tracing::warn!(%start, rate, "the clock is a test clock starting at {start}, running {rate}x (TEND_TEST_CLOCK, for tests only)");
+            Arc::new(OffsetClock::starting_at(start).at_rate(rate))
+        }
+    }
+}
+
+/// A test clock moves "now" for every participant of every tenant, so a
+/// release build refuses it rather than trusting the environment.
+fn test_clock(value: Option<&str>, debug_build: bool) -> Result<Option<Timestamp>> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if !debug_build {
+        return Err("TEND_TEST_CLOCK is for tests only: release builds refuse it".into());
+    }
+    let start = value.parse::<Timestamp>().map_err(|e| {
+        format!(
+            "TEND_TEST_CLOCK {value:?} is not an RFC 3339 instant (like 2026-03-01T08:00:00Z): {e}"
+        )
+    })?;
+    Ok(Some(start))
+}
+
+/// The partner tokens; with the embedded database and none configured, a
+/// development token, fresh each start and never written down.
+fn tokens(spec: Option<&str>, embedded: bool) -> Result<(Tokens, Option<String>)> {
+    match spec {
+        Some(spec) => {
+            let tokens = Tokens::parse(spec)?;
+            if tokens.is_empty() {
+                return Err("TEND_AUTH_TOKENS holds no token entry".into());
+            }
+            Ok((tokens, None))
+        }
+        None if embedded => {
+            let token = tend_auth::generate_token()?;
+            let mut tokens = Tokens::default();
+            tokens.insert(TokenHash::of(&token), TenantId::new(DEV_TENANT)?)?;
+            Ok((tokens, Some(token)))
+        }
+        None => Err(
+            "TEND_AUTH_TOKENS is not set: with an external database Tend needs partner \
+                     tokens (issue one with `tend token new --tenant <tenant>`)"
+                .into(),
+        ),
+    }
+}
+
+fn arc_rules(options: &ArcOptions) -> Result<Rules> {
+    let ratio = |name: &str, v: f64| {
+        if v > 0.0 && v <= 1.0 {
+            Ok(v)
+        } else {
+            Err(format!("{name} must be above 0 and at most 1"))
+        }
+    };
+    let critic_ratio = ratio("TEND_ARC_CRITIC_RATIO", options.arc_critic_ratio)?;
+    let critic_clear_ratio = ratio(
+        "TEND_ARC_CRITIC_CLEAR_RATIO",
+        options.arc_critic_clear_ratio,
+    )?;
+    if critic_clear_ratio < critic_ratio {
+        return Err("TEND_ARC_CRITIC_CLEAR_RATIO must be at least TEND_ARC_CRITIC_RATIO".into());
+    }
+    if !(options.arc_rise_sd > 0.0 && options.arc_rise_sd.is_finite()) {
+        return Err("TEND_ARC_RISE_SD must be a positive number".into());
+    }
+    Ok(Rules {
+        critic_ratio,
+        critic_clear_ratio,
+        missed_in_a_row: options.arc_missed_in_a_row,
+        rise_sd: options.arc_rise_sd,
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::config::{Cli, Command};
+
+    /// `tend serve` with an external database, a token and `args`.
+    fn serve(args: &[&str]) -> Result<Serve> {
+        let token = format!("acme=sha256:{}", "ab".repeat(32));
+        let argv = ["tend", "serve", "--database-url", "postgres://db/tend"]
+            .into_iter()
+            .chain(["--auth-tokens", &token])
+            .chain(args.iter().copied());
+        let Command::Serve(options) = Cli::try_parse_from(argv)?.command else {
+            unreachable!("parsed `tend serve`");
+        };
+        options.validate()
+    }
+
+    fn refused(args: &[&str]) -> String {
+        match serve(args) {
+            Ok(_) => panic!("{args:?} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_defaults_pass() {
+        let serve = serve(&[]).unwrap();
+        assert_eq!(serve.arc_rules, Rules::default());
+        assert_eq!(serve.worker.lease_ttl, Duration::from_secs(10));
+        assert!(serve.dev_token.is_none());
+        assert!(serve.test_clock.is_none());
+    }
+
+    #[test]
+    fn a_lease_of_two_ticks_or_less_is_refused() {
+        assert_eq!(
+            refused(&[
+                "--scheduler-lease-seconds",
+                "2",
+                "--scheduler-tick-ms",
+                "1000"
+            ]),
+            "TEND_SCHEDULER_LEASE_SECONDS must be more than twice TEND_SCHEDULER_TICK_MS"
+        );
+    }
+
+    #[test]
+    fn arc_ratios_out_of_order_or_range_are_refused() {
+        assert_eq!(
+            refused(&[
+                "--arc-critic-ratio",
+                "0.8",
+                "--arc-critic-clear-ratio",
+                "0.6"
+            ]),
+            "TEND_ARC_CRITIC_CLEAR_RATIO must be at least TEND_ARC_CRITIC_RATIO"
+        );
+        assert_eq!(
+            refused(&["--arc-critic-ratio", "1.5"]),
+            "TEND_ARC_CRITIC_RATIO must be above 0 and at most 1"
+        );
+    }
+
+    #[test]
+    fn an_external_database_needs_tokens() {
+        let e = tokens(None, false).err().unwrap().to_string();
+        assert!(e.starts_with("TEND_AUTH_TOKENS is not set"), "{e}");
+        assert!(tokens(Some(""), false).is_err());
+    }
+
+    #[test]
+    fn the_embedded_database_issues_a_development_token() {
+        let (tokens, token) = tokens(None, true).unwrap();
+        assert!(!tokens.is_empty());
+        assert!(token.is_some());
+    }
+
+    #[test]
+    fn the_test_clock_starts_where_it_is_told() {
+        let clock = serve(&[
+            "--test-clock",
+            "2026-03-01T08:00:00Z",
+            "--test-clock-rate",
+            "60",
+        ])
+        .unwrap()
+        .test_clock
+        .unwrap();
+        assert_eq!(
+            (clock.start, clock.rate),
+            ("2026-03-01T08:00:00Z".parse().unwrap(), 60)
+        );
+        assert!(serve(&["--test-clock-rate", "0"]).is_err());
+        assert_eq!(test_clock(Some(" "), true).unwrap(), None);
+    }
+
+    #[test]
+    fn release_builds_refuse_a_test_clock() {
+        assert_eq!(
+            test_clock(Some("2026-03-01T08:00:00Z"), false)
+                .unwrap_err()
+                .to_string(),
+            "TEND_TEST_CLOCK is for tests only: release builds refuse it"
+        );
+        assert_eq!(test_clock(None, false).unwrap(), None);
+    }
+
+    #[test]
+    fn a_test_clock_that_is_not_an_instant_is_refused_by_name() {
+        let e = test_clock(Some("tomorrow"), true).unwrap_err().to_string();
+        assert!(e.starts_with("TEND_TEST_CLOCK \"tomorrow\""), "{e}");
+    }
+}
