@@ -58,21 +58,34 @@ fn host() -> String {
         .to_owned()
 }
 
-fn graph() -> Graph {
+/// What a cargo command prints, run offline at the workspace root.
+fn cargo(args: &[&str]) -> Vec<u8> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // This platform's graph only: the others' packages need not be here.
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline"])
-        .args(["--filter-platform", &host()])
+        .args(args)
+        .arg("--offline")
         .current_dir(root())
         .output()
-        .expect("cargo metadata runs");
+        .expect("cargo runs");
     assert!(
         out.status.success(),
-        "cargo metadata failed: {}",
+        "cargo {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let meta: Value = serde_json::from_slice(&out.stdout).expect("metadata is JSON");
+    out.stdout
+}
+
+fn graph() -> Graph {
+    // This platform's graph only: the others' packages need not be here.
+    let host = host();
+    let out = cargo(&[
+        "metadata",
+        "--format-version",
+        "1",
+        "--filter-platform",
+        &host,
+    ]);
+    let meta: Value = serde_json::from_slice(&out).expect("metadata is JSON");
     let root_dir = meta["workspace_root"].as_str().unwrap().to_owned();
     let mut names = BTreeMap::new();
     let mut members = BTreeMap::new();
@@ -226,20 +239,9 @@ fn the_code_map_names_every_crate_and_nothing_else() {
 
 /// Each package's features in one `cargo tree` of the workspace.
 fn features(args: &[&str]) -> BTreeMap<String, BTreeSet<String>> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["tree", "--offline", "--prefix", "none", "-f", "{p}|{f}"])
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("cargo tree runs");
-    assert!(
-        out.status.success(),
-        "cargo tree failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = cargo(&[&["tree", "--prefix", "none", "-f", "{p}|{f}"], args].concat());
     let mut by_package: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in String::from_utf8_lossy(&out).lines() {
         let Some((package, features)) = line.split_once('|') else {
             continue;
         };

@@ -11,6 +11,7 @@ use tend_api::events::v1::event_stream_service_client::EventStreamServiceClient;
 use tend_api::scheduler::v1 as spb;
 use tend_api::scheduler::v1::protocol_scheduler_service_client::ProtocolSchedulerServiceClient;
 use tend_testkit::fresh_database;
+use tend_testkit::grpc::pb_ts;
 use tend_tests::TendProcess;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -22,13 +23,6 @@ const TOKEN: &str = "tend_test_token_for_assessments";
 
 fn authed<T>(message: T) -> Request<T> {
     tend_tests::bearer(TOKEN, message)
-}
-
-fn pb_ts(t: Timestamp) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.as_second(),
-        nanos: 0,
-    }
 }
 
 fn submission(instrument: &str, values: &[i32], at: Timestamp) -> pb::SubmitResponsesRequest {
