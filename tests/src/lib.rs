@@ -155,3 +155,35 @@ pub fn bearer<T>(token: &str, message: T) -> tonic::Request<T> {
     );
     request
 }
+
+/// Creates `protocol` as the tenant of `token` and publishes it as its
+/// version 1, as a partner does before enrolling anyone on it.
+pub async fn publish_protocol(
+    channel: tonic::transport::Channel,
+    token: &str,
+    protocol: tend_api::scheduler::v1::Protocol,
+) {
+    use tend_api::scheduler::v1 as pb;
+    let mut client =
+        pb::protocol_scheduler_service_client::ProtocolSchedulerServiceClient::new(channel);
+    let protocol_id = protocol.protocol_id.clone();
+    client
+        .create_protocol(bearer(
+            token,
+            pb::CreateProtocolRequest {
+                protocol: Some(protocol),
+            },
+        ))
+        .await
+        .expect("protocol created");
+    client
+        .publish_protocol(bearer(
+            token,
+            pb::PublishProtocolRequest {
+                protocol_id,
+                version: 1,
+            },
+        ))
+        .await
+        .expect("protocol published");
+}

@@ -191,41 +191,34 @@ async fn an_entry_for_a_scheduled_occurrence_completes_it_and_bad_input_is_named
 
     // A protocol with a soothing-touch slot every four hours, each open for
     // 3 h 59 min.
-    scheduler
-        .create_protocol(authed(spb::CreateProtocolRequest {
-            protocol: Some(spb::Protocol {
-                protocol_id: "every-four-hours".into(),
-                title: "Every four hours".into(),
-                weeks_before: 1,
-                weeks_after: 1,
-                activities: vec![spb::Activity {
-                    key: "touch".into(),
-                    kind: Some(spb::activity::Kind::Practice(spb::PracticeActivity {
-                        practice: "soothing-touch".into(),
-                    })),
-                    span: Some(spb::activity::Span::Days(spb::DayRange {
-                        first: -7,
-                        last: 7,
-                    })),
-                    cadence: spb::Cadence::Daily as i32,
-                    times: ["00:00", "04:00", "08:00", "12:00", "16:00", "20:00"]
-                        .map(String::from)
-                        .to_vec(),
-                    target_minutes: 2,
-                    window_minutes: 239,
-                }],
-                ..Default::default()
-            }),
-        }))
-        .await
-        .unwrap();
-    scheduler
-        .publish_protocol(authed(spb::PublishProtocolRequest {
+    tend_tests::publish_protocol(
+        channel.clone(),
+        TOKEN,
+        spb::Protocol {
             protocol_id: "every-four-hours".into(),
-            version: 1,
-        }))
-        .await
-        .unwrap();
+            title: "Every four hours".into(),
+            weeks_before: 1,
+            weeks_after: 1,
+            activities: vec![spb::Activity {
+                key: "touch".into(),
+                kind: Some(spb::activity::Kind::Practice(spb::PracticeActivity {
+                    practice: "soothing-touch".into(),
+                })),
+                span: Some(spb::activity::Span::Days(spb::DayRange {
+                    first: -7,
+                    last: 7,
+                })),
+                cadence: spb::Cadence::Daily as i32,
+                times: ["00:00", "04:00", "08:00", "12:00", "16:00", "20:00"]
+                    .map(String::from)
+                    .to_vec(),
+                target_minutes: 2,
+                window_minutes: 239,
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
     let session = now() + SignedDuration::from_hours(2 * 24);
     let enrollment = scheduler
         .enroll(authed(spb::EnrollRequest {

@@ -502,26 +502,19 @@ async fn due_and_missed_reach_the_stream_once_each_when_the_scheduling_server_di
         target_minutes: 5,
         window_minutes: 1,
     };
-    client
-        .create_protocol(authed(pb::CreateProtocolRequest {
-            protocol: Some(pb::Protocol {
-                protocol_id: "check-in".into(),
-                title: "Check-in".into(),
-                weeks_before: 0,
-                weeks_after: 1,
-                activities: vec![activity],
-                ..Default::default()
-            }),
-        }))
-        .await
-        .unwrap();
-    client
-        .publish_protocol(authed(pb::PublishProtocolRequest {
+    tend_tests::publish_protocol(
+        channel(&second).await,
+        TOKEN,
+        pb::Protocol {
             protocol_id: "check-in".into(),
-            version: 1,
-        }))
-        .await
-        .unwrap();
+            title: "Check-in".into(),
+            weeks_before: 0,
+            weeks_after: 1,
+            activities: vec![activity],
+            ..Default::default()
+        },
+    )
+    .await;
     let enrollment = client
         .enroll(authed(pb::EnrollRequest {
             request_id: Uuid::new_v4().to_string(),
