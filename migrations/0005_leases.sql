@@ -17,3 +17,11 @@ ON CONFLICT (name) DO NOTHING;
 
 DROP TABLE scheduler_lease;
 DROP TABLE projection_leases;
+
+-- During a rolling upgrade, replicas still running the previous release
+-- read and write the old names: as views over `leases` (simple views are
+-- updatable, `ON CONFLICT` and `FOR SHARE` included) they take, renew and
+-- fence the very same rows, so old and new replicas never both hold a lease.
+-- A later release drops them.
+CREATE VIEW scheduler_lease AS SELECT name, holder, expires_at FROM leases;
+CREATE VIEW projection_leases AS SELECT name, holder, expires_at FROM leases;

@@ -179,12 +179,16 @@ async fn an_entry_for_a_scheduled_occurrence_completes_it_and_bad_input_is_named
     // The server's clock starts two hours into a four-hour window, so a
     // window is open whenever the test runs.
     const START: &str = "2026-12-01T02:00:00Z";
-    let started = std::time::Instant::now();
-    let server = start_with(&db, &[("TEND_TEST_CLOCK", START)]);
-    // The server's "now", give or take how long it took to start.
-    let now = || {
-        START.parse::<Timestamp>().unwrap() + SignedDuration::try_from(started.elapsed()).unwrap()
-    };
+    let since = Timestamp::now();
+    let server = start_with(
+        &db,
+        &[
+            ("TEND_TEST_CLOCK", START),
+            ("TEND_TEST_CLOCK_SINCE", &since.to_string()),
+        ],
+    );
+    // The server's "now".
+    let now = || START.parse::<Timestamp>().unwrap() + Timestamp::now().duration_since(since);
     let channel = channel(&server).await;
     let mut scheduler = ProtocolSchedulerServiceClient::new(channel.clone());
     let mut practice = PracticeLogServiceClient::new(channel.clone());

@@ -462,15 +462,17 @@ async fn bad_requests_name_the_field_and_write_nothing() {
 #[tokio::test]
 async fn due_and_missed_reach_the_stream_once_each_when_the_scheduling_server_dies() {
     let db = fresh_database().await;
-    // Both servers' clocks start a minute before the occurrence and run six
-    // times faster than the wall clock: it is due some 10 s into the test
-    // and missed some 10 s later, wherever the wall clock is.
+    // Both servers' clocks read a minute before the occurrence now and run
+    // six times faster than the wall clock: it is due some 10 s into the
+    // test and missed some 10 s later, wherever the wall clock is.
+    let since = Timestamp::now().to_string();
     let fast = [
         ("TEND_SCHEDULER_TICK_MS", "100"),
         ("TEND_SCHEDULER_LEASE_SECONDS", "2"),
         ("TEND_SCHEDULER_MISS_GRACE_MINUTES", "0"),
         ("TEND_TEST_CLOCK", "2026-12-01T12:00:00Z"),
         ("TEND_TEST_CLOCK_RATE", "6"),
+        ("TEND_TEST_CLOCK_SINCE", &since),
     ];
     let first = start(&db, &fast);
     // The first server takes the lease before the second one starts.

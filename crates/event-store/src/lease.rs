@@ -15,8 +15,9 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-/// One holder's claim on one named lease. Cheap to clone.
-#[derive(Debug, Clone)]
+/// One holder's claim on one named lease. Not `Clone`: two tasks with one
+/// claim would both count as its holder.
+#[derive(Debug)]
 pub struct Lease {
     name: String,
     holder: Uuid,
@@ -24,7 +25,9 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// A claim on `name` by a new holder, lasting `ttl` unrenewed.
+    /// A claim on `name` by a new holder, lasting `ttl` unrenewed. Names are
+    /// one namespace: `scheduler`, each projection's name, and
+    /// `<projection>#rebuild`.
     pub fn new(name: impl Into<String>, ttl: Duration) -> Self {
         Self {
             name: name.into(),

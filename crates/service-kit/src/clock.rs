@@ -48,30 +48,37 @@ impl Clock for ManualClock {
     }
 }
 
-/// A clock that starts at a given instant and runs from there at the
-/// system clock's pace, or `rate` times faster: lets an end-to-end test
-/// place "now" anywhere (just before a window opens, far from a day
-/// boundary) and see an hour pass in minutes, without waiting.
+/// A clock that reads a given instant at a given moment of the system
+/// clock and runs from there at the system clock's pace, or `rate` times
+/// faster: lets an end-to-end test place "now" anywhere (just before a
+/// window opens, far from a day boundary) and see an hour pass in minutes,
+/// without waiting. Servers given the same start and moment agree.
 #[derive(Debug, Clone, Copy)]
 pub struct OffsetClock {
     start: Timestamp,
-    since: std::time::Instant,
-    rate: u32,
+    since: Timestamp,
+    rate: i32,
 }
 
 impl OffsetClock {
+    /// Reads `start` now.
     pub fn starting_at(start: Timestamp) -> Self {
         Self {
             start,
-            since: std::time::Instant::now(),
+            since: Timestamp::now(),
             rate: 1,
         }
     }
 
-    /// The same clock running `rate` times faster than the system's.
+    /// The same clock, reading its start at `since` by the system clock.
+    pub fn since(self, since: Timestamp) -> Self {
+        Self { since, ..self }
+    }
+
+    /// The same clock, running `rate` times faster than the system's.
     pub fn at_rate(self, rate: u32) -> Self {
         Self {
-            rate: rate.max(1),
+            rate: i32::try_from(rate.max(1)).unwrap_or(i32::MAX),
             ..self
         }
     }
@@ -79,8 +86,10 @@ impl OffsetClock {
 
 impl Clock for OffsetClock {
     fn now(&self) -> Timestamp {
-        let elapsed = self.since.elapsed().saturating_mul(self.rate);
-        let elapsed = SignedDuration::try_from(elapsed).unwrap_or(SignedDuration::MAX);
+        let elapsed = Timestamp::now().duration_since(self.since);
+        let elapsed = elapsed
+            .checked_mul(self.rate)
+            .unwrap_or(SignedDuration::MAX);
         self.start.saturating_add(elapsed).unwrap_or(self.start)
     }
 }
@@ -95,6 +104,13 @@ mod tests {
         let clock = OffsetClock::starting_at(start).at_rate(100);
         let first = clock.now();
         assert!(first >= start && first < start + SignedDuration::from_secs(60));
+        // Anchored a minute ago by the system clock: 100 minutes on.
+        let anchored = OffsetClock::starting_at(start)
+            .since(Timestamp::now() - SignedDuration::from_secs(60))
+            .at_rate(100);
+        let read = anchored.now();
+        assert!(read >= start + SignedDuration::from_mins(100));
+        assert!(read < start + SignedDuration::from_mins(101));
         std::thread::sleep(std::time::Duration::from_millis(20));
         // 20 ms at a hundred times is at least 2 s.
         assert!(clock.now() - first >= SignedDuration::from_secs(2));

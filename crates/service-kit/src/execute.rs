@@ -22,7 +22,7 @@ impl Retry {
     /// append (wrong expected version), up to `attempts` decisions in all.
     pub const fn on_version_conflict(attempts: usize) -> Self {
         Self {
-            attempts,
+            attempts: at_least_one(attempts),
             idempotency_conflicts: false,
         }
     }
@@ -33,7 +33,7 @@ impl Retry {
     /// recognised, or a refusal on facts).
     pub const fn on_any_conflict(attempts: usize) -> Self {
         Self {
-            attempts,
+            attempts: at_least_one(attempts),
             idempotency_conflicts: true,
         }
     }
@@ -45,6 +45,11 @@ impl Retry {
             _ => false,
         }
     }
+}
+
+/// A command is always decided at least once.
+const fn at_least_one(attempts: usize) -> usize {
+    if attempts == 0 { 1 } else { attempts }
 }
 
 /// What a command did.

@@ -52,7 +52,7 @@ pub fn arc(participant_key: Uuid) -> StreamId {
 }
 
 /// The key a participant's stream was named with, from any of their
-/// streams.
+/// streams (`participant-`, `practice-`, `assessment-`, `arc-`).
 pub fn key_of(stream: &StreamId) -> Option<Uuid> {
     let (_, key) = stream.as_str().split_once('-')?;
     Uuid::try_parse(key).ok()
@@ -64,7 +64,8 @@ pub fn protocol(protocol_id: &str) -> Result<StreamId, Error> {
     Ok(StreamId::new(format!("{PROTOCOL}-{protocol_id}"))?)
 }
 
-/// A partner instrument's stream; refuses an id that cannot name one.
+/// A partner instrument's stream; refuses an id that cannot name a stream
+/// (the id's own form is the assessment service's to check).
 pub fn instrument(instrument_id: &str) -> Result<StreamId, Error> {
     Ok(StreamId::new(format!("{INSTRUMENT}-{instrument_id}"))?)
 }

@@ -5,7 +5,10 @@
 //! `rpc_server_call_duration_seconds`, counters end in `_total`).
 //!
 //! Scope labels and `target_info` are left out, so the series are exactly
-//! those the dashboard and alert rules query.
+//! those the dashboard and alert rules query. The exporter appends the unit
+//! suffix and `_total` without looking at the name, so no instrument name
+//! may end in one already (`tend.x.duration` in `s`, not
+//! `tend.x.duration_seconds`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -37,9 +40,16 @@ impl PrometheusReader {
 
     /// Every metric now, in the text format.
     pub fn render(&self) -> Result<String, String> {
+        let families = self.registry.gather();
+        // The server always has observed gauges (the pool, the head), so
+        // nothing at all means the collection failed (the exporter logs
+        // why): the scrape should fail too, not look healthy and empty.
+        if families.is_empty() {
+            return Err("the metrics collection returned nothing".into());
+        }
         let mut out = Vec::new();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
+            .encode(&families, &mut out)
             .map_err(|e| e.to_string())?;
         String::from_utf8(out).map_err(|e| e.to_string())
     }

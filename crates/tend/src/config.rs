@@ -107,6 +107,12 @@ pub(crate) struct ClockOptions {
     #[arg(long, env = "TEND_TEST_CLOCK_RATE", hide = true, default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub test_clock_rate: u32,
+
+    /// Test only: with `--test-clock`, the moment (RFC 3339, by the system
+    /// clock) at which the test clock reads its start, so that several
+    /// servers agree; default: when the server starts.
+    #[arg(long, env = "TEND_TEST_CLOCK_SINCE", hide = true)]
+    pub test_clock_since: Option<String>,
 }
 
 /// The early-warning rules (docs/arc.md gives the reasoning).

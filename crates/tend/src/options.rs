@@ -99,19 +99,26 @@ impl ServeOptions {
 pub(crate) struct TestClock {
     start: Timestamp,
     rate: u32,
+    since: Option<Timestamp>,
 }
 
 impl ClockOptions {
     /// The test clock, if one is asked for (and allowed).
     pub(crate) fn start(&self) -> Result<Option<TestClock>> {
-        Ok(
-            test_clock(self.test_clock.as_deref(), cfg!(debug_assertions))?.map(|start| {
-                TestClock {
-                    start,
-                    rate: self.test_clock_rate,
-                }
-            }),
-        )
+        let Some(start) = test_clock(self.test_clock.as_deref(), cfg!(debug_assertions))? else {
+            return Ok(None);
+        };
+        let since = match self.test_clock_since.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(value) => Some(value.parse::<Timestamp>().map_err(|e| {
+                format!("TEND_TEST_CLOCK_SINCE {value:?} is not an RFC 3339 instant: {e}")
+            })?),
+        };
+        Ok(Some(TestClock {
+            start,
+            rate: self.test_clock_rate,
+            since,
+        }))
     }
 }
 
@@ -120,9 +127,10 @@ impl ClockOptions {
 pub(crate) fn clock(test_clock: Option<TestClock>) -> Arc<dyn Clock> {
     match test_clock {
         None => Arc::new(SystemClock),
-        Some(TestClock { start, rate }) => {
+        Some(TestClock { start, rate, since }) => {
             tracing::warn!(%start, rate, "the clock is a test clock starting at {start}, running {rate}x (TEND_TEST_CLOCK, for tests only)");
-            Arc::new(OffsetClock::starting_at(start).at_rate(rate))
+            let clock = OffsetClock::starting_at(start).at_rate(rate);
+            Arc::new(since.map_or(clock, |since| clock.since(since)))
         }
     }
 }
