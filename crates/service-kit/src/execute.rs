@@ -61,10 +61,15 @@ pub struct Executed<S, E> {
     pub read_version: Option<u64>,
     /// What it caused; empty when it changed nothing (a retry, say).
     pub events: Vec<E>,
-    /// `before` with `events` folded in.
-    pub after: S,
     /// The stream's version after it (`None`: the stream is still empty).
     pub version: Option<u64>,
+}
+
+impl<S, E> Executed<S, E> {
+    /// The state after the command: `before` with `events` folded in.
+    pub fn into_after<D: Decider<State = S, Event = E>>(self) -> S {
+        D::fold(self.before, &self.events)
+    }
 }
 
 /// Stored events decoded as `E`.
@@ -171,7 +176,6 @@ where
         let decided = D::decide(&before, command(&before, prepared)?).map_err(Error::from)?;
         if decided.is_empty() {
             return Ok(Executed {
-                after: before.clone(),
                 before,
                 read_version: version,
                 events: decided,
@@ -185,7 +189,6 @@ where
         {
             Ok(appended) => {
                 return Ok(Executed {
-                    after: D::fold(before.clone(), &decided),
                     before,
                     read_version: version,
                     events: decided,

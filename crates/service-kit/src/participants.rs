@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tend_domain::enrollment::{self, Participant, WithProtocols};
 use tend_domain::protocol::{self, History, Protocol, ProtocolSet, built_in};
-use tend_domain::{Error as DomainError, practice};
+use tend_domain::{Decider, Error as DomainError, practice};
 use tend_event_store::{EventStore, Metadata, StreamId, TenantId};
 use uuid::Uuid;
 
@@ -128,7 +128,7 @@ impl Participants {
             |_| Ok(command()),
         )
         .await?;
-        Ok(done.after)
+        Ok(done.into_after::<protocol::Aggregate>())
     }
 
     /// The ids of the tenant's own protocols.
@@ -241,6 +241,7 @@ impl Participants {
             },
         )
         .await?;
+        let after = enrollment::Aggregate::fold(done.before.clone(), &done.events);
         let before = Loaded {
             stream: stream.clone(),
             state: done.before,
@@ -249,7 +250,7 @@ impl Participants {
         };
         let after = Loaded {
             stream: stream.clone(),
-            state: done.after,
+            state: after,
             version: done.version,
             protocols,
         };

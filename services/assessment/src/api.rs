@@ -174,7 +174,8 @@ impl AssessmentApi {
             |_| Ok(command.clone()),
         )
         .await?;
-        Ok((done.after, done.events.len()))
+        let n = done.events.len();
+        Ok((done.into_after::<assessment::Aggregate>(), n))
     }
 
     /// The first instant of the participant's latest arc, if they have one.

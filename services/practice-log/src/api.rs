@@ -228,7 +228,7 @@ impl PracticeLogApi {
             |log| Ok(command(log)),
         )
         .await?;
-        Ok(done.after)
+        Ok(done.into_after::<practice::Aggregate>())
     }
 
     /// The stored entry, if `details` are what was logged under this id.
