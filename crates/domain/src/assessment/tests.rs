@@ -409,17 +409,17 @@ fn a_submission_is_stored_with_its_scores_and_a_retry_is_nothing_new() {
         &[2, 4, 3, 5, 4, 3, 4, 2, 1, 3, 4, 2],
         "2026-06-01T09:00:00Z",
     );
-    let events = decide(&Record::default(), first.clone()).unwrap();
+    let events = spec::given::<Aggregate>(&[]).when(first.clone()).events();
     assert!(matches!(
         events.as_slice(),
         [Event::Submitted(_), Event::Scored(s)] if s.scores.total.exact == r(41, 12)
     ));
-    let record = events.iter().fold(Record::default(), evolve);
-    assert_eq!(decide(&record, first), Ok(vec![]));
+    let submitted = spec::given::<Aggregate>(&events);
+    submitted.when(first).then_nothing();
     let other = submit(A1, sf, &[3; 12], "2026-06-01T09:00:00Z");
     assert!(matches!(
-        decide(&record, other),
-        Err(Error::AlreadyExists { field, .. }) if field == "request_id"
+        submitted.when(other).err(),
+        Error::AlreadyExists { field, .. } if field == "request_id"
     ));
     for e in &events {
         assert_eq!(
@@ -460,11 +460,14 @@ fn a_phq9_item_9_answer_above_0_appends_a_safety_signal() {
 
 #[test]
 fn refuses_a_submission_dated_in_the_future() {
-    let e = decide(
-        &Record::default(),
-        submit(A1, instrument("gad-7"), &[0; 7], "2026-08-01T00:06:00Z"),
-    )
-    .unwrap_err();
+    let e = spec::given::<Aggregate>(&[])
+        .when(submit(
+            A1,
+            instrument("gad-7"),
+            &[0; 7],
+            "2026-08-01T00:06:00Z",
+        ))
+        .err();
     assert!(matches!(e, Error::Invalid { field, .. } if field == "administered_at"));
 }
 
