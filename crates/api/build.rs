@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tend/practice/v1/practice.proto",
         "tend/assessment/v1/assessment.proto",
         "tend/arc/v1/arc.proto",
+        "tend/privacy/v1/privacy.proto",
     ];
     let fds = protox::compile(files, [&root])?;
 

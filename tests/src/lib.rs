@@ -9,6 +9,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// The master keys every test server is given (unless a test gives its
+/// own), so that replicas on one database open each other's directory.
+/// A test key, in the test code only.
+pub const TEST_MASTER_KEYS: &str = "test:F6VgXXlmho4GZ5p+4aiDIBjdPQTGMW6Vi23kdgv6wPo=";
+
 /// A running `tend serve`.
 #[derive(Debug)]
 pub struct TendProcess {
@@ -46,6 +51,8 @@ impl TendProcess {
         cmd.args(["serve", "--listen", "127.0.0.1:0"])
             .env_remove("TEND_DATABASE_URL")
             .env_remove("TEND_AUTH_TOKENS")
+            .env_remove("TEND_RECIPIENT_KEYS")
+            .env("TEND_MASTER_KEYS", TEST_MASTER_KEYS)
             .env("TEND_LOG_FORMAT", "json")
             .env("TEND_LOG", "warn")
             .env("TEND_SHUTDOWN_GRACE_SECONDS", "10")

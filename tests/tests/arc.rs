@@ -34,6 +34,7 @@ fn tend(url: &str, args: &[&str]) -> std::process::Output {
     Command::new(tend_binary())
         .args(args)
         .env("TEND_DATABASE_URL", url)
+        .env("TEND_MASTER_KEYS", tend_tests::TEST_MASTER_KEYS)
         .env("TEND_LOG", "warn")
         .env("TEND_LOG_FORMAT", "json")
         .output()
@@ -122,6 +123,7 @@ async fn demo_arcs_cohort_and_a_rebuild_under_a_running_server() {
         let c = client
             .get_cohort(authed(pb::GetCohortRequest {
                 protocol_id: protocol.into(),
+                ..Default::default()
             }))
             .await
             .unwrap()

@@ -537,6 +537,7 @@ async fn due_and_missed_reach_the_stream_once_each_when_the_scheduling_server_di
             after_position: 0,
             categories: vec![],
             event_types: vec!["OccurrenceDue".into(), "OccurrenceMissed".into()],
+            pseudonymous: None,
         }))
         .await
         .unwrap()

@@ -37,6 +37,13 @@ pub mod assessment {
 }
 
 #[allow(clippy::all)] // generated code
+pub mod privacy {
+    pub mod v1 {
+        tonic::include_proto!("tend.privacy.v1");
+    }
+}
+
+#[allow(clippy::all)] // generated code
 pub mod arc {
     pub mod v1 {
         tonic::include_proto!("tend.arc.v1");

@@ -13,13 +13,14 @@
 use futures::StreamExt;
 use jiff::civil::{DateTime, Time};
 use jiff::{SignedDuration, Timestamp, ToSpan};
-use tend_domain::enrollment::{self, Command, Participant, participant_key};
+use tend_domain::enrollment::{self, Command, Participant};
 use tend_domain::protocol::ActivityKind;
 use tend_domain::protocol::ProtocolSet;
 use tend_domain::schedule::Status;
 use tend_domain::time::{Zone, zoned};
 use tend_domain::{DomainEvent, assessment, practice, protocol};
 use tend_event_store::{EventStore, ExpectedVersion, NewEvent, StreamId, TenantId};
+use tend_privacy::Directory;
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,8 @@ pub enum Error {
     Domain(#[from] tend_domain::Error),
     #[error(transparent)]
     Store(#[from] tend_event_store::Error),
+    #[error(transparent)]
+    Directory(#[from] tend_privacy::Error),
 }
 
 #[derive(Debug, Clone)]
@@ -129,10 +132,9 @@ fn new_event<E: DomainEvent>(id: Option<Uuid>, e: &E) -> Result<NewEvent, Error>
 }
 
 impl Sim {
-    fn new(index: usize, options: &Options) -> Result<(Self, Batch), Error> {
+    /// Participant `index`, whose opaque id is `key`.
+    fn new(index: usize, key: Uuid, options: &Options) -> Result<(Self, Batch), Error> {
         let mut rng = Rng(options.seed ^ (index as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
-        let participant_ref = format!("demo-{index:05}");
-        let key = participant_key(options.tenant.as_str(), &participant_ref);
         let protocol = if rng.unit() < 0.8 {
             protocol::built_in("integration-arc-8w")
         } else {
@@ -157,7 +159,6 @@ impl Sim {
             &Participant::default(),
             Command::Enroll {
                 enrollment_id,
-                participant_ref,
                 protocol: protocol.clone(),
                 requested_version: 0,
                 session_at,
@@ -428,13 +429,33 @@ impl Sim {
     }
 }
 
+/// The reference of demo participant `index`.
+pub fn participant_ref(index: usize) -> String {
+    format!("demo-{index:05}")
+}
+
 /// Generates the cohort into `store`, day by day, and says how much it
-/// wrote.
-pub async fn generate(store: &EventStore, options: &Options) -> Result<Report, Error> {
+/// wrote. Each participant is registered in `directory` under
+/// `participant_ref(index)`.
+pub async fn generate(
+    store: &EventStore,
+    directory: &Directory,
+    options: &Options,
+) -> Result<Report, Error> {
+    let keys: Vec<Result<Uuid, tend_privacy::Error>> =
+        futures::stream::iter(0..options.participants)
+            .map(|i| async move {
+                directory
+                    .find_or_register(options.tenant.as_str(), &participant_ref(i))
+                    .await
+            })
+            .buffered(options.concurrency.max(1))
+            .collect()
+            .await;
     let mut sims = Vec::with_capacity(options.participants);
     let mut first = Vec::with_capacity(options.participants);
-    for i in 0..options.participants {
-        let (sim, batch) = Sim::new(i, options)?;
+    for (i, key) in keys.into_iter().enumerate() {
+        let (sim, batch) = Sim::new(i, key?, options)?;
         sims.push(sim);
         first.push(vec![batch]);
     }
@@ -513,7 +534,7 @@ mod tests {
         };
         let mut totals: BTreeMap<String, usize> = BTreeMap::new();
         for i in 0..20 {
-            let (mut sim, first) = Sim::new(i, &options).unwrap();
+            let (mut sim, first) = Sim::new(i, Uuid::new_v4(), &options).unwrap();
             assert_eq!(first.events.len(), 1);
             let mut day = sim.enrolled_at;
             while day < options.now {

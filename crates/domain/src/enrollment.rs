@@ -14,25 +14,15 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::Error;
+use crate::consent::{
+    Consent, ConsentRecorded, ConsentWithdrawn, DocumentVersionDefined, ErasureReason, Purpose,
+};
 use crate::protocol::{Protocol, ProtocolSet, Protocols};
 use crate::schedule::{Occurrence, Status, occurrences};
 use crate::time::{LocalTime, Zone, resolve_date_time};
 
 /// How far ahead a session may be booked.
 pub const MAX_LEAD: SignedDuration = SignedDuration::from_hours(2 * 366 * 24);
-
-/// The stream id part for a participant: derived from the tenant and the
-/// partner's reference, so that no lookup table is needed, the reference
-/// itself never appears in a stream id, and one reference in two tenants
-/// gives two unrelated ids.
-pub fn participant_key(tenant: &str, participant_ref: &str) -> Uuid {
-    const NAMESPACE: Uuid = Uuid::from_u128(0x7e4d_0c1e_5b1a_4f3e_9a55_2a8d_6f0b_3c11);
-    let mut name = Vec::with_capacity(tenant.len() + 1 + participant_ref.len());
-    name.extend_from_slice(tenant.as_bytes());
-    name.push(0);
-    name.extend_from_slice(participant_ref.as_bytes());
-    Uuid::new_v5(&NAMESPACE, &name)
-}
 
 /// The enrollment id for an `Enroll` request id: a retry maps to the same
 /// enrollment.
@@ -56,10 +46,12 @@ pub fn validate_participant_ref(participant_ref: &str) -> Result<(), Error> {
 
 // ---- State ----
 
-/// Everything known about one participant's enrollments.
+/// Everything known about one participant's enrollments and consent.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Participant {
     pub enrollments: Vec<Enrollment>,
+    pub consent: Consent,
+    pub erased: Option<ParticipantErased>,
 }
 
 impl Participant {
@@ -75,7 +67,6 @@ impl Participant {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Enrollment {
     pub id: Uuid,
-    pub participant_ref: String,
     pub protocol_id: String,
     pub enrolled_at: Timestamp,
     /// The timing history; never empty. The last is the current one.
@@ -175,12 +166,16 @@ pub enum Event {
     CompletionWithdrawn(OccurrenceCompletionWithdrawn),
     Due(OccurrenceDue),
     Missed(OccurrenceMissed),
+    ConsentRecorded(ConsentRecorded),
+    ConsentWithdrawn(ConsentWithdrawn),
+    Erased(ParticipantErased),
 }
 
+/// Schema version 2; version 1 also held the partner's reference, which a
+/// read ignores (and an upgrade removes from the stored body).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParticipantEnrolled {
     pub enrollment_id: Uuid,
-    pub participant_ref: String,
     pub protocol_id: String,
     pub protocol_version: u32,
     /// Local date-time of the session, in `time_zone`.
@@ -233,6 +228,28 @@ pub struct EnrollmentResumed {
 pub struct EnrollmentWithdrawn {
     pub enrollment_id: Uuid,
     pub withdrawn_at: Timestamp,
+    /// Why, when it was not `WithdrawEnrollment`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<WithdrawalCause>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WithdrawalCause {
+    /// A purpose the protocol requires was withdrawn.
+    ConsentWithdrawn,
+    /// The participant was erased.
+    ParticipantErased,
+}
+
+/// The participant was erased: their data key and reference are destroyed
+/// outside the log; this records when, by which tenant and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantErased {
+    pub erasure_id: Uuid,
+    pub erased_at: Timestamp,
+    pub by_tenant: String,
+    pub reason: ErasureReason,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -285,6 +302,8 @@ pub struct OccurrenceMissed {
 }
 
 impl Event {
+    /// The enrollment the event is about; nil for consent and erasure,
+    /// which are about the participant.
     pub fn enrollment_id(&self) -> Uuid {
         match self {
             Self::Enrolled(e) => e.enrollment_id,
@@ -298,6 +317,7 @@ impl Event {
             Self::CompletionWithdrawn(e) => e.enrollment_id,
             Self::Due(e) => e.enrollment_id,
             Self::Missed(e) => e.enrollment_id,
+            Self::ConsentRecorded(_) | Self::ConsentWithdrawn(_) | Self::Erased(_) => Uuid::nil(),
         }
     }
 
@@ -328,6 +348,9 @@ impl Event {
                 &e.occurrence_id,
                 format!("missed/{}", e.window_closed_at.as_microsecond()).as_bytes(),
             )),
+            Self::ConsentRecorded(e) => Some(e.consent_id),
+            Self::ConsentWithdrawn(e) => Some(e.withdrawal_id),
+            Self::Erased(e) => Some(e.erasure_id),
             _ => None,
         }
     }
@@ -335,7 +358,7 @@ impl Event {
 
 event_codec! {
     for Event {
-        Enrolled => "ParticipantEnrolled",
+        Enrolled => "ParticipantEnrolled" v 2 (1..=2),
         SessionRescheduled => "SessionRescheduled",
         TimeZoneChanged => "TimeZoneChanged",
         Migrated => "EnrollmentMigrated",
@@ -346,17 +369,35 @@ event_codec! {
         CompletionWithdrawn => "OccurrenceCompletionWithdrawn",
         Due => "OccurrenceDue",
         Missed => "OccurrenceMissed",
+        ConsentRecorded => "ConsentRecorded",
+        ConsentWithdrawn => "ConsentWithdrawn",
+        Erased => "ParticipantErased",
     }
 }
 
 // ---- evolve ----
 
 pub fn evolve(mut state: Participant, event: &Event) -> Participant {
+    match event {
+        Event::ConsentRecorded(e) => {
+            state.consent.apply_recorded(e);
+            return state;
+        }
+        Event::ConsentWithdrawn(e) => {
+            state.consent.apply_withdrawn(e);
+            return state;
+        }
+        Event::Erased(e) => {
+            state.consent.granted.clear();
+            state.erased.get_or_insert_with(|| e.clone());
+            return state;
+        }
+        _ => {}
+    }
     if let Event::Enrolled(e) = event {
         if state.enrollment(e.enrollment_id).is_none() {
             state.enrollments.push(Enrollment {
                 id: e.enrollment_id,
-                participant_ref: e.participant_ref.clone(),
                 protocol_id: e.protocol_id.clone(),
                 enrolled_at: e.enrolled_at,
                 revisions: vec![Revision {
@@ -386,7 +427,10 @@ pub fn evolve(mut state: Participant, event: &Event) -> Participant {
         enrollment.revisions.push(next);
     };
     match event {
-        Event::Enrolled(_) => {}
+        Event::Enrolled(_)
+        | Event::ConsentRecorded(_)
+        | Event::ConsentWithdrawn(_)
+        | Event::Erased(_) => {}
         Event::SessionRescheduled(e) => {
             revise(enrollment, e.effective_from, &|r| r.session = e.session_at)
         }
@@ -445,7 +489,6 @@ pub fn evolve(mut state: Participant, event: &Event) -> Participant {
 pub enum Command {
     Enroll {
         enrollment_id: Uuid,
-        participant_ref: String,
         /// The published protocol version to enroll on.
         protocol: Protocol,
         /// The version the caller asked for; 0 for the latest published,
@@ -492,6 +535,27 @@ pub enum Command {
         completed_at: Option<Timestamp>,
         now: Timestamp,
     },
+    /// Records a consent given, against the document version it names
+    /// (`None`: the tenant has no such version).
+    RecordConsent {
+        consent: ConsentRecorded,
+        document: Option<DocumentVersionDefined>,
+        now: Timestamp,
+    },
+    /// Withdraws purposes (empty: everything granted); enrollments whose
+    /// protocol requires one of them are withdrawn with it.
+    WithdrawConsent {
+        withdrawal_id: Uuid,
+        purposes: BTreeSet<Purpose>,
+        now: Timestamp,
+    },
+    /// Records the participant's erasure, withdrawing every enrollment.
+    Erase {
+        erasure_id: Uuid,
+        by_tenant: String,
+        reason: ErasureReason,
+        now: Timestamp,
+    },
     /// Records what time alone has made happen by `now`, for every
     /// enrollment of the participant.
     Tick {
@@ -509,21 +573,27 @@ pub fn decide(
     command: Command,
     protocols: &impl Protocols,
 ) -> Result<Vec<Event>, Error> {
+    if state.erased.is_some() {
+        return match command {
+            Command::Erase { .. } | Command::Tick { .. } => Ok(vec![]),
+            _ => Err(Error::refused(
+                "participant_ref",
+                "the participant was erased",
+            )),
+        };
+    }
     match command {
         Command::Enroll {
             enrollment_id,
-            participant_ref,
             protocol,
             requested_version,
             session_at,
             time_zone,
             now,
         } => {
-            validate_participant_ref(&participant_ref)?;
             let arc = protocol.arc_days();
             if let Some(existing) = state.enrollment(enrollment_id) {
-                let same = existing.participant_ref == participant_ref
-                    && existing.protocol_id == protocol.id
+                let same = existing.protocol_id == protocol.id
                     && (requested_version == 0
                         || existing.revisions[0].protocol_version == requested_version)
                     && existing.revisions[0].session == session_at
@@ -537,11 +607,19 @@ pub fn decide(
                     ))
                 };
             }
+            if let Some(missing) = state.consent.missing(&protocol.required_purposes) {
+                return Err(Error::refused(
+                    "consent",
+                    format!(
+                        "protocol `{}` requires consent to `{missing}`, which the participant has not granted: record it first (RecordConsent)",
+                        protocol.id
+                    ),
+                ));
+            }
             check_session(&session_at, &time_zone, arc, now)?;
             check_overlap(state, None, &protocol.id, session_at.date(), arc)?;
             Ok(vec![Event::Enrolled(ParticipantEnrolled {
                 enrollment_id,
-                participant_ref,
                 protocol_id: protocol.id.clone(),
                 protocol_version: protocol.version,
                 session_at,
@@ -658,6 +736,7 @@ pub fn decide(
             Ok(vec![Event::Withdrawn(EnrollmentWithdrawn {
                 enrollment_id,
                 withdrawn_at: now,
+                cause: None,
             })])
         }
         Command::Complete {
@@ -704,6 +783,86 @@ pub fn decide(
                 entry_id: None,
                 entry_revision: None,
             })])
+        }
+        Command::RecordConsent {
+            consent,
+            document,
+            now,
+        } => {
+            let consent = ConsentRecorded {
+                recorded_at: now,
+                ..consent
+            };
+            if state
+                .consent
+                .check_record(&consent, document.as_ref(), now)?
+            {
+                Ok(vec![Event::ConsentRecorded(consent)])
+            } else {
+                Ok(vec![])
+            }
+        }
+        Command::WithdrawConsent {
+            withdrawal_id,
+            purposes,
+            now,
+        } => {
+            let Some(purposes) = state.consent.check_withdraw(withdrawal_id, &purposes)? else {
+                return Ok(vec![]);
+            };
+            let mut events = vec![];
+            for e in state
+                .enrollments
+                .iter()
+                .filter(|e| e.withdrawn_at.is_none())
+            {
+                let version = e.current().protocol_version;
+                let needs = protocols
+                    .get(&e.protocol_id, version)
+                    .is_some_and(|p| p.required_purposes.iter().any(|r| purposes.contains(r)));
+                if needs {
+                    events.push(Event::Withdrawn(EnrollmentWithdrawn {
+                        enrollment_id: e.id,
+                        withdrawn_at: now,
+                        cause: Some(WithdrawalCause::ConsentWithdrawn),
+                    }));
+                }
+            }
+            events.insert(
+                0,
+                Event::ConsentWithdrawn(ConsentWithdrawn {
+                    withdrawal_id,
+                    purposes,
+                    withdrawn_at: now,
+                }),
+            );
+            Ok(events)
+        }
+        Command::Erase {
+            erasure_id,
+            by_tenant,
+            reason,
+            now,
+        } => {
+            let mut events: Vec<Event> = state
+                .enrollments
+                .iter()
+                .filter(|e| e.withdrawn_at.is_none())
+                .map(|e| {
+                    Event::Withdrawn(EnrollmentWithdrawn {
+                        enrollment_id: e.id,
+                        withdrawn_at: now,
+                        cause: Some(WithdrawalCause::ParticipantErased),
+                    })
+                })
+                .collect();
+            events.push(Event::Erased(ParticipantErased {
+                erasure_id,
+                erased_at: now,
+                by_tenant,
+                reason,
+            }));
+            Ok(events)
         }
         Command::Tick { now, miss_grace } => {
             let mut events = Vec::new();

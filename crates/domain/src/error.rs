@@ -44,6 +44,16 @@ impl Error {
         }
     }
 
+    /// The field an invalid, refused or duplicate command names.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            Self::Invalid { field, .. }
+            | Self::Refused { field, .. }
+            | Self::AlreadyExists { field, .. } => Some(field),
+            Self::NotFound { .. } => None,
+        }
+    }
+
     /// The same error with its field placed under `prefix`, e.g.
     /// `times[0]` under `activities[2]`.
     pub fn within(self, prefix: &str) -> Self {

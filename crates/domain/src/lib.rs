@@ -12,11 +12,18 @@
 
 /// `DomainEvent` for an enum of event bodies: each variant's stored type
 /// name, schema version 1.
+/// A variant may say `=> "Name" v2 (1..=2)`: it is written at schema
+/// version 2 and read from versions 1 and 2 (one body type reads them all;
+/// a field a later version dropped is ignored when an earlier body has it).
 macro_rules! event_codec {
-    (for $event:ident { $($variant:ident => $name:literal),* $(,)? }) => {
+    (for $event:ident { $($variant:ident => $name:literal $(v $version:literal ($($read:tt)*))?),* $(,)? }) => {
         impl $crate::DomainEvent for $event {
             fn event_type(&self) -> &'static str {
                 match self { $(Self::$variant(_) => $name,)* }
+            }
+
+            fn schema_version(&self) -> u32 {
+                match self { $(Self::$variant(_) => event_codec!(@version $($version)?),)* }
             }
 
             fn to_payload(&self) -> serde_json::Value {
@@ -29,12 +36,16 @@ macro_rules! event_codec {
                 payload: &serde_json::Value,
             ) -> Result<Self, $crate::DecodeError> {
                 match (event_type, schema_version) {
-                    $(($name, 1) => Ok(Self::$variant($crate::decode(event_type, payload)?)),)*
+                    $(($name, event_codec!(@reads $($($read)*)?)) => Ok(Self::$variant($crate::decode(event_type, payload)?)),)*
                     _ => Err($crate::DecodeError::unknown(event_type, schema_version)),
                 }
             }
         }
     };
+    (@version) => { 1 };
+    (@version $v:literal) => { $v };
+    (@reads) => { 1 };
+    (@reads $($r:tt)+) => { $($r)+ };
 }
 
 /// The `Decider` of a module whose `decide(&state, command)` and
@@ -63,6 +74,7 @@ macro_rules! decider {
 
 pub mod arc;
 pub mod assessment;
+pub mod consent;
 mod decider;
 pub mod enrollment;
 mod error;

@@ -7,11 +7,12 @@
 //! protocol; the built-in ones are data in this module and exist in every
 //! tenant.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::consent::Purpose;
 use crate::time::LocalTime;
 use crate::{DomainEvent, Error};
 
@@ -38,6 +39,10 @@ pub struct Protocol {
     /// Weeks of the arc after the session (days `1 ..= 7 * weeks_after`).
     pub weeks_after: u32,
     pub activities: Vec<Activity>,
+    /// The consent purposes enrolling needs; withdrawing one of them stops
+    /// the schedule. Absent from versions stored before consent existed.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub required_purposes: BTreeSet<Purpose>,
 }
 
 /// One thing a protocol asks for.

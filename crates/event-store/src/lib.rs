@@ -74,6 +74,11 @@ pub fn migrator() -> Migrator {
             "one lease table",
             include_str!("../../../migrations/0005_leases.sql"),
         ),
+        (
+            6,
+            "participants' identities out of the log",
+            include_str!("../../../migrations/0006_privacy.sql"),
+        ),
     ];
     Migrator::with_migrations(
         migrations

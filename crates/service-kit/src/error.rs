@@ -19,6 +19,9 @@ pub enum Error {
     /// A stored event this build cannot read.
     #[error(transparent)]
     Decode(#[from] domain::DecodeError),
+    /// The directory of participants failed or refused.
+    #[error(transparent)]
+    Privacy(#[from] tend_privacy::Error),
     /// Another writer changed the stream before every attempt's append.
     #[error("the stream changed concurrently on every attempt")]
     Contended,
@@ -53,6 +56,7 @@ impl Error {
             Self::Domain(e) => status::domain(e),
             Self::Store(e) => status::store(e, conflicts),
             Self::Decode(e) => status::decode(&e),
+            Self::Privacy(e) => status::privacy(e, conflicts),
             Self::Contended => Status::aborted(conflicts.version),
         }
     }
@@ -72,6 +76,12 @@ macro_rules! service_error {
 
         impl From<$crate::__store::Error> for $error {
             fn from(e: $crate::__store::Error) -> Self {
+                Self::Kit(e.into())
+            }
+        }
+
+        impl From<$crate::__privacy::Error> for $error {
+            fn from(e: $crate::__privacy::Error) -> Self {
                 Self::Kit(e.into())
             }
         }

@@ -7,6 +7,8 @@
 //!   stream names;
 //! - `execute`: load a stream, fold it with a `Decider`, decide, append at
 //!   the version read, and decide again under an explicit `Retry` policy;
+//! - `Identities`: the partner's reference of a call resolved to the
+//!   participant's opaque id (and back), and erasure of the person;
 //! - `Participants` and `Schedules`: participants' enrollments, protocols
 //!   and occurrences, the one read API shared between services;
 //! - `Error` and `status`: the failures services share and the one mapping
@@ -18,6 +20,7 @@
 mod clock;
 mod error;
 pub mod execute;
+mod identities;
 pub mod instants;
 mod participants;
 mod schedules;
@@ -27,6 +30,7 @@ pub mod streams;
 pub use clock::{Clock, ManualClock, OffsetClock, SystemClock};
 pub use error::{Conflicts, Error};
 pub use execute::{Executed, Retry};
+pub use identities::{Erasure, Identities};
 pub use participants::{Loaded, Participants};
 pub use schedules::{OccurrenceDetail, OccurrenceFacts, Schedules};
 
@@ -35,3 +39,5 @@ pub use schedules::{OccurrenceDetail, OccurrenceFacts, Schedules};
 pub use tend_domain as __domain;
 #[doc(hidden)]
 pub use tend_event_store as __store;
+#[doc(hidden)]
+pub use tend_privacy as __privacy;

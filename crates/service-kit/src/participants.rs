@@ -215,6 +215,22 @@ impl Participants {
         tenant: &TenantId,
         stream: &StreamId,
         extra_protocols: &[Protocol],
+        command: impl FnMut() -> enrollment::Command,
+        metadata: &Metadata,
+    ) -> Result<(Loaded, Loaded), Error> {
+        self.execute_participant_with(RETRY, tenant, stream, extra_protocols, command, metadata)
+            .await
+    }
+
+    /// `execute_participant` under another retry policy: consent and
+    /// erasure derive their event ids from the caller's request id, so a
+    /// concurrent copy of the same request may store that id first.
+    pub async fn execute_participant_with(
+        &self,
+        retry: Retry,
+        tenant: &TenantId,
+        stream: &StreamId,
+        extra_protocols: &[Protocol],
         mut command: impl FnMut() -> enrollment::Command,
         metadata: &Metadata,
     ) -> Result<(Loaded, Loaded), Error> {
@@ -228,7 +244,7 @@ impl Participants {
             &self.store,
             tenant,
             stream,
-            RETRY,
+            retry,
             metadata,
             &prepare,
             |e| e.deterministic_id().unwrap_or_else(Uuid::now_v7),

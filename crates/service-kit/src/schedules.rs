@@ -30,7 +30,6 @@ pub struct OccurrenceFacts {
 /// indexed columns: written by the scheduler's worker, read here.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OccurrenceDetail {
-    pub participant_ref: String,
     pub activity_key: String,
     pub kind: ActivityKind,
     pub day: i32,
@@ -60,9 +59,9 @@ impl Schedules {
     pub async fn participant(
         &self,
         tenant: &TenantId,
-        participant_ref: &str,
+        participant: Uuid,
     ) -> Result<(Participant, ProtocolSet), Error> {
-        let stream = streams::participant(tenant, participant_ref);
+        let stream = streams::participant(participant);
         let loaded = self.repo.load_participant(tenant, &stream).await?;
         Ok((loaded.state, loaded.protocols))
     }
@@ -106,12 +105,12 @@ impl Schedules {
     pub async fn complete_occurrence(
         &self,
         tenant: &TenantId,
-        participant_ref: &str,
+        participant: Uuid,
         occurrence_id: Uuid,
         completed_at: Timestamp,
         now: Timestamp,
     ) -> Result<(), Error> {
-        let stream = streams::participant(tenant, participant_ref);
+        let stream = streams::participant(participant);
         let loaded = self.repo.load_participant(tenant, &stream).await?;
         let mut enrollment_id = None;
         for e in &loaded.state.enrollments {
@@ -147,11 +146,11 @@ impl Schedules {
     pub async fn occurrence_of(
         &self,
         tenant: &TenantId,
-        participant_ref: &str,
+        participant: Uuid,
         occurrence_id: Uuid,
         now: Timestamp,
     ) -> Result<Option<OccurrenceFacts>, Error> {
-        let stream = streams::participant(tenant, participant_ref);
+        let stream = streams::participant(participant);
         type Row = (
             String,
             chrono::DateTime<chrono::Utc>,

@@ -62,3 +62,16 @@ pub fn decode(e: &domain::DecodeError) -> Status {
     tracing::error!(event_type = %e.event_type, schema_version = e.schema_version, "unreadable stored event");
     Status::internal("internal error")
 }
+
+pub fn privacy(e: tend_privacy::Error, conflicts: &Conflicts) -> Status {
+    match e {
+        tend_privacy::Error::Erased => {
+            precondition("participant_ref", "the participant was erased")
+        }
+        tend_privacy::Error::Database(e) => store(e.into(), conflicts),
+        // Configuration or storage damage: never the sealed value itself.
+        e @ (tend_privacy::Error::UnknownMasterKey(_) | tend_privacy::Error::Corrupt) => {
+            internal("cannot open a participant's data key", &e)
+        }
+    }
+}

@@ -1,11 +1,11 @@
 //! Stream names: every category in one place, and how an entity's id
-//! becomes its stream. A participant's streams share one key
-//! (`enrollment::participant_key`): `participant-<key>`, `practice-<key>`,
-//! `assessment-<key>`, `arc-<key>`.
+//! becomes its stream. A participant's streams share their opaque id (from
+//! the directory, `tend_privacy`; never derived from the partner's
+//! reference): `participant-<id>`, `practice-<id>`, `assessment-<id>`,
+//! `arc-<id>`.
 
-use tend_domain::enrollment::participant_key;
-use tend_domain::protocol;
-use tend_event_store::{StreamId, TenantId};
+use tend_domain::{consent, protocol};
+use tend_event_store::StreamId;
 use uuid::Uuid;
 
 use crate::Error;
@@ -23,36 +23,38 @@ pub const ARC: &str = "arc";
 pub const PROTOCOL: &str = "protocol";
 /// A partner instrument's versions: `instrument-<id>`.
 pub const INSTRUMENT: &str = "instrument";
+/// A consent document's versions: `consent-<document id>`.
+pub const CONSENT: &str = "consent";
+
+/// The categories whose streams belong to one participant.
+pub const PARTICIPANT_CATEGORIES: [&str; 4] = [PARTICIPANT, PRACTICE, ASSESSMENT, ARC];
 
 fn entity(category: &str, key: Uuid) -> StreamId {
     StreamId::for_entity(category, key).expect("a fixed category and a uuid make a valid stream id")
 }
 
-/// The participant stream of a partner's reference.
-pub fn participant(tenant: &TenantId, participant_ref: &str) -> StreamId {
-    entity(
-        PARTICIPANT,
-        participant_key(tenant.as_str(), participant_ref),
-    )
+/// A participant's stream of enrollments and consent, by their id.
+pub fn participant(participant_id: Uuid) -> StreamId {
+    entity(PARTICIPANT, participant_id)
 }
 
 /// A participant's practice stream, by their key.
-pub fn practice(participant_key: Uuid) -> StreamId {
-    entity(PRACTICE, participant_key)
+pub fn practice(participant_id: Uuid) -> StreamId {
+    entity(PRACTICE, participant_id)
 }
 
 /// A participant's assessment stream, by their key.
-pub fn assessment(participant_key: Uuid) -> StreamId {
-    entity(ASSESSMENT, participant_key)
+pub fn assessment(participant_id: Uuid) -> StreamId {
+    entity(ASSESSMENT, participant_id)
 }
 
 /// A participant's arc stream, by their key.
-pub fn arc(participant_key: Uuid) -> StreamId {
-    entity(ARC, participant_key)
+pub fn arc(participant_id: Uuid) -> StreamId {
+    entity(ARC, participant_id)
 }
 
-/// The key a participant's stream was named with, from any of their
-/// streams (`participant-`, `practice-`, `assessment-`, `arc-`).
+/// The participant id a stream was named with, from any of their streams
+/// (`participant-`, `practice-`, `assessment-`, `arc-`).
 pub fn key_of(stream: &StreamId) -> Option<Uuid> {
     let (_, key) = stream.as_str().split_once('-')?;
     Uuid::try_parse(key).ok()
@@ -68,6 +70,12 @@ pub fn protocol(protocol_id: &str) -> Result<StreamId, Error> {
 /// (the id's own form is the assessment service's to check).
 pub fn instrument(instrument_id: &str) -> Result<StreamId, Error> {
     Ok(StreamId::new(format!("{INSTRUMENT}-{instrument_id}"))?)
+}
+
+/// A consent document's stream; refuses an id that is not one.
+pub fn consent_document(document_id: &str) -> Result<StreamId, Error> {
+    consent::validate_document_id(document_id)?;
+    Ok(StreamId::new(format!("{CONSENT}-{document_id}"))?)
 }
 
 /// The id in a `protocol-<id>` or `instrument-<id>` stream name.

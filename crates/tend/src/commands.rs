@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tend_arc::ArcProjection;
 use tend_auth::TokenHash;
 use tend_event_store::{EventStore, TenantId};
-use tend_practice_log::keys::{KeyRing, MasterKeys};
+use tend_privacy::{Directory, MasterKeys, Recipients};
 use tend_service_kit::SystemClock;
 
 use crate::Result;
@@ -43,20 +43,30 @@ pub(crate) fn new_master_key(id: &str) -> Result<()> {
     Ok(())
 }
 
+pub(crate) fn new_recipient_key(tenant: &str, recipient: &str, id: &str) -> Result<()> {
+    let entry = Recipients::generate_entry(tenant, recipient, id)?;
+    // Validate the entry the same way the server will.
+    entry.parse::<Recipients>()?;
+    println!("{entry}");
+    Ok(())
+}
+
 pub(crate) async fn rotate_keys(keys: KeyOptions, options: DatabaseOptions) -> Result<()> {
     let database = Database::open(&options).await?;
     let rotated = async {
         let configured = crate::keys::configured(&keys)?;
         let master = crate::keys::or_development(configured, &options, &database)?
             .ok_or("no master keys configured: set TEND_MASTER_KEYS")?;
-        let ring = KeyRing::new(database.pool.clone(), Some(master));
-        Ok::<_, Box<dyn Error + Send + Sync>>(ring.rotate().await?)
+        tend_event_store::migrate(&database.pool).await?;
+        let directory = Directory::open(database.pool.clone(), master).await?;
+        Ok::<_, Box<dyn Error + Send + Sync>>(directory.rotate().await?)
     }
     .await;
     database.close().await?;
+    let rotated = rotated?;
     println!(
-        "re-wrapped {} data keys with the current master key",
-        rotated?
+        "re-wrapped {} data keys and re-hashed {} reference lookups with the current master key",
+        rotated.keys, rotated.lookups
     );
     Ok(())
 }
@@ -136,6 +146,13 @@ pub(crate) async fn demo(options: DemoOptions) -> Result<()> {
     let database = Database::open(&options.database).await?;
     let generated = async {
         tend_event_store::migrate(&database.pool).await?;
+        let master = crate::keys::or_development(
+            crate::keys::configured(&options.keys)?,
+            &options.database,
+            &database,
+        )?
+        .ok_or("no master keys configured: set TEND_MASTER_KEYS")?;
+        let directory = Directory::open(database.pool.clone(), master).await?;
         let store = EventStore::open(database.pool.clone(), Default::default()).await?;
         let result = async {
             if tend_demo::tenant_has_participants(&store, &tenant).await? {
@@ -149,6 +166,7 @@ pub(crate) async fn demo(options: DemoOptions) -> Result<()> {
             let started = std::time::Instant::now();
             let report = tend_demo::generate(
                 &store,
+                &directory,
                 &tend_demo::Options {
                     tenant: tenant.clone(),
                     participants: options.participants,

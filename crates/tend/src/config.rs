@@ -89,6 +89,9 @@ pub(crate) struct DemoOptions {
     pub clock: ClockOptions,
 
     #[command(flatten)]
+    pub keys: KeyOptions,
+
+    #[command(flatten)]
     pub database: DatabaseOptions,
 }
 
@@ -151,8 +154,21 @@ pub(crate) enum KeysCommand {
         #[arg(long)]
         id: String,
     },
-    /// Re-wrap every participant's data key with the first master key, so
-    /// that older ones can be retired. Safe while servers run; repeatable.
+    /// Print a new random key entry for TEND_RECIPIENT_KEYS: one recipient
+    /// of pseudonymous data of one tenant.
+    NewRecipient {
+        #[arg(long)]
+        tenant: String,
+        /// The recipient's id, as partners name it (e.g. `analysis-team`).
+        #[arg(long)]
+        recipient: String,
+        /// The key's id (a new id per rotation).
+        #[arg(long)]
+        id: String,
+    },
+    /// Re-wrap every participant's data key with the first master key, and
+    /// re-hash every reference lookup with it, so that older ones can be
+    /// retired. Safe while servers run; repeatable.
     Rotate {
         #[command(flatten)]
         keys: KeyOptions,
@@ -173,6 +189,21 @@ pub(crate) struct KeyOptions {
     /// A file holding TEND_MASTER_KEYS (a mounted secret), instead.
     #[arg(long, env = "TEND_MASTER_KEYS_FILE", conflicts_with = "master_keys")]
     pub master_keys_file: Option<PathBuf>,
+
+    /// The tenants' recipients of pseudonymous data, each with its own key:
+    /// `<tenant>/<recipient>/<key id>:<base64 of 32 bytes>`, comma
+    /// separated; of one recipient's keys the first is current (`tend keys
+    /// new-recipient`).
+    #[arg(long, env = "TEND_RECIPIENT_KEYS", hide_env_values = true)]
+    pub recipient_keys: Option<String>,
+
+    /// A file holding TEND_RECIPIENT_KEYS (a mounted secret), instead.
+    #[arg(
+        long,
+        env = "TEND_RECIPIENT_KEYS_FILE",
+        conflicts_with = "recipient_keys"
+    )]
+    pub recipient_keys_file: Option<PathBuf>,
 }
 
 // By hand: the keys themselves never reach a debug print.
@@ -184,6 +215,11 @@ impl std::fmt::Debug for KeyOptions {
                 &self.master_keys.as_ref().map(|_| "<redacted>"),
             )
             .field("master_keys_file", &self.master_keys_file)
+            .field(
+                "recipient_keys",
+                &self.recipient_keys.as_ref().map(|_| "<redacted>"),
+            )
+            .field("recipient_keys_file", &self.recipient_keys_file)
             .finish()
     }
 }

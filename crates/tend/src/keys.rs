@@ -1,12 +1,32 @@
-//! The master keys that wrap participants' note keys: the configured ones
+//! The master keys that wrap participants' data keys: the configured ones
 //! (TEND_MASTER_KEYS or its file), or for the embedded database a
-//! development key kept in its data directory.
+//! development key kept in its data directory; and the recipients' keys of
+//! pseudonymous data (TEND_RECIPIENT_KEYS or its file).
 
-use tend_practice_log::keys::MasterKeys;
+use tend_privacy::{MasterKeys, Recipients};
 
 use crate::Result;
 use crate::config::{DatabaseOptions, KeyOptions};
 use crate::database::Database;
+
+/// The configured recipients, read and parsed; none when none are.
+pub(crate) fn recipients(keys: &KeyOptions) -> Result<Recipients> {
+    let spec = match (&keys.recipient_keys, &keys.recipient_keys_file) {
+        (Some(spec), _) => spec.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| {
+                format!(
+                    "cannot read TEND_RECIPIENT_KEYS_FILE {}: {e}",
+                    path.display()
+                )
+            })?
+            .trim()
+            .to_owned(),
+        (None, None) => return Ok(Recipients::default()),
+    };
+    spec.parse::<Recipients>()
+        .map_err(|e| format!("TEND_RECIPIENT_KEYS: {e}").into())
+}
 
 /// The configured master keys, read and parsed; `None` when none are.
 pub(crate) fn configured(keys: &KeyOptions) -> Result<Option<MasterKeys>> {

@@ -74,6 +74,14 @@ fn main() -> ExitCode {
                 command: KeysCommand::New { id },
             } => commands::new_master_key(&id),
             Command::Keys {
+                command:
+                    KeysCommand::NewRecipient {
+                        tenant,
+                        recipient,
+                        id,
+                    },
+            } => commands::new_recipient_key(&tenant, &recipient, &id),
+            Command::Keys {
                 command: KeysCommand::Rotate { keys, database },
             } => {
                 logging::init(&database.log, None)?;

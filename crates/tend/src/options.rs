@@ -11,7 +11,7 @@ use tend_auth::{TokenHash, Tokens};
 use tend_domain::arc::Rules;
 use tend_event_store::TenantId;
 use tend_practice_log::PracticeOptions;
-use tend_practice_log::keys::MasterKeys;
+use tend_privacy::{MasterKeys, Recipients};
 use tend_projections::RunnerOptions;
 use tend_protocol_scheduler::WorkerOptions;
 use tend_service_kit::{Clock, OffsetClock, SystemClock};
@@ -33,6 +33,7 @@ pub(crate) struct Serve {
     /// The configured master keys; without them the embedded database
     /// brings a development one (`keys::or_development`).
     pub master_keys: Option<MasterKeys>,
+    pub recipients: Recipients,
     pub arc_rules: Rules,
     /// How this server runs the arc projection; `None`: it does not.
     pub arc_projection: Option<RunnerOptions>,
@@ -66,6 +67,7 @@ impl ServeOptions {
             tokens,
             dev_token,
             master_keys: keys::configured(&self.keys)?,
+            recipients: keys::recipients(&self.keys)?,
             arc_rules: arc_rules(&self.arc)?,
             arc_projection: self.arc.arc_projection.then(|| RunnerOptions {
                 lease_ttl,

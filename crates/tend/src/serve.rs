@@ -7,6 +7,7 @@ use tend_api::arc::v1::arc_service_server::ArcServiceServer;
 use tend_api::assessment::v1::assessment_service_server::AssessmentServiceServer;
 use tend_api::events::v1::event_stream_service_server::EventStreamServiceServer;
 use tend_api::practice::v1::practice_log_service_server::PracticeLogServiceServer;
+use tend_api::privacy::v1::privacy_service_server::PrivacyServiceServer;
 use tend_api::scheduler::v1::protocol_scheduler_service_server::ProtocolSchedulerServiceServer;
 use tend_arc::{ArcApi, ArcProjection};
 use tend_assessment::AssessmentApi;
@@ -14,7 +15,8 @@ use tend_auth::Authenticator;
 use tend_event_store::EventStore;
 use tend_event_stream::EventStreamApi;
 use tend_practice_log::PracticeLogApi;
-use tend_practice_log::keys::KeyRing;
+use tend_privacy::Directory;
+use tend_privacy_service::PrivacyApi;
 use tend_protocol_scheduler::{SchedulerApi, Worker};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -33,13 +35,14 @@ use crate::{gauges, keys};
 
 /// What health reports on: the whole server ("", what Kubernetes' gRPC
 /// probes ask about; serving from the start) as well as each service.
-const HEALTH: [&str; 6] = [
+const HEALTH: [&str; 7] = [
     "",
     <EventStreamServiceServer<EventStreamApi> as NamedService>::NAME,
     <ProtocolSchedulerServiceServer<SchedulerApi> as NamedService>::NAME,
     <PracticeLogServiceServer<PracticeLogApi> as NamedService>::NAME,
     <AssessmentServiceServer<AssessmentApi> as NamedService>::NAME,
     <ArcServiceServer<ArcApi> as NamedService>::NAME,
+    <PrivacyServiceServer<PrivacyApi> as NamedService>::NAME,
 ];
 
 pub(crate) async fn serve(options: options::Serve, telemetry: &Telemetry) -> Result<()> {
@@ -64,9 +67,21 @@ async fn run(
     if options.migrate {
         tend_event_store::migrate(&database.pool).await?;
     }
-    let master = keys::or_development(options.master_keys, &options.database, database)?;
-    if master.is_none() {
-        tracing::warn!("no TEND_MASTER_KEYS: practice entries with notes will be refused");
+    let master = keys::or_development(options.master_keys, &options.database, database)?.ok_or(
+        "TEND_MASTER_KEYS is required: participants' references and notes are sealed with \
+             data keys that a master key wraps (make one with `tend keys new --id k1`)",
+    )?;
+    let directory = Directory::open(database.pool.clone(), master).await?;
+    // Participants an earlier release wrote with their reference in the
+    // log: adopted into the directory and the reference removed, before
+    // anything is served.
+    let upgraded = directory.upgrade_legacy().await?;
+    if upgraded.adopted + upgraded.forgotten > 0 {
+        tracing::info!(
+            adopted = upgraded.adopted,
+            forgotten = upgraded.forgotten,
+            "references written by an earlier release moved out of the event log"
+        );
     }
     let store = EventStore::open(database.pool.clone(), Default::default()).await?;
     let shutdown = CancellationToken::new();
@@ -79,7 +94,8 @@ async fn run(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let auth = Authenticator::new(options.tokens);
-    let event_stream = EventStreamApi::new(store.clone(), shutdown.clone());
+    let event_stream =
+        EventStreamApi::new(store.clone(), options.recipients.clone(), shutdown.clone());
     let _observed = gauges::observe(
         &database.pool,
         options.database.db_max_connections,
@@ -93,13 +109,13 @@ async fn run(
     let metrics_endpoint = serve_metrics(telemetry, metrics_stop).await?;
     let events = InterceptedService::new(event_stream.into_server(), auth.clone());
     let scheduler = InterceptedService::new(
-        SchedulerApi::new(store.clone(), clock.clone()).into_server(),
+        SchedulerApi::new(store.clone(), directory.clone(), clock.clone()).into_server(),
         auth.clone(),
     );
     let practice = InterceptedService::new(
         PracticeLogApi::new(
             store.clone(),
-            KeyRing::new(database.pool.clone(), master),
+            directory.clone(),
             clock.clone(),
             options.practice,
         )
@@ -107,11 +123,15 @@ async fn run(
         auth.clone(),
     );
     let assessment = InterceptedService::new(
-        AssessmentApi::new(store.clone(), clock.clone()).into_server(),
+        AssessmentApi::new(store.clone(), directory.clone(), clock.clone()).into_server(),
         auth.clone(),
     );
     let arc = InterceptedService::new(
-        ArcApi::new(database.pool.clone(), clock.clone()).into_server(),
+        ArcApi::new(database.pool.clone(), directory.clone(), clock.clone()).into_server(),
+        auth.clone(),
+    );
+    let privacy = InterceptedService::new(
+        PrivacyApi::new(store.clone(), directory, options.recipients, clock.clone()).into_server(),
         auth,
     );
     let projection = options.arc_projection.map(|runner| {
@@ -152,6 +172,7 @@ async fn run(
         .add_service(practice)
         .add_service(assessment)
         .add_service(arc)
+        .add_service(privacy)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),

@@ -4,6 +4,7 @@
 use jiff::Timestamp;
 use tend_auth::Caller;
 use tend_event_store::{EventStore, TenantId};
+use tend_privacy::{Directory, MasterKeys};
 use tend_service_kit::ManualClock;
 use tonic::Request;
 
@@ -32,13 +33,23 @@ pub fn req<T>(tenant: &str, message: T) -> Request<T> {
     r
 }
 
-/// A fresh database, its event store, and a clock that moves only when
-/// told: what every service's test harness starts from.
+/// A fresh database, its event store, the directory of participants (with
+/// a fresh master key), and a clock that moves only when told: what every
+/// service's test harness starts from.
 #[derive(Debug)]
 pub struct Services {
     pub db: TestDatabase,
     pub store: EventStore,
+    pub directory: Directory,
     pub clock: ManualClock,
+}
+
+/// A new random master key set, as a server would be configured with.
+pub fn master_keys(id: &str) -> MasterKeys {
+    MasterKeys::generate_entry(id)
+        .expect("the random source works")
+        .parse()
+        .expect("a generated entry parses")
 }
 
 impl Services {
@@ -48,9 +59,13 @@ impl Services {
         let store = EventStore::open(db.pool.clone(), Default::default())
             .await
             .unwrap();
+        let directory = Directory::open(db.pool.clone(), master_keys("test"))
+            .await
+            .unwrap();
         Self {
             db,
             store,
+            directory,
             clock: ManualClock::new(ts(start)),
         }
     }

@@ -115,6 +115,10 @@ async fn main() -> Result<()> {
     let server = BenchServer::start().await?;
     let db = server.database(16).await?;
     let store = EventStore::open(db.pool.clone(), Default::default()).await?;
+    // One master key for the generator and the server's directory, so that
+    // GetArc finds the demo references.
+    let master = tend_privacy::MasterKeys::generate_entry("bench").map_err(|e| e.to_string())?;
+    let directory = tend_privacy::Directory::open(db.pool.clone(), master.parse()?).await?;
 
     // The log: cohorts of CHUNK participants (demo-00000, ...) until it
     // holds at least `least` events.
@@ -125,6 +129,7 @@ async fn main() -> Result<()> {
         // Each chunk is its own tenant-wide cohort; names continue.
         let report = tend_demo::generate(
             &store,
+            &directory,
             &tend_demo::Options {
                 // GetArc reads the first chunk's tenant.
                 tenant: if participants == 0 {
@@ -186,11 +191,12 @@ async fn main() -> Result<()> {
                 .await?;
             let mut tokens = Tokens::default();
             tokens.insert(TokenHash::of(TOKEN), TenantId::new(TENANT)?)?;
+            let directory = tend_privacy::Directory::open(pool.clone(), master.parse()?).await?;
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             let _ = ready_tx.send(format!("http://{}", listener.local_addr()?));
             Server::builder()
                 .add_service(InterceptedService::new(
-                    ArcApi::new(pool.clone(), Arc::new(SystemClock)).into_server(),
+                    ArcApi::new(pool.clone(), directory, Arc::new(SystemClock)).into_server(),
                     Authenticator::new(tokens),
                 ))
                 .serve_with_incoming_shutdown(

@@ -12,8 +12,9 @@ use tend_auth::tenant_of;
 use tend_domain::arc::{
     self, Adherence, ArcState, Bounds, CohortMember, Delta, FlagKind, MSC_BENCHMARK_PERCENT, Phase,
 };
-use tend_domain::enrollment::{participant_key, validate_participant_ref};
+use tend_domain::enrollment::validate_participant_ref;
 use tend_event_store::TenantId;
+use tend_privacy::Directory;
 use tend_service_kit::Clock;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -28,12 +29,26 @@ const MAX_PAGE: u32 = 200;
 #[derive(Debug, Clone)]
 pub struct ArcApi {
     pool: PgPool,
+    directory: Directory,
     clock: Arc<dyn Clock>,
 }
 
+/// Whether erased participants count, as a query chose.
+fn erased_choice(value: i32) -> Result<bool, Error> {
+    match pb::ErasedParticipants::try_from(value) {
+        Ok(pb::ErasedParticipants::Unspecified | pb::ErasedParticipants::Include) => Ok(true),
+        Ok(pb::ErasedParticipants::Exclude) => Ok(false),
+        Err(_) => Err(Error::invalid("erased", "is not a known choice")),
+    }
+}
+
 impl ArcApi {
-    pub fn new(pool: PgPool, clock: Arc<dyn Clock>) -> Self {
-        Self { pool, clock }
+    pub fn new(pool: PgPool, directory: Directory, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            pool,
+            directory,
+            clock,
+        }
     }
 
     pub fn into_server(self) -> ArcServiceServer<Self> {
@@ -63,7 +78,11 @@ impl ArcApi {
 
     async fn get_arc(&self, tenant: &TenantId, participant_ref: &str) -> Result<pb::Arc, Error> {
         validate_participant_ref(participant_ref)?;
-        let key = participant_key(tenant.as_str(), participant_ref);
+        let key = self
+            .directory
+            .find(tenant.as_str(), participant_ref)
+            .await?
+            .ok_or_else(|| Error::from(tend_domain::Error::not_found("participant")))?;
         // One statement, so that a rebuild switching generations between
         // two reads cannot hide the row.
         let row: Option<(Option<Vec<u8>>, Option<i64>)> = sqlx::query_as(
@@ -90,7 +109,7 @@ impl ArcApi {
         };
         let state = decode_state(&state)?;
         let now = self.clock.now();
-        Ok(arc_pb(&state, now, position))
+        Ok(arc_pb(&state, now, position, key, participant_ref))
     }
 
     async fn list_arcs(
@@ -108,6 +127,7 @@ impl ArcApi {
             Ok(f) => Some(flag_of_pb(f)),
             Err(_) => return Err(Error::invalid("flag", "is not a known flag kind")),
         };
+        let include_erased = erased_choice(request.erased)?;
         let size = match request.page_size {
             0 => DEFAULT_PAGE,
             n if n > MAX_PAGE => {
@@ -136,6 +156,7 @@ impl ArcApi {
                     WHEN $7 < session_end THEN 'session_day'
                     WHEN $7 < arc_end THEN 'integration'
                     ELSE 'complete' END)
+               AND ($9 OR NOT erased)
              ORDER BY participant_key
              LIMIT $8",
         )
@@ -147,16 +168,21 @@ impl ArcApi {
         .bind(phase.map(Phase::name))
         .bind(now)
         .bind(i64::from(size) + 1)
+        .bind(include_erased)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
         let more = rows.len() > size as usize;
+        let rows: Vec<(Uuid, Vec<u8>)> = rows.into_iter().take(size as usize).collect();
+        let ids: Vec<Uuid> = rows.iter().map(|(k, _)| *k).collect();
+        let references = self.directory.references(tenant.as_str(), &ids).await?;
         let now = self.clock.now();
-        let mut arcs = Vec::with_capacity(rows.len().min(size as usize));
+        let mut arcs = Vec::with_capacity(rows.len());
         let mut last = None;
-        for (key, state) in rows.into_iter().take(size as usize) {
+        for (key, state) in rows {
             let state = decode_state(&state)?;
-            arcs.push(summary_pb(&state, now));
+            let reference = references.get(&key).map_or("", String::as_str);
+            arcs.push(summary_pb(&state, now, key, reference));
             last = Some(key);
         }
         Ok(pb::ListArcsResponse {
@@ -173,6 +199,7 @@ impl ArcApi {
         &self,
         tenant: &TenantId,
         protocol_id: &str,
+        include_erased: bool,
     ) -> Result<pb::GetCohortResponse, Error> {
         if protocol_id.is_empty() {
             return Err(Error::invalid(
@@ -193,11 +220,13 @@ impl ArcApi {
         let rows: Vec<CohortRow> = sqlx::query_as(
             "SELECT status, session_start, session_end, arc_end, weeks, scs_change, flags_mask
              FROM arc_participants
-             WHERE generation = $1 AND tenant_id = $2 AND protocol_id = $3",
+             WHERE generation = $1 AND tenant_id = $2 AND protocol_id = $3
+               AND ($4 OR NOT erased)",
         )
         .bind(generation)
         .bind(tenant.as_str())
         .bind(protocol_id)
+        .bind(include_erased)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -302,8 +331,10 @@ impl ArcService for ArcApi {
         request: Request<pb::GetCohortRequest>,
     ) -> Result<Response<pb::GetCohortResponse>, Status> {
         let tenant = tenant_of(&request)?;
+        let r = request.get_ref();
+        let include_erased = erased_choice(r.erased)?;
         Ok(Response::new(
-            self.get_cohort(&tenant, &request.get_ref().protocol_id)
+            self.get_cohort(&tenant, &r.protocol_id, include_erased)
                 .await?,
         ))
     }
@@ -402,10 +433,17 @@ fn delta_pb(d: &Delta) -> pb::Delta {
     }
 }
 
-pub(crate) fn arc_pb(state: &ArcState, now: Timestamp, position: u64) -> pb::Arc {
+pub(crate) fn arc_pb(
+    state: &ArcState,
+    now: Timestamp,
+    position: u64,
+    participant: Uuid,
+    participant_ref: &str,
+) -> pb::Arc {
     let v = state.view(now);
     pb::Arc {
-        participant_ref: v.participant_ref.unwrap_or_default(),
+        participant_ref: participant_ref.to_owned(),
+        participant_id: participant.to_string(),
         phase: phase_pb(v.phase) as i32,
         enrollment: v.enrollment.map(|e| pb::ArcEnrollment {
             enrollment_id: e.enrollment_id.to_string(),
@@ -480,10 +518,17 @@ pub(crate) fn arc_pb(state: &ArcState, now: Timestamp, position: u64) -> pb::Arc
     }
 }
 
-fn summary_pb(state: &ArcState, now: Timestamp) -> pb::ArcSummary {
+fn summary_pb(
+    state: &ArcState,
+    now: Timestamp,
+    participant: Uuid,
+    participant_ref: &str,
+) -> pb::ArcSummary {
     let v = state.view(now);
     pb::ArcSummary {
-        participant_ref: v.participant_ref.unwrap_or_default(),
+        participant_ref: participant_ref.to_owned(),
+        participant_id: participant.to_string(),
+        erased: v.erased_at.is_some(),
         phase: phase_pb(v.phase) as i32,
         protocol_id: v
             .enrollment

@@ -221,7 +221,7 @@ fn decode(e: &RecordedEvent) -> Result<(Uuid, Decoded), BoxError> {
 
 /// The row's summary columns, from the state.
 struct Row {
-    participant_ref: Option<String>,
+    erased: bool,
     protocol_id: Option<String>,
     protocol_version: Option<i32>,
     status: &'static str,
@@ -238,7 +238,7 @@ pub(crate) fn flag_bit(kind: FlagKind) -> i32 {
 fn row(state: &ArcState) -> Row {
     let current = state.current();
     Row {
-        participant_ref: state.participant_ref.clone(),
+        erased: state.erased_at.is_some(),
         protocol_id: current.map(|e| e.protocol_id.clone()),
         protocol_version: current.map(|e| e.protocol_version as i32),
         status: match current {
@@ -378,7 +378,7 @@ impl Projection for ArcProjection {
             let n = chunk.len();
             let mut tenants = Vec::with_capacity(n);
             let mut keys = Vec::with_capacity(n);
-            let mut refs = Vec::with_capacity(n);
+            let mut erased = Vec::with_capacity(n);
             let mut protocol_ids = Vec::with_capacity(n);
             let mut versions = Vec::with_capacity(n);
             let mut statuses = Vec::with_capacity(n);
@@ -394,7 +394,7 @@ impl Projection for ArcProjection {
                 let r = row(&cached.state);
                 tenants.push(key.0.as_str().to_owned());
                 keys.push(key.1);
-                refs.push(r.participant_ref);
+                erased.push(r.erased);
                 protocol_ids.push(r.protocol_id);
                 versions.push(r.protocol_version);
                 statuses.push(r.status);
@@ -408,14 +408,14 @@ impl Projection for ArcProjection {
             }
             sqlx::query(
                 "INSERT INTO arc_participants
-                    (generation, tenant_id, participant_key, participant_ref, protocol_id,
+                    (generation, tenant_id, participant_key, erased, protocol_id,
                      protocol_version, status, session_start, session_end, arc_end, flags_mask,
                      weeks, scs_change, state)
-                 SELECT $1, * FROM unnest($2::text[], $3::uuid[], $4::text[], $5::text[],
+                 SELECT $1, * FROM unnest($2::text[], $3::uuid[], $4::bool[], $5::text[],
                      $6::int[], $7::text[], $8::timestamptz[], $9::timestamptz[],
                      $10::timestamptz[], $11::int[], $12::jsonb[], $13::float8[], $14::bytea[])
                  ON CONFLICT (generation, tenant_id, participant_key) DO UPDATE SET
-                    participant_ref = EXCLUDED.participant_ref,
+                    erased = EXCLUDED.erased,
                     protocol_id = EXCLUDED.protocol_id,
                     protocol_version = EXCLUDED.protocol_version,
                     status = EXCLUDED.status,
@@ -430,7 +430,7 @@ impl Projection for ArcProjection {
             .bind(generation)
             .bind(&tenants)
             .bind(&keys)
-            .bind(&refs)
+            .bind(&erased)
             .bind(&protocol_ids)
             .bind(&versions)
             .bind(&statuses)

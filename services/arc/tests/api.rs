@@ -24,9 +24,14 @@ async fn projected() -> ArcApi {
         .await
         .unwrap();
     let now: Timestamp = NOW.parse().unwrap();
+    let directory =
+        tend_privacy::Directory::open(db.pool.clone(), tend_testkit::grpc::master_keys("test"))
+            .await
+            .unwrap();
     for (tenant, n, seed) in [("clinic-a", 25, 1), ("clinic-b", 3, 2)] {
         tend_demo::generate(
             &store,
+            &directory,
             &tend_demo::Options {
                 tenant: TenantId::new(tenant).unwrap(),
                 participants: n,
@@ -48,7 +53,7 @@ async fn projected() -> ArcApi {
         },
     );
     while runner.step().await.unwrap().events > 0 {}
-    ArcApi::new(db.pool, clock)
+    ArcApi::new(db.pool, directory, clock)
 }
 
 async fn get_arc(api: &ArcApi, tenant: &str, participant: &str) -> Result<pb::Arc, tonic::Status> {
@@ -244,6 +249,7 @@ async fn the_cohort_agrees_with_the_arcs_it_summarises() {
                 "clinic-a",
                 pb::GetCohortRequest {
                     protocol_id: protocol,
+                    ..Default::default()
                 },
             ))
             .await

@@ -29,8 +29,15 @@ async fn open() -> (EventStore, PgPool) {
 }
 
 async fn cohort(store: &EventStore, tenant: &str, participants: usize, seed: u64) -> u64 {
+    let directory = tend_privacy::Directory::open(
+        store.pool().clone(),
+        tend_testkit::grpc::master_keys("test"),
+    )
+    .await
+    .unwrap();
     tend_demo::generate(
         store,
+        &directory,
         &tend_demo::Options {
             tenant: TenantId::new(tenant).unwrap(),
             participants,

@@ -13,18 +13,16 @@ use tend_domain::Error as DomainError;
 use tend_domain::assessment::{
     self, Command, Event, Instrument, InstrumentEvent, Record, assessment_id_for_request,
 };
-use tend_domain::enrollment::{participant_key, validate_participant_ref};
 use tend_domain::protocol::ActivityKind;
 use tend_event_store::{EventStore, ExpectedVersion, Metadata, StreamId, TenantId};
+use tend_privacy::Directory;
 use tend_service_kit::execute::{self, Retry, new_events};
-use tend_service_kit::{Clock, Schedules, streams};
+use tend_service_kit::{Clock, Identities, Participants, Schedules, streams};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::Error;
-use crate::convert::{
-    assessment_pb, change_pb, instrument, instrument_pb, method_pb, sourced, timestamp,
-};
+use crate::convert::{assessment_pb, change_pb, instrument, instrument_pb, method_pb, sourced};
 
 /// An event id derived from the request may be stored already by another
 /// writer deciding at another instant: decide again on what they wrote.
@@ -34,13 +32,14 @@ const RETRY: Retry = Retry::on_any_conflict(5);
 pub struct AssessmentApi {
     store: EventStore,
     schedules: Schedules,
+    identities: Identities,
     clock: Arc<dyn Clock>,
 }
 
-/// Who a call is about.
+/// Who a call is about: the participant's opaque id and their assessment
+/// stream.
 struct Subject {
     tenant: TenantId,
-    participant_ref: String,
     key: Uuid,
     stream: StreamId,
 }
@@ -53,9 +52,10 @@ fn parse_uuid(field: &str, s: &str) -> Result<Uuid, Error> {
 }
 
 impl AssessmentApi {
-    pub fn new(store: EventStore, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(store: EventStore, directory: Directory, clock: Arc<dyn Clock>) -> Self {
         Self {
             schedules: Schedules::new(store.clone()),
+            identities: Identities::new(Participants::new(store.clone()), directory),
             store,
             clock,
         }
@@ -65,15 +65,15 @@ impl AssessmentApi {
         AssessmentServiceServer::new(self)
     }
 
-    fn subject(&self, tenant: TenantId, participant_ref: String) -> Result<Subject, Error> {
-        validate_participant_ref(&participant_ref)?;
-        let key = participant_key(tenant.as_str(), &participant_ref);
-        let stream = streams::assessment(key);
+    /// The participant a reference names; NOT_FOUND for someone unknown
+    /// (or erased). Questionnaires follow an enrollment, which registers
+    /// the participant.
+    async fn subject(&self, tenant: TenantId, participant_ref: &str) -> Result<Subject, Error> {
+        let key = self.identities.find(&tenant, participant_ref).await?;
         Ok(Subject {
+            stream: streams::assessment(key),
             tenant,
-            participant_ref,
             key,
-            stream,
         })
     }
 
@@ -141,7 +141,7 @@ impl AssessmentApi {
             .schedules
             .complete_occurrence(
                 &subject.tenant,
-                &subject.participant_ref,
+                subject.key,
                 occurrence,
                 administered_at,
                 // An administration dated within the allowed clock skew
@@ -182,7 +182,7 @@ impl AssessmentApi {
     async fn arc_start(&self, subject: &Subject) -> Result<Option<Timestamp>, Error> {
         let (participant, _) = self
             .schedules
-            .participant(&subject.tenant, &subject.participant_ref)
+            .participant(&subject.tenant, subject.key)
             .await?;
         Ok(participant
             .enrollments
@@ -298,9 +298,11 @@ impl AssessmentService for AssessmentApi {
     ) -> Result<Response<pb::SubmitResponsesResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let r = request.into_inner();
-        let subject = self.subject(tenant, r.participant_ref)?;
+        let subject = self.subject(tenant, &r.participant_ref).await?;
         let request_id = parse_uuid("request_id", &r.request_id)?;
-        let administered_at = timestamp("administered_at", r.administered_at.as_ref())?;
+        let administered_at =
+            tend_service_kit::instants::from_pb("administered_at", r.administered_at.as_ref())
+                .map_err(Error::from)?;
         let occurrence_id = match r.occurrence_id.as_str() {
             "" => None,
             s => Some(parse_uuid("occurrence_id", s)?),
@@ -310,7 +312,7 @@ impl AssessmentService for AssessmentApi {
             .await?;
         let (participant, _) = self
             .schedules
-            .participant(&subject.tenant, &subject.participant_ref)
+            .participant(&subject.tenant, subject.key)
             .await
             .map_err(Error::from)?;
         if participant.enrollments.is_empty() {
@@ -322,7 +324,7 @@ impl AssessmentService for AssessmentApi {
         if let Some(occurrence) = occurrence_id {
             let facts = self
                 .schedules
-                .occurrence_of(&subject.tenant, &subject.participant_ref, occurrence, now)
+                .occurrence_of(&subject.tenant, subject.key, occurrence, now)
                 .await
                 .map_err(Error::from)?
                 .ok_or_else(|| {
@@ -444,7 +446,7 @@ impl AssessmentService for AssessmentApi {
     ) -> Result<Response<pb::GetAssessmentResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let r = request.into_inner();
-        let subject = self.subject(tenant, r.participant_ref)?;
+        let subject = self.subject(tenant, &r.participant_ref).await?;
         let id = parse_uuid("assessment_id", &r.assessment_id)?;
         let (record, _) = self.load(&subject).await?;
         let a = record
@@ -462,7 +464,7 @@ impl AssessmentService for AssessmentApi {
     ) -> Result<Response<pb::ListAssessmentsResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let r = request.into_inner();
-        let subject = self.subject(tenant, r.participant_ref)?;
+        let subject = self.subject(tenant, &r.participant_ref).await?;
         let (record, _) = self.load(&subject).await?;
         let mut list: Vec<&assessment::Assessment> = record
             .assessments
@@ -481,7 +483,7 @@ impl AssessmentService for AssessmentApi {
     ) -> Result<Response<pb::GetChangeResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let r = request.into_inner();
-        let subject = self.subject(tenant, r.participant_ref)?;
+        let subject = self.subject(tenant, &r.participant_ref).await?;
         let sd = sourced("sd", r.sd.as_ref())?;
         let reliability = sourced("reliability", r.reliability.as_ref())?;
         if sd.as_ref().is_some_and(|s| s.value <= 0.0) {
@@ -557,7 +559,7 @@ impl AssessmentService for AssessmentApi {
     ) -> Result<Response<pb::DesignateBaselineResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let r = request.into_inner();
-        let subject = self.subject(tenant, r.participant_ref)?;
+        let subject = self.subject(tenant, &r.participant_ref).await?;
         let assessment_id = parse_uuid("assessment_id", &r.assessment_id)?;
         let (record, _) = self
             .execute(&subject, Command::DesignateBaseline { assessment_id })
@@ -573,7 +575,7 @@ impl AssessmentService for AssessmentApi {
     ) -> Result<Response<pb::RescoreAssessmentsResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let r = request.into_inner();
-        let subject = self.subject(tenant, r.participant_ref)?;
+        let subject = self.subject(tenant, &r.participant_ref).await?;
         let instrument = self
             .instrument(&subject.tenant, &r.instrument_id, r.instrument_version)
             .await?;

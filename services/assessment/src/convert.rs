@@ -1,6 +1,5 @@
 //! Proto <-> domain conversions.
 
-use jiff::Timestamp;
 use tend_api::assessment::v1 as pb;
 use tend_domain::assessment::{
     Assessment, Band, Change, Instrument, Item, Method, ReliableChange, SafetyRule, Score, Scores,
@@ -167,17 +166,6 @@ pub(crate) fn instrument(i: pb::Instrument) -> Result<Instrument, Error> {
         subscales_interpretable: i.subscales_interpretable,
         source: i.source,
     })
-}
-
-pub(crate) fn timestamp(
-    field: &str,
-    t: Option<&prost_types::Timestamp>,
-) -> Result<Timestamp, Error> {
-    let t = t.ok_or_else(|| Error::invalid(field, "is required"))?;
-    Timestamp::new(t.seconds, t.nanos)
-        .ok()
-        .filter(|t| (1900..=9999).contains(&t.to_zoned_datetime(jiff::tz::TimeZone::UTC).year()))
-        .ok_or_else(|| Error::invalid(field, "is out of range"))
 }
 
 fn score_pb(s: &Score) -> pb::Score {

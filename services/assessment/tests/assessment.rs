@@ -31,10 +31,15 @@ struct Harness {
 }
 
 async fn harness(start: &str) -> Harness {
-    let Services { store, clock, .. } = Services::start(start).await;
+    let Services {
+        store,
+        clock,
+        directory,
+        ..
+    } = Services::start(start).await;
     Harness {
-        scheduler: SchedulerApi::new(store.clone(), Arc::new(clock.clone())),
-        api: AssessmentApi::new(store.clone(), Arc::new(clock.clone())),
+        scheduler: SchedulerApi::new(store.clone(), directory.clone(), Arc::new(clock.clone())),
+        api: AssessmentApi::new(store.clone(), directory, Arc::new(clock.clone())),
         store,
         clock,
     }

@@ -12,6 +12,10 @@ pub(crate) enum Error {
     StreamNotFound,
     #[error(transparent)]
     Store(#[from] store::Error),
+    #[error("recipient_id: no such recipient or key in this tenant")]
+    UnknownRecipient,
+    #[error("cannot read stored event {0} v{1}")]
+    Decode(String, u32),
 }
 
 impl Error {
@@ -35,6 +39,13 @@ impl From<Error> for Status {
             Error::InvalidArgument { field, reason } => status::bad_request(field, &reason),
             Error::StreamNotFound => Status::not_found("stream not found"),
             Error::Store(e) => status::store(e, &CONFLICTS),
+            Error::UnknownRecipient => Status::not_found(
+                "recipient_id: the tenant has no such recipient (or no such key of it); see PrivacyService.ListRecipients",
+            ),
+            Error::Decode(event_type, schema_version) => {
+                tracing::error!(%event_type, schema_version, "unreadable stored event");
+                Status::internal("internal error")
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 //! gap-freedom come from the event store.
 
 mod error;
+mod pseudonymous;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,12 +17,14 @@ use tend_api::events::v1::event_stream_service_server::{
     EventStreamService, EventStreamServiceServer,
 };
 use tend_event_store::{Delivery, Direction, EventStore, Filter, RecordedEvent, StreamId};
+use tend_privacy::Recipients;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use error::Error;
+use pseudonymous::Pseudonymous;
 
 /// Messages buffered per subscription between the store and the socket.
 const SUBSCRIPTION_BUFFER: usize = 64;
@@ -33,6 +36,7 @@ const SHUTDOWN_NOTICE_WAIT: std::time::Duration = std::time::Duration::from_secs
 #[derive(Debug, Clone)]
 pub struct EventStreamApi {
     store: EventStore,
+    recipients: Recipients,
     shutdown: CancellationToken,
     open: Arc<OpenSubscriptions>,
 }
@@ -91,9 +95,10 @@ impl Drop for Open {
 }
 
 impl EventStreamApi {
-    pub fn new(store: EventStore, shutdown: CancellationToken) -> Self {
+    pub fn new(store: EventStore, recipients: Recipients, shutdown: CancellationToken) -> Self {
         Self {
             store,
+            recipients,
             shutdown,
             open: Arc::default(),
         }
@@ -122,11 +127,35 @@ impl EventStreamService for EventStreamApi {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let tenant = tend_auth::tenant_of(&request)?;
         let request = request.into_inner();
-        let filter = Filter {
-            tenant: Some(tenant),
+        let mut filter = Filter {
+            tenant: Some(tenant.clone()),
             categories: filter_values("categories", request.categories)?,
             event_types: filter_values("event_types", request.event_types)?,
         };
+        let mut pseudonymous = match request.pseudonymous {
+            None => None,
+            Some(p) => {
+                let key = (!p.key_id.is_empty()).then_some(p.key_id.as_str());
+                let pseudonyms = self
+                    .recipients
+                    .pseudonymizer(tenant.as_str(), &p.recipient_id, key)
+                    .ok_or(Error::UnknownRecipient)?;
+                Some(Pseudonymous::new(
+                    self.store.clone(),
+                    tenant,
+                    pseudonyms,
+                    p.relative_days,
+                ))
+            }
+        };
+        // A pseudonymous stream follows every participant stream, whatever
+        // the consumer's filter, to know who shares; it filters afterwards.
+        let wanted = pseudonymous.is_some().then(|| {
+            (
+                std::mem::take(&mut filter.categories),
+                std::mem::take(&mut filter.event_types),
+            )
+        });
         let mut subscription = self.store.subscribe(filter, request.after_position);
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_BUFFER);
         let shutdown = self.shutdown.clone();
@@ -137,9 +166,33 @@ impl EventStreamService for EventStreamApi {
                     _ = shutdown.cancelled() => Err(shutting_down()),
                     _ = tx.closed() => return,
                     delivery = subscription.next() => match delivery {
-                        Ok(Delivery::Event(event)) => Ok(pb::SubscribeResponse {
-                            message: Some(pb::subscribe_response::Message::Event(to_proto(event))),
-                        }),
+                        Ok(Delivery::Event(event)) => match &mut pseudonymous {
+                            None => Ok(event_message(to_proto(event))),
+                            Some(p) => {
+                                let position = event.position;
+                                let kept = wanted.as_ref().is_none_or(|(categories, types)| {
+                                    (categories.is_empty()
+                                        || categories.iter().any(|c| c == event.stream_id.category()))
+                                        && (types.is_empty() || types.contains(&event.event_type))
+                                });
+                                match p.transform(event).await {
+                                    Ok(Some(event)) if kept => {
+                                        let mut out = to_proto(event);
+                                        out.pseudonym_key_id = p.key_id().to_owned();
+                                        if p.relative_days() {
+                                            out.recorded_at = None;
+                                        }
+                                        Ok(event_message(out))
+                                    }
+                                    Ok(_) => Ok(pb::SubscribeResponse {
+                                        message: Some(pb::subscribe_response::Message::Checkpoint(
+                                            pb::Checkpoint { position },
+                                        )),
+                                    }),
+                                    Err(e) => Err(Status::from(e)),
+                                }
+                            }
+                        },
                         Ok(Delivery::Checkpoint(position)) => Ok(pb::SubscribeResponse {
                             message: Some(pb::subscribe_response::Message::Checkpoint(
                                 pb::Checkpoint { position },
@@ -210,6 +263,12 @@ impl EventStreamService for EventStreamApi {
     }
 }
 
+fn event_message(event: pb::RecordedEvent) -> pb::SubscribeResponse {
+    pb::SubscribeResponse {
+        message: Some(pb::subscribe_response::Message::Event(event)),
+    }
+}
+
 fn shutting_down() -> Status {
     Status::unavailable("the server is shutting down: resume after the last position received")
 }
@@ -249,6 +308,7 @@ fn to_proto(e: RecordedEvent) -> pb::RecordedEvent {
         schema_version: e.schema_version,
         payload_json: e.payload.to_string(),
         metadata: Some(metadata),
+        pseudonym_key_id: String::new(),
         recorded_at: Some(prost_types::Timestamp {
             seconds: e.recorded_at.timestamp(),
             nanos: e.recorded_at.timestamp_subsec_nanos() as i32,

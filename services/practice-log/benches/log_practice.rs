@@ -31,8 +31,8 @@ use tend_api::practice::v1::practice_log_service_client::PracticeLogServiceClien
 use tend_api::practice::v1::practice_log_service_server::PracticeLogService;
 use tend_auth::{Authenticator, Caller, TokenHash, Tokens};
 use tend_event_store::{EventStore, TenantId};
-use tend_practice_log::keys::{KeyRing, MasterKeys};
 use tend_practice_log::{PracticeLogApi, PracticeOptions};
+use tend_privacy::{Directory, MasterKeys};
 use tend_service_kit::SystemClock;
 use tend_testkit::bench::{BenchServer, Result, env_number, pg_baseline, quantile};
 use tokio::net::TcpListener;
@@ -241,7 +241,7 @@ async fn main() -> Result<()> {
                 .parse()?;
             let api = PracticeLogApi::new(
                 store.clone(),
-                KeyRing::new(pool.clone(), Some(master)),
+                Directory::open(pool.clone(), master).await?,
                 Arc::new(SystemClock),
                 PracticeOptions::default(),
             );

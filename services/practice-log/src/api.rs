@@ -19,12 +19,13 @@ use tend_api::practice::v1::{
     RetractEntryRequest, RetractEntryResponse, WeekTally,
 };
 use tend_auth::tenant_of;
-use tend_domain::enrollment::{participant_key, validate_participant_ref};
+use tend_domain::consent::ErasureReason;
 use tend_domain::practice::{self, Command, Content, Entry, Limits, Log};
 use tend_domain::{DomainEvent, Error as DomainError};
 use tend_event_store::{EventStore, ExpectedVersion, Metadata, StreamId, TenantId};
+use tend_privacy::{Directory, ReadKey, open_note, seal_note};
 use tend_service_kit::execute::{self, Retry, new_events};
-use tend_service_kit::{Clock, Schedules, instants, streams};
+use tend_service_kit::{Clock, Identities, Participants, Schedules, instants, streams};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -32,7 +33,6 @@ use crate::Error;
 use crate::convert::{
     entry_pb, from_timestamp_pb, page_key, parse_page_token, parse_start, parse_uuid,
 };
-use crate::keys::{self, KeyRing, ReadKey};
 
 /// Someone else may write first (perhaps an event with the very id a
 /// command derives, decided at another instant): decide again on what they
@@ -55,17 +55,17 @@ type KindCache = HashMap<TenantId, (Arc<BTreeSet<String>>, Instant)>;
 #[derive(Debug, Clone)]
 pub struct PracticeLogApi {
     store: EventStore,
-    keys: KeyRing,
+    identities: Identities,
     schedules: Schedules,
     clock: Arc<dyn Clock>,
     options: PracticeOptions,
     kinds: Arc<Mutex<KindCache>>,
 }
 
-/// Who a call is about, resolved once.
+/// Who a call is about, resolved once: the participant's opaque id and
+/// their practice stream.
 struct Subject {
     tenant: TenantId,
-    participant_ref: String,
     key: Uuid,
     stream: StreamId,
 }
@@ -73,14 +73,14 @@ struct Subject {
 impl PracticeLogApi {
     pub fn new(
         store: EventStore,
-        keys: KeyRing,
+        directory: Directory,
         clock: Arc<dyn Clock>,
         options: PracticeOptions,
     ) -> Self {
         Self {
             schedules: Schedules::new(store.clone()),
+            identities: Identities::new(Participants::new(store.clone()), directory),
             store,
-            keys,
             clock,
             options,
             kinds: Arc::default(),
@@ -91,16 +91,19 @@ impl PracticeLogApi {
         PracticeLogServiceServer::new(self)
     }
 
-    fn subject(&self, tenant: TenantId, participant_ref: String) -> Result<Subject, Error> {
-        validate_participant_ref(&participant_ref)?;
-        let key = participant_key(tenant.as_str(), &participant_ref);
-        let stream = streams::practice(key);
-        Ok(Subject {
+    /// The participant a reference names; NOT_FOUND for someone unknown
+    /// (or erased).
+    async fn subject(&self, tenant: TenantId, participant_ref: &str) -> Result<Subject, Error> {
+        let key = self.identities.find(&tenant, participant_ref).await?;
+        Ok(Self::subject_of(tenant, key))
+    }
+
+    fn subject_of(tenant: TenantId, key: Uuid) -> Subject {
+        Subject {
+            stream: streams::practice(key),
             tenant,
-            participant_ref,
             key,
-            stream,
-        })
+        }
     }
 
     /// Whether the tenant may log `kind`: Tend's own, or one of its
@@ -130,7 +133,8 @@ impl PracticeLogApi {
     /// the clear (it is sealed once the event id is known).
     async fn content(
         &self,
-        subject: &Subject,
+        tenant: &TenantId,
+        participant: Option<Uuid>,
         details: Option<PracticeDetails>,
         now: Timestamp,
         unchanged_start: Option<Timestamp>,
@@ -154,7 +158,7 @@ impl PracticeLogApi {
             occurrence_id,
             note: None,
         };
-        let kind_known = self.known_kinds(&subject.tenant, &content.kind).await?;
+        let kind_known = self.known_kinds(tenant, &content.kind).await?;
         let mut limits = self.options.limits;
         if unchanged_start == Some(content.started_at) {
             // Correcting the minutes of an old entry is fine.
@@ -162,16 +166,21 @@ impl PracticeLogApi {
         }
         practice::validate(&content, now, &limits, kind_known).map_err(|e| e.within("practice"))?;
         if let Some(occurrence) = occurrence_id {
-            let facts = self
-                .schedules
-                .occurrence_of(&subject.tenant, &subject.participant_ref, occurrence, now)
-                .await?
-                .ok_or_else(|| {
-                    Error::invalid(
-                        "practice.occurrence_id",
-                        "is not an occurrence of this participant",
-                    )
-                })?;
+            let facts = match participant {
+                Some(p) => {
+                    self.schedules
+                        .occurrence_of(tenant, p, occurrence, now)
+                        .await?
+                }
+                // Someone new has no occurrences.
+                None => None,
+            }
+            .ok_or_else(|| {
+                Error::invalid(
+                    "practice.occurrence_id",
+                    "is not an occurrence of this participant",
+                )
+            })?;
             practice::check_named(&content, &facts.kind, facts.cancelled, facts.opens_at)
                 .map_err(|e| e.within("practice"))?;
         }
@@ -188,10 +197,11 @@ impl PracticeLogApi {
     ) -> Result<(), Error> {
         if let Some(text) = note {
             let key = self
-                .keys
-                .for_write(subject.tenant.as_str(), subject.key)
+                .identities
+                .directory()
+                .key_for_write(subject.tenant.as_str(), subject.key)
                 .await?;
-            content.note = Some(keys::seal(
+            content.note = Some(seal_note(
                 &key,
                 subject.tenant.as_str(),
                 subject.key,
@@ -290,7 +300,11 @@ impl PracticeLogApi {
         if entries.iter().all(|e| e.current.note.is_none()) {
             return Ok(ReadKey::None);
         }
-        Ok(self.keys.read(subject.tenant.as_str(), subject.key).await?)
+        Ok(self
+            .identities
+            .directory()
+            .key_for_read(subject.tenant.as_str(), subject.key)
+            .await?)
     }
 
     fn entry_pb(
@@ -302,7 +316,7 @@ impl PracticeLogApi {
         let (note, state) = match (&entry.current.note, key) {
             (None, _) => (String::new(), NoteState::None),
             (Some(sealed), ReadKey::Key(key)) => (
-                keys::open(
+                open_note(
                     key,
                     subject.tenant.as_str(),
                     subject.key,
@@ -325,26 +339,43 @@ impl PracticeLogService for PracticeLogApi {
     ) -> Result<Response<LogPracticeResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let r = request.into_inner();
-        let subject = self.subject(tenant, r.participant_ref)?;
         let entry_id = parse_uuid("entry_id", &r.entry_id)?;
+        let found = self
+            .identities
+            .lookup(&tenant, &r.participant_ref)
+            .await
+            .map_err(Error::from)?;
         let now = self.clock.now();
-        let event_id = practice::entry_event_id(subject.key, entry_id);
         let prepared = async {
             let (mut content, note) = self
-                .content(&subject, r.practice.clone(), now, None)
+                .content(&tenant, found, r.practice.clone(), now, None)
                 .await?;
+            // Someone new is registered only once their entry is valid.
+            let key = match found {
+                Some(key) => key,
+                None => {
+                    self.identities
+                        .find_or_register(&tenant, &r.participant_ref)
+                        .await?
+                }
+            };
+            let subject = Self::subject_of(tenant.clone(), key);
+            let event_id = practice::entry_event_id(subject.key, entry_id);
             self.seal(&subject, entry_id, event_id, &mut content, note.as_deref())
                 .await?;
-            Ok::<_, Error>((content, note))
+            Ok::<_, Error>((subject, event_id, content, note))
         }
         .await;
-        let (content, note) = match prepared {
-            Ok(prepared) => prepared,
-            Err(e) => {
+        let (subject, event_id, content, note) = match (prepared, found) {
+            (Ok(prepared), _) => prepared,
+            (Err(e), None) => return Err(e.into()),
+            (Err(e), Some(key)) => {
                 // A retry of an entry already stored gets the original
                 // result even when it would not pass today (the backdating
                 // limit moved on, its occurrence was cancelled, the notes
                 // were erased).
+                let subject = Self::subject_of(tenant, key);
+                let event_id = practice::entry_event_id(subject.key, entry_id);
                 return match self
                     .stored_retry(&subject, entry_id, event_id, r.practice.as_ref())
                     .await?
@@ -382,14 +413,20 @@ impl PracticeLogService for PracticeLogApi {
     ) -> Result<Response<CorrectEntryResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let r = request.into_inner();
-        let subject = self.subject(tenant, r.participant_ref)?;
         let entry_id = parse_uuid("entry_id", &r.entry_id)?;
         let request_id = parse_uuid("request_id", &r.request_id)?;
+        let subject = self.subject(tenant, &r.participant_ref).await?;
         let (before, _) = self.load(&subject).await?;
         let current_start = before.entries.get(&entry_id).map(|e| e.current.started_at);
         let now = self.clock.now();
         let (mut content, note) = self
-            .content(&subject, r.practice, now, current_start)
+            .content(
+                &subject.tenant,
+                Some(subject.key),
+                r.practice,
+                now,
+                current_start,
+            )
             .await?;
         let event_id = practice::correction_event_id(subject.key, entry_id, request_id);
         self.seal(&subject, entry_id, event_id, &mut content, note.as_deref())
@@ -418,7 +455,7 @@ impl PracticeLogService for PracticeLogApi {
     ) -> Result<Response<RetractEntryResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let r = request.into_inner();
-        let subject = self.subject(tenant, r.participant_ref)?;
+        let subject = self.subject(tenant, &r.participant_ref).await?;
         let entry_id = parse_uuid("entry_id", &r.entry_id)?;
         let log = self
             .execute(
@@ -443,7 +480,7 @@ impl PracticeLogService for PracticeLogApi {
     ) -> Result<Response<ListEntriesResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let r = request.into_inner();
-        let subject = self.subject(tenant, r.participant_ref)?;
+        let subject = self.subject(tenant, &r.participant_ref).await?;
         let from = r
             .from
             .as_ref()
@@ -497,7 +534,7 @@ impl PracticeLogService for PracticeLogApi {
     ) -> Result<Response<GetSummaryResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let r = request.into_inner();
-        let subject = self.subject(tenant, r.participant_ref)?;
+        let subject = self.subject(tenant, &r.participant_ref).await?;
         let wanted = match r.enrollment_id.as_str() {
             "" => None,
             s => Some(parse_uuid("enrollment_id", s)?),
@@ -505,7 +542,7 @@ impl PracticeLogService for PracticeLogApi {
         let (log, _) = self.load(&subject).await?;
         let (participant, _) = self
             .schedules
-            .participant(&subject.tenant, &subject.participant_ref)
+            .participant(&subject.tenant, subject.key)
             .await
             .map_err(Error::from)?;
         let enrollment = match wanted {
@@ -565,14 +602,10 @@ impl PracticeLogService for PracticeLogApi {
     ) -> Result<Response<ForgetParticipantResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let r = request.into_inner();
-        let subject = self.subject(tenant, r.participant_ref)?;
-        // The key goes first: once this returns, the notes are unreadable
-        // whatever happens to the event that records it.
-        let keys_destroyed = self
-            .keys
-            .forget(subject.tenant.as_str(), subject.key)
-            .await
-            .map_err(Error::from)?;
+        let subject = self.subject(tenant, &r.participant_ref).await?;
+        // The whole person is erased (PrivacyService.EraseParticipant with
+        // reason PARTICIPANT_REQUEST): the notes are sealed with the same
+        // key as the reference. The practice log records it first.
         let log = self
             .execute(
                 &subject,
@@ -582,10 +615,21 @@ impl PracticeLogService for PracticeLogApi {
                 |_| Uuid::new_v5(&subject.key, b"notes-erased"),
             )
             .await?;
-        tracing::info!(tenant = %subject.tenant, keys_destroyed, "participant's notes erased");
+        let erasure = self
+            .identities
+            .erase(
+                &subject.tenant,
+                subject.key,
+                Uuid::new_v5(&subject.key, b"forget-participant"),
+                ErasureReason::ParticipantRequest,
+                || self.clock.now(),
+            )
+            .await
+            .map_err(Error::from)?;
+        tracing::info!(tenant = %subject.tenant, keys_destroyed = erasure.keys_destroyed, "participant erased (ForgetParticipant)");
         Ok(Response::new(ForgetParticipantResponse {
             notes_erased_at: log.notes_erased_at.map(instants::to_pb),
-            keys_destroyed,
+            keys_destroyed: u32::from(erasure.keys_destroyed),
         }))
     }
 }

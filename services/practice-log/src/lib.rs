@@ -12,7 +12,6 @@
 mod api;
 mod convert;
 mod error;
-pub mod keys;
 
 pub use api::{PracticeLogApi, PracticeOptions};
 pub use error::Error;

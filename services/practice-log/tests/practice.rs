@@ -12,8 +12,8 @@ use tend_api::practice::v1::practice_log_service_server::PracticeLogService;
 use tend_api::scheduler::v1 as spb;
 use tend_api::scheduler::v1::protocol_scheduler_service_server::ProtocolSchedulerService;
 use tend_event_store::{EventStore, Filter, TenantId};
-use tend_practice_log::keys::{KeyRing, MasterKeys};
 use tend_practice_log::{PracticeLogApi, PracticeOptions};
+use tend_privacy::Directory;
 use tend_protocol_scheduler::{SchedulerApi, Worker, WorkerOptions};
 use tend_service_kit::ManualClock;
 use tend_testkit::TestDatabase;
@@ -26,6 +26,7 @@ const TENANT: &str = "clinic-a";
 
 struct Harness {
     db: TestDatabase,
+    directory: Directory,
     store: EventStore,
     clock: ManualClock,
     scheduler: SchedulerApi,
@@ -33,16 +34,17 @@ struct Harness {
     worker: Worker,
 }
 
-fn master() -> MasterKeys {
-    MasterKeys::generate_entry("k1").unwrap().parse().unwrap()
-}
-
 async fn harness(start: &str) -> Harness {
-    let Services { db, store, clock } = Services::start(start).await;
-    let scheduler = SchedulerApi::new(store.clone(), Arc::new(clock.clone()));
+    let Services {
+        db,
+        store,
+        clock,
+        directory,
+    } = Services::start(start).await;
+    let scheduler = SchedulerApi::new(store.clone(), directory.clone(), Arc::new(clock.clone()));
     let practice = PracticeLogApi::new(
         store.clone(),
-        KeyRing::new(db.pool.clone(), Some(master())),
+        directory.clone(),
         Arc::new(clock.clone()),
         PracticeOptions::default(),
     );
@@ -58,6 +60,7 @@ async fn harness(start: &str) -> Harness {
     );
     Harness {
         db,
+        directory,
         store,
         clock,
         scheduler,
@@ -706,34 +709,6 @@ async fn summary_counts_arc_weeks_from_the_session_and_the_streak_in_local_days(
 }
 
 /// `pg_dump` of the whole test database, as text.
-fn dump(db: &TestDatabase) -> String {
-    let options: sqlx::postgres::PgConnectOptions = db.url.parse().unwrap();
-    // The pg_dump beside the server binaries the tests run: the same version.
-    let pg_dump = tend_local_postgres::binaries_dir()
-        .map(|d| d.join("pg_dump"))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| "pg_dump".into());
-    let out = std::process::Command::new(pg_dump)
-        .arg("--host")
-        .arg(
-            options
-                .get_socket()
-                .map_or(options.get_host().to_owned(), |s| s.display().to_string()),
-        )
-        .arg("--port")
-        .arg(options.get_port().to_string())
-        .arg("--username")
-        .arg(options.get_username())
-        .arg(&db.name)
-        .output()
-        .expect("pg_dump runs (PostgreSQL client binaries on PATH)");
-    assert!(
-        out.status.success(),
-        "pg_dump failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 #[tokio::test]
 async fn after_forget_participant_no_note_is_readable_anywhere_and_the_minutes_still_add_up() {
@@ -774,7 +749,7 @@ async fn after_forget_participant_no_note_is_readable_anywhere_and_the_minutes_s
 
     // Encrypted at rest: no plaintext in the database, but readable
     // through the API.
-    let before = dump(&h.db);
+    let before = h.db.dump();
     assert!(
         before.contains("PracticeLogged"),
         "the dump holds the events"
@@ -803,34 +778,50 @@ async fn after_forget_participant_no_note_is_readable_anywhere_and_the_minutes_s
     assert_eq!(forgot.keys_destroyed, 1);
     assert!(forgot.notes_erased_at.is_some());
 
-    let after = h.list(TENANT, "forget-me", false).await;
-    assert_eq!(after.len(), 2);
-    for e in &after {
-        assert_eq!(e.note_state(), pb::NoteState::Erased);
-        assert!(e.note.is_empty());
-    }
-    let s = h.summary("forget-me").await;
-    assert_eq!((s.entries, s.minutes), (2, 21));
+    // The person is erased: their reference finds no one, and the other
+    // participant is untouched.
+    let gone = h
+        .practice
+        .list_entries(req(
+            TENANT,
+            pb::ListEntriesRequest {
+                participant_ref: "forget-me".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
     assert_eq!(h.list(TENANT, "keep-me", false).await[0].note, keep);
 
     // The data key is gone from the database; the sealed notes are all
-    // that is left, and nothing can open them.
-    let dumped = dump(&h.db);
+    // that is left, and nothing can open them. The minutes stay, under an
+    // opaque id.
+    let dumped = h.db.dump();
     for note in notes {
         assert!(!dumped.contains(note));
     }
-    let wrapped: Vec<Option<Vec<u8>>> =
-        sqlx::query_scalar("SELECT wrapped FROM practice_keys ORDER BY wrapped IS NULL DESC")
-            .fetch_all(&h.db.pool)
-            .await
-            .unwrap();
-    assert_eq!(wrapped.len(), 2);
-    assert!(wrapped[0].is_none() && wrapped[1].is_some());
+    assert!(!dumped.contains("forget-me"));
+    let keys: Vec<Option<Vec<u8>>> = sqlx::query_scalar(
+        "SELECT wrapped_key FROM participants ORDER BY wrapped_key IS NULL DESC",
+    )
+    .fetch_all(&h.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(keys[0].is_none() && keys[1].is_some());
     let events = h.events(TENANT).await;
     assert!(events.iter().any(|(t, _)| t == "PracticeNotesErased"));
+    assert!(events.iter().any(|(t, _)| t == "ParticipantErased"));
+    let minutes: i64 = events
+        .iter()
+        .filter(|(t, _)| t == "PracticeLogged")
+        .map(|(_, p)| p["minutes"].as_i64().unwrap())
+        .sum();
+    assert_eq!(minutes, 10 + 11 + 7);
 
-    // A second request destroys nothing more; new notes are refused, plain
-    // entries still taken.
+    // A second request finds no one; the same reference used again is
+    // someone new, with a new id and key.
     let again = h
         .practice
         .forget_participant(req(
@@ -840,45 +831,37 @@ async fn after_forget_participant_no_note_is_readable_anywhere_and_the_minutes_s
             },
         ))
         .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        (again.keys_destroyed, again.notes_erased_at),
-        (0, forgot.notes_erased_at)
-    );
-    let refused = h
-        .log(
-            TENANT,
-            "forget-me",
-            Uuid::new_v4(),
-            with_note(
-                details("journaling-reframe", "2026-06-09T20:00:00Z", 5),
-                "new",
-            ),
-        )
-        .await
         .unwrap_err();
-    assert_eq!(refused.code(), Code::FailedPrecondition);
-    assert_eq!(field_violation(&refused), "note");
+    assert_eq!(again.code(), Code::NotFound);
     h.log(
         TENANT,
         "forget-me",
         Uuid::new_v4(),
-        details("journaling-reframe", "2026-06-09T20:00:00Z", 5),
+        with_note(
+            details("journaling-reframe", "2026-06-09T20:00:00Z", 5),
+            "new",
+        ),
     )
     .await
     .unwrap();
+    let fresh = h.list(TENANT, "forget-me", false).await;
+    assert_eq!(fresh.len(), 1);
+    assert_eq!(fresh[0].note, "new");
 }
 
 #[tokio::test]
 async fn rotating_the_master_key_rewraps_every_data_key() {
     let h = harness("2026-06-10T12:00:00Z").await;
-    let k1 = MasterKeys::generate_entry("k1").unwrap();
-    let k2 = MasterKeys::generate_entry("k2").unwrap();
-    let api = |keys: &str| {
+    let k1 = tend_privacy::MasterKeys::generate_entry("k1").unwrap();
+    let k2 = tend_privacy::MasterKeys::generate_entry("k2").unwrap();
+    let directory = |keys: String| {
+        let pool = h.db.pool.clone();
+        async move { Directory::open(pool, keys.parse().unwrap()).await.unwrap() }
+    };
+    let api = |directory: Directory| {
         PracticeLogApi::new(
             h.store.clone(),
-            KeyRing::new(h.db.pool.clone(), Some(keys.parse().unwrap())),
+            directory,
             Arc::new(h.clock.clone()),
             PracticeOptions::default(),
         )
@@ -894,7 +877,7 @@ async fn rotating_the_master_key_rewraps_every_data_key() {
         .await
         .map(|r| r.into_inner().entries)
     };
-    api(&k1)
+    api(directory(k1.clone()).await)
         .log_practice(req(
             TENANT,
             pb::LogPracticeRequest {
@@ -908,15 +891,27 @@ async fn rotating_the_master_key_rewraps_every_data_key() {
         ))
         .await
         .unwrap();
-    // Without k1 the note cannot be opened; with k2 first and k1 still
-    // there, rotation re-wraps it; then k2 alone opens it.
-    assert_eq!(list(api(&k2)).await.unwrap_err().code(), Code::Internal);
-    let both = format!("{k2},{k1}");
-    let ring = KeyRing::new(h.db.pool.clone(), Some(both.parse().unwrap()));
-    assert_eq!(ring.rotate().await.unwrap(), 1);
-    assert_eq!(ring.rotate().await.unwrap(), 0);
+    // Without k1 the reference is not found (its lookup is keyed by k1)
+    // and the note cannot be opened; with k2 first and k1 still there,
+    // rotation re-wraps the key and re-hashes the lookup; then k2 alone
+    // finds the participant and opens the note.
     assert_eq!(
-        list(api(&k2)).await.unwrap()[0].note,
+        list(api(directory(k2.clone()).await))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let both = directory(format!("{k2},{k1}")).await;
+    assert_eq!(
+        list(api(both.clone())).await.unwrap()[0].note,
+        "kept across rotation"
+    );
+    let rotated = both.rotate().await.unwrap();
+    assert_eq!((rotated.keys, rotated.lookups), (1, 1));
+    assert_eq!(both.rotate().await.unwrap(), Default::default());
+    assert_eq!(
+        list(api(directory(k2).await)).await.unwrap()[0].note,
         "kept across rotation"
     );
 }
@@ -933,7 +928,19 @@ async fn a_tenant_never_sees_or_changes_another_tenants_entries() {
     )
     .await
     .unwrap();
-    assert!(h.list("clinic-b", "p-1", true).await.is_empty());
+    // The same reference in another tenant names no one there.
+    let unknown = h
+        .practice
+        .list_entries(req(
+            "clinic-b",
+            pb::ListEntriesRequest {
+                participant_ref: "p-1".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
     let status = h
         .practice
         .retract_entry(req(
@@ -960,39 +967,7 @@ async fn a_tenant_never_sees_or_changes_another_tenants_entries() {
 }
 
 #[tokio::test]
-async fn without_a_master_key_notes_are_refused_and_plain_entries_kept() {
-    let h = harness("2026-06-10T12:00:00Z").await;
-    let api = PracticeLogApi::new(
-        h.store.clone(),
-        KeyRing::new(h.db.pool.clone(), None),
-        Arc::new(h.clock.clone()),
-        PracticeOptions::default(),
-    );
-    let log = |practice| {
-        api.log_practice(req(
-            TENANT,
-            pb::LogPracticeRequest {
-                participant_ref: "p-1".into(),
-                entry_id: Uuid::new_v4().to_string(),
-                practice: Some(practice),
-            },
-        ))
-    };
-    let refused = log(with_note(
-        details("soothing-touch", "2026-06-10T11:00:00Z", 2),
-        "x",
-    ))
-    .await
-    .unwrap_err();
-    assert_eq!(refused.code(), Code::FailedPrecondition);
-    assert!(h.events(TENANT).await.is_empty());
-    log(details("soothing-touch", "2026-06-10T11:00:00Z", 2))
-        .await
-        .unwrap();
-}
-
-#[tokio::test]
-async fn a_retry_gets_the_original_even_past_the_backdating_limit_or_after_erasure() {
+async fn a_retry_gets_the_original_even_past_the_backdating_limit() {
     let h = harness("2026-06-10T12:00:00Z").await;
     let plain = Uuid::new_v4();
     let noted = Uuid::new_v4();
@@ -1027,18 +1002,9 @@ async fn a_retry_gets_the_original_even_past_the_backdating_limit_or_after_erasu
         .await
         .unwrap_err();
     assert_eq!(changed.code(), Code::InvalidArgument);
-    // After erasure the entry with a note is still the entry it was.
-    h.practice
-        .forget_participant(req(
-            TENANT,
-            pb::ForgetParticipantRequest {
-                participant_ref: "p-1".into(),
-            },
-        ))
-        .await
-        .unwrap();
+    // The entry with a note comes back with its note.
     let again = h.log(TENANT, "p-1", noted, noted_details).await.unwrap();
-    assert_eq!(again.note_state(), pb::NoteState::Erased);
+    assert_eq!(again.note, "retried");
     assert_eq!(again.minutes, 10);
     assert_eq!(
         h.events(TENANT)
@@ -1051,7 +1017,7 @@ async fn a_retry_gets_the_original_even_past_the_backdating_limit_or_after_erasu
 }
 
 #[tokio::test]
-async fn concurrent_erasure_requests_all_succeed_and_destroy_one_key() {
+async fn concurrent_erasure_requests_destroy_one_key_and_record_one_erasure() {
     let h = harness("2026-06-10T12:00:00Z").await;
     h.log(
         TENANT,
@@ -1067,7 +1033,7 @@ async fn concurrent_erasure_requests_all_succeed_and_destroy_one_key() {
     // The real clock: each request decides a different erasure instant.
     let api = PracticeLogApi::new(
         h.store.clone(),
-        KeyRing::new(h.db.pool.clone(), Some(master())),
+        h.directory.clone(),
         Arc::new(tend_service_kit::SystemClock),
         PracticeOptions::default(),
     );
@@ -1080,16 +1046,22 @@ async fn concurrent_erasure_requests_all_succeed_and_destroy_one_key() {
         ))
     });
     let results = futures::future::join_all(calls).await;
-    let destroyed: u32 = results
-        .into_iter()
-        .map(|r| r.unwrap().into_inner().keys_destroyed)
-        .sum();
+    // A request that looks the reference up after another erased the
+    // person finds no one; every other succeeds.
+    let mut destroyed = 0;
+    for r in results {
+        match r {
+            Ok(r) => destroyed += r.into_inner().keys_destroyed,
+            Err(e) => assert_eq!(e.code(), Code::NotFound, "{e:?}"),
+        }
+    }
     assert_eq!(destroyed, 1);
-    let erased = h
-        .events(TENANT)
-        .await
-        .iter()
-        .filter(|(t, _)| t == "PracticeNotesErased")
-        .count();
-    assert_eq!(erased, 1);
+    let events = h.events(TENANT).await;
+    for kind in ["PracticeNotesErased", "ParticipantErased"] {
+        assert_eq!(
+            events.iter().filter(|(t, _)| t == kind).count(),
+            1,
+            "{kind}"
+        );
+    }
 }

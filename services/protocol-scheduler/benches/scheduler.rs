@@ -75,7 +75,6 @@ async fn main() -> Result<()> {
         &Participant::default(),
         enrollment::Command::Enroll {
             enrollment_id: Uuid::new_v4(),
-            participant_ref: "P-1".into(),
             protocol: arc.clone(),
             requested_version: 0,
             session_at: parse_local_date_time("session", "2026-07-01T10:00")?,
@@ -101,7 +100,9 @@ async fn main() -> Result<()> {
     let db = server.database(16).await?;
     let store = EventStore::open(db.pool.clone(), Default::default()).await?;
     let clock = ManualClock::new(now);
-    let api = SchedulerApi::new(store.clone(), Arc::new(clock.clone()));
+    let master = tend_privacy::MasterKeys::generate_entry("bench").map_err(|e| e.to_string())?;
+    let directory = tend_privacy::Directory::open(db.pool.clone(), master.parse()?).await?;
+    let api = SchedulerApi::new(store.clone(), directory, Arc::new(clock.clone()));
 
     // 2. Enroll, 8 callers, each a new participant.
     let stop = Arc::new(AtomicBool::new(false));

@@ -15,7 +15,10 @@ use tend_event_store::{EventStore, Metadata, TenantId};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use tend_service_kit::{Clock, Loaded, OccurrenceDetail, Participants, instants, streams};
+use tend_privacy::Directory;
+use tend_service_kit::{
+    Clock, Identities, Loaded, OccurrenceDetail, Participants, instants, streams,
+};
 
 use crate::Error;
 use crate::convert::{self, uuid};
@@ -27,15 +30,35 @@ const DEFAULT_PAGE: u32 = 100;
 #[derive(Debug, Clone)]
 pub struct SchedulerApi {
     repo: Participants,
+    identities: Identities,
     clock: Arc<dyn Clock>,
 }
 
 impl SchedulerApi {
-    pub fn new(store: EventStore, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(store: EventStore, directory: Directory, clock: Arc<dyn Clock>) -> Self {
+        let repo = Participants::new(store);
         Self {
-            repo: Participants::new(store),
+            identities: Identities::new(repo.clone(), directory),
+            repo,
             clock,
         }
+    }
+
+    /// An enrollment as a reply: with the participant's id, and their
+    /// reference from the directory (empty once they are erased).
+    async fn enrollment_pb(
+        &self,
+        tenant: &TenantId,
+        participant: Uuid,
+        e: &Enrollment,
+    ) -> Result<pb::Enrollment, Error> {
+        let reference = self
+            .identities
+            .references(tenant, &[participant])
+            .await?
+            .remove(&participant)
+            .unwrap_or_default();
+        Ok(convert::enrollment_to_pb(e, participant, reference))
     }
 
     pub fn into_server(self) -> ProtocolSchedulerServiceServer<Self> {
@@ -78,6 +101,11 @@ impl SchedulerApi {
         Ok((id, loaded))
     }
 
+    /// Whose stream a loaded participant is.
+    fn participant_of(loaded: &Loaded) -> Result<Uuid, Error> {
+        streams::key_of(&loaded.stream).ok_or_else(|| Error::not_found("enrollment"))
+    }
+
     /// Runs a command on an existing enrollment; returns the enrollment
     /// after it and what it did to the schedule.
     async fn change_enrollment(
@@ -86,7 +114,7 @@ impl SchedulerApi {
         enrollment_id: &str,
         extra: &[protocol::Protocol],
         command: impl Fn(Uuid, Timestamp) -> enrollment::Command,
-    ) -> Result<(Enrollment, pb::ScheduleChange), Error> {
+    ) -> Result<(Enrollment, Uuid, pb::ScheduleChange), Error> {
         let id = uuid("enrollment_id", enrollment_id)?;
         let stream = self.repo.enrollment_stream(tenant, id).await?;
         let (before, after) = self
@@ -105,7 +133,7 @@ impl SchedulerApi {
             .enrollment(id)
             .cloned()
             .ok_or_else(|| Error::not_found("enrollment"))?;
-        Ok((enrollment, report))
+        Ok((enrollment, Self::participant_of(&after)?, report))
     }
 
     /// Pause, resume or withdraw: the enrollment afterwards.
@@ -115,10 +143,10 @@ impl SchedulerApi {
         enrollment_id: &str,
         command: fn(Uuid, Timestamp) -> enrollment::Command,
     ) -> Result<Option<pb::Enrollment>, Error> {
-        let (e, _) = self
+        let (e, participant, _) = self
             .change_enrollment(tenant, enrollment_id, &[], command)
             .await?;
-        Ok(Some(convert::enrollment_to_pb(&e)))
+        Ok(Some(self.enrollment_pb(tenant, participant, &e).await?))
     }
 }
 
@@ -276,7 +304,37 @@ impl ProtocolSchedulerService for SchedulerApi {
             .await
             .map_err(Error::from)?;
         let enrollment_id = enrollment_id_for_request(request_id);
-        let stream = streams::participant(&tenant, &r.participant_ref);
+        let command = || enrollment::Command::Enroll {
+            enrollment_id,
+            protocol: protocol.clone(),
+            requested_version: r.protocol_version,
+            session_at,
+            time_zone: time_zone.clone(),
+            now: self.clock.now(),
+        };
+        let found = self
+            .identities
+            .lookup(&tenant, &r.participant_ref)
+            .await
+            .map_err(Error::from)?;
+        let participant = match found {
+            Some(id) => id,
+            None => {
+                // Someone new: refused enrollments (a protocol that needs
+                // consent, a session out of range) leave no trace of the
+                // reference, so the command is decided on the empty state
+                // before they are registered.
+                let mut protocols = protocol::ProtocolSet::default();
+                protocols.insert(protocol.clone());
+                enrollment::decide(&Default::default(), command(), &protocols)
+                    .map_err(Error::from)?;
+                self.identities
+                    .find_or_register(&tenant, &r.participant_ref)
+                    .await
+                    .map_err(Error::from)?
+            }
+        };
+        let stream = streams::participant(participant);
         let metadata = Metadata {
             correlation_id: Some(request_id),
             ..Metadata::default()
@@ -287,15 +345,7 @@ impl ProtocolSchedulerService for SchedulerApi {
                 &tenant,
                 &stream,
                 std::slice::from_ref(&protocol),
-                || enrollment::Command::Enroll {
-                    enrollment_id,
-                    participant_ref: r.participant_ref.clone(),
-                    protocol: protocol.clone(),
-                    requested_version: r.protocol_version,
-                    session_at,
-                    time_zone: time_zone.clone(),
-                    now: self.clock.now(),
-                },
+                command,
                 &metadata,
             )
             .await
@@ -307,7 +357,11 @@ impl ProtocolSchedulerService for SchedulerApi {
             .map_err(Error::from)?
             .len();
         Ok(Response::new(pb::EnrollResponse {
-            enrollment: Some(convert::enrollment_to_pb(e)),
+            enrollment: Some(convert::enrollment_to_pb(
+                e,
+                participant,
+                r.participant_ref.clone(),
+            )),
             occurrence_count: count as u32,
         }))
     }
@@ -321,8 +375,12 @@ impl ProtocolSchedulerService for SchedulerApi {
         let (id, loaded) = self
             .locate(&tenant, &request.get_ref().enrollment_id)
             .await?;
+        let participant = Self::participant_of(&loaded)?;
         Ok(Response::new(pb::GetEnrollmentResponse {
-            enrollment: Some(convert::enrollment_to_pb(enrollment_of(&loaded, id)?)),
+            enrollment: Some(
+                self.enrollment_pb(&tenant, participant, enrollment_of(&loaded, id)?)
+                    .await?,
+            ),
         }))
     }
 
@@ -336,7 +394,7 @@ impl ProtocolSchedulerService for SchedulerApi {
         uuid("enrollment_id", &r.enrollment_id)?;
         let session_at = parse_local_date_time("session_local_time", &r.session_local_time)
             .map_err(Error::from)?;
-        let (e, change) = self
+        let (e, participant, change) = self
             .change_enrollment(&tenant, &r.enrollment_id, &[], |enrollment_id, now| {
                 enrollment::Command::RescheduleSession {
                     enrollment_id,
@@ -346,7 +404,7 @@ impl ProtocolSchedulerService for SchedulerApi {
             })
             .await?;
         Ok(Response::new(pb::RescheduleSessionResponse {
-            enrollment: Some(convert::enrollment_to_pb(&e)),
+            enrollment: Some(self.enrollment_pb(&tenant, participant, &e).await?),
             change: Some(change),
         }))
     }
@@ -360,7 +418,7 @@ impl ProtocolSchedulerService for SchedulerApi {
         let r = request.into_inner();
         uuid("enrollment_id", &r.enrollment_id)?;
         let time_zone = Zone::new(&r.time_zone).map_err(Error::from)?;
-        let (e, change) = self
+        let (e, participant, change) = self
             .change_enrollment(&tenant, &r.enrollment_id, &[], |enrollment_id, now| {
                 enrollment::Command::ChangeTimeZone {
                     enrollment_id,
@@ -370,7 +428,7 @@ impl ProtocolSchedulerService for SchedulerApi {
             })
             .await?;
         Ok(Response::new(pb::ChangeTimeZoneResponse {
-            enrollment: Some(convert::enrollment_to_pb(&e)),
+            enrollment: Some(self.enrollment_pb(&tenant, participant, &e).await?),
             change: Some(change),
         }))
     }
@@ -397,6 +455,7 @@ impl ProtocolSchedulerService for SchedulerApi {
             protocol: target.clone(),
             now,
         };
+        let participant = Self::participant_of(&loaded)?;
         let (e, change) = if r.dry_run {
             let now = self.clock.now();
             let mut before = loaded;
@@ -408,16 +467,18 @@ impl ProtocolSchedulerService for SchedulerApi {
             let change = report(&before, &after, id, now)?;
             (enrollment_of(&after, id)?.clone(), change)
         } else {
-            self.change_enrollment(
-                &tenant,
-                &r.enrollment_id,
-                std::slice::from_ref(&target),
-                command,
-            )
-            .await?
+            let (e, _, change) = self
+                .change_enrollment(
+                    &tenant,
+                    &r.enrollment_id,
+                    std::slice::from_ref(&target),
+                    command,
+                )
+                .await?;
+            (e, change)
         };
         Ok(Response::new(pb::MigrateEnrollmentResponse {
-            enrollment: Some(convert::enrollment_to_pb(&e)),
+            enrollment: Some(self.enrollment_pb(&tenant, participant, &e).await?),
             change: Some(change),
         }))
     }
@@ -550,8 +611,9 @@ impl ProtocolSchedulerService for SchedulerApi {
             .filter(|o| from.is_none_or(|f| o.at >= f) && to.is_none_or(|t| o.at < t))
             .map(convert::occurrence_to_pb)
             .collect();
+        let participant = Self::participant_of(&loaded)?;
         Ok(Response::new(pb::GetScheduleResponse {
-            enrollment: Some(convert::enrollment_to_pb(e)),
+            enrollment: Some(self.enrollment_pb(&tenant, participant, e).await?),
             occurrences,
         }))
     }
@@ -590,9 +652,10 @@ impl ProtocolSchedulerService for SchedulerApi {
             Option<chrono::DateTime<chrono::Utc>>,
             bool,
             serde_json::Value,
+            String,
         );
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT occurrence_id, enrollment_id, scheduled_at, closes_at, completed_at, cancelled, detail
+            "SELECT occurrence_id, enrollment_id, scheduled_at, closes_at, completed_at, cancelled, detail, stream_id
              FROM scheduler_occurrences
              WHERE tenant_id = $1 AND scheduled_at >= $2 AND scheduled_at < $3
                AND ($4::timestamptz IS NULL OR (scheduled_at, occurrence_id) > ($4, $5))
@@ -620,6 +683,11 @@ impl ProtocolSchedulerService for SchedulerApi {
                 completed_at: r.4,
                 cancelled: r.5,
                 detail: r.6,
+                participant: tend_event_store::StreamId::new(r.7)
+                    .ok()
+                    .as_ref()
+                    .and_then(streams::key_of)
+                    .unwrap_or_default(),
             })
             .collect();
         let now = self.clock.now();
@@ -633,9 +701,17 @@ impl ProtocolSchedulerService for SchedulerApi {
             ),
             _ => String::new(),
         };
+        let mut participants: Vec<Uuid> = rows.iter().map(|r| r.participant).collect();
+        participants.sort_unstable();
+        participants.dedup();
+        let references = self
+            .identities
+            .references(&tenant, &participants)
+            .await
+            .map_err(Error::from)?;
         let occurrences = rows
             .iter()
-            .map(|row| row.to_pb(now))
+            .map(|row| row.to_pb(now, &references))
             .collect::<Result<Vec<_>, Error>>()?;
         Ok(Response::new(pb::ListDueResponse {
             occurrences,
@@ -665,10 +741,15 @@ struct DueRow {
     completed_at: Option<chrono::DateTime<chrono::Utc>>,
     cancelled: bool,
     detail: serde_json::Value,
+    participant: Uuid,
 }
 
 impl DueRow {
-    fn to_pb(&self, now: Timestamp) -> Result<pb::Occurrence, Error> {
+    fn to_pb(
+        &self,
+        now: Timestamp,
+        references: &std::collections::HashMap<Uuid, String>,
+    ) -> Result<pb::Occurrence, Error> {
         use tend_domain::schedule::Status;
         let d: OccurrenceDetail = serde_json::from_value(self.detail.clone()).map_err(|e| {
             Error::from(tend_event_store::Error::Corrupt {
@@ -705,7 +786,11 @@ impl DueRow {
             status: convert::status_to_pb(status) as i32,
             completed_at: completed.map(instants::to_pb),
             protocol_version: d.protocol_version,
-            participant_ref: d.participant_ref,
+            participant_ref: references
+                .get(&self.participant)
+                .cloned()
+                .unwrap_or_default(),
+            participant_id: self.participant.to_string(),
         })
     }
 }

@@ -2,6 +2,7 @@
 //! field either yields a domain value or an error naming the field.
 
 use jiff::Timestamp;
+use tend_api::privacy::v1::ConsentPurpose;
 use tend_api::scheduler::v1 as pb;
 use tend_domain::enrollment::Enrollment;
 use tend_domain::protocol::{self, Activity, ActivityKind, Cadence, DaySpan, Protocol};
@@ -66,6 +67,23 @@ pub(crate) fn protocol_from_pb(p: pb::Protocol) -> Result<Protocol, Error> {
             activity_from_pb(a).map_err(|e| within(e, &format!("protocol.activities[{i}]")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let required_purposes = p
+        .required_purposes
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            ConsentPurpose::try_from(*v)
+                .ok()
+                .and_then(|p| p.as_str_name().strip_prefix("CONSENT_PURPOSE_"))
+                .and_then(|name| name.to_ascii_lowercase().parse().ok())
+                .ok_or_else(|| {
+                    Error::invalid(
+                        format!("protocol.required_purposes[{i}]"),
+                        "is not a consent purpose",
+                    )
+                })
+        })
+        .collect::<Result<_, _>>()?;
     Ok(Protocol {
         id: p.protocol_id,
         version: 1,
@@ -73,6 +91,7 @@ pub(crate) fn protocol_from_pb(p: pb::Protocol) -> Result<Protocol, Error> {
         weeks_before: p.weeks_before,
         weeks_after: p.weeks_after,
         activities,
+        required_purposes,
     })
 }
 
@@ -152,6 +171,17 @@ pub(crate) fn protocol_to_pb(
         state: state as i32,
         published_at: published_at.map(instants::to_pb),
         built_in,
+        required_purposes: p
+            .required_purposes
+            .iter()
+            .filter_map(|p| {
+                ConsentPurpose::from_str_name(&format!(
+                    "CONSENT_PURPOSE_{}",
+                    p.as_str().to_ascii_uppercase()
+                ))
+            })
+            .map(|p| p as i32)
+            .collect(),
     }
 }
 
@@ -181,7 +211,11 @@ pub(crate) fn protocol_version_to_pb(v: &protocol::Version) -> pb::Protocol {
 
 // ---- Enrollments and occurrences ----
 
-pub(crate) fn enrollment_to_pb(e: &Enrollment) -> pb::Enrollment {
+pub(crate) fn enrollment_to_pb(
+    e: &Enrollment,
+    participant: Uuid,
+    participant_ref: String,
+) -> pb::Enrollment {
     let current = e.current();
     let state = if e.withdrawn_at.is_some() {
         pb::EnrollmentState::Withdrawn
@@ -193,7 +227,8 @@ pub(crate) fn enrollment_to_pb(e: &Enrollment) -> pb::Enrollment {
     let (start, end) = e.arc_dates();
     pb::Enrollment {
         enrollment_id: e.id.to_string(),
-        participant_ref: e.participant_ref.clone(),
+        participant_ref,
+        participant_id: participant.to_string(),
         protocol_id: e.protocol_id.clone(),
         protocol_version: current.protocol_version,
         session_local_time: current.session.to_string(),
@@ -239,6 +274,7 @@ pub(crate) fn occurrence_to_pb(o: &Occurrence) -> pb::Occurrence {
         completed_at: o.completed_at.map(instants::to_pb),
         protocol_version: o.protocol_version,
         participant_ref: String::new(),
+        participant_id: String::new(),
     }
 }
 

@@ -417,7 +417,7 @@ impl Worker {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            rows.extend(schedule.into_iter().map(|o| (e.participant_ref.clone(), o)));
+            rows.extend(schedule);
         }
         self.write(
             tenant,
@@ -436,7 +436,7 @@ impl Worker {
         stream: &StreamId,
         (version, practice_version): (Option<u64>, Option<u64>),
         next: Option<Timestamp>,
-        rows: &[(String, Occurrence)],
+        rows: &[Occurrence],
     ) -> Result<(), Error> {
         let mut ids = Vec::with_capacity(rows.len());
         let mut enrollments = Vec::with_capacity(rows.len());
@@ -445,7 +445,7 @@ impl Worker {
         let mut completed = Vec::with_capacity(rows.len());
         let mut cancelled = Vec::with_capacity(rows.len());
         let mut details = Vec::with_capacity(rows.len());
-        for (participant_ref, o) in rows {
+        for o in rows {
             ids.push(o.id);
             enrollments.push(o.enrollment_id);
             at.push(instants::to_chrono(o.at));
@@ -454,7 +454,6 @@ impl Worker {
             cancelled.push(o.status == Status::Cancelled);
             details.push(
                 serde_json::to_value(OccurrenceDetail {
-                    participant_ref: participant_ref.clone(),
                     activity_key: o.activity_key.clone(),
                     kind: o.kind.clone(),
                     day: o.day,

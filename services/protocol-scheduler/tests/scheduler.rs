@@ -23,8 +23,13 @@ struct Harness {
 }
 
 async fn harness(start: &str) -> Harness {
-    let Services { store, clock, .. } = Services::start(start).await;
-    let api = SchedulerApi::new(store.clone(), Arc::new(clock.clone()));
+    let Services {
+        store,
+        clock,
+        directory,
+        ..
+    } = Services::start(start).await;
+    let api = SchedulerApi::new(store.clone(), directory, Arc::new(clock.clone()));
     Harness { store, clock, api }
 }
 

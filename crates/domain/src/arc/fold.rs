@@ -78,9 +78,11 @@ impl ArcState {
         slots: &mut SlotCache,
     ) {
         use enrollment::Event as E;
+        if let E::Erased(e) = event {
+            self.erased_at.get_or_insert(e.erased_at);
+            return;
+        }
         if let E::Enrolled(e) = event {
-            self.participant_ref
-                .get_or_insert_with(|| e.participant_ref.clone());
             if self.enrollment_mut(e.enrollment_id).is_none() {
                 self.enrollments.push(ArcEnrollment {
                     id: e.enrollment_id,
@@ -101,7 +103,7 @@ impl ArcState {
             return;
         };
         match event {
-            E::Enrolled(_) => {}
+            E::Enrolled(_) | E::ConsentRecorded(_) | E::ConsentWithdrawn(_) | E::Erased(_) => {}
             E::SessionRescheduled(e) => en.session = e.session_at,
             E::TimeZoneChanged(e) => en.zone = e.time_zone.clone(),
             E::Migrated(e) => {

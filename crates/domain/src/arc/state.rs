@@ -14,9 +14,9 @@ use crate::time::{Zone, resolve_date_time, zoned};
 /// row, so it is serialisable and holds no free text.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ArcState {
-    /// The partner's reference, from the first enrollment.
+    /// When the participant was erased: what is left of them is numbers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub participant_ref: Option<String>,
+    pub erased_at: Option<Timestamp>,
     pub enrollments: Vec<ArcEnrollment>,
     /// Practice entries by entry id, as they stand after corrections.
     pub practice: BTreeMap<Uuid, Practised>,

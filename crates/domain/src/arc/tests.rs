@@ -26,6 +26,7 @@ fn protocol() -> Protocol {
         title: "Sit daily".into(),
         weeks_before: 4,
         weeks_after: 4,
+        required_purposes: Default::default(),
         activities: vec![Activity {
             key: "sit".into(),
             kind: ActivityKind::Practice {
@@ -75,7 +76,6 @@ impl Script {
             &s.participant,
             EnrollmentCommand::Enroll {
                 enrollment_id: ENROLLMENT,
-                participant_ref: "p-1".into(),
                 protocol: protocol(),
                 requested_version: 1,
                 session_at: "2026-03-02T10:00".parse().unwrap(),
@@ -288,7 +288,7 @@ fn a_scripted_arc_worked_by_hand() {
     let en = view.enrollment.as_ref().unwrap();
     assert_eq!(en.days_from_session, 10);
     assert_eq!(en.arc_week, Some(2));
-    assert_eq!(view.participant_ref.as_deref(), Some("p-1"));
+    assert_eq!(view.erased_at, None);
     // Each pre-session week: 7 due, 7 done, 70 planned, 70 practised.
     for w in -4..=-1 {
         assert_eq!(s.week(now, w), adherence(7, 7, 0, 0, 70, 70), "week {w}");

@@ -58,7 +58,7 @@ impl Adherence {
 /// The arc as read at an instant.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArcView {
-    pub participant_ref: Option<String>,
+    pub erased_at: Option<Timestamp>,
     pub enrollment: Option<EnrollmentView>,
     pub phase: Phase,
     /// By arc week, ascending (0: the session day).
@@ -213,7 +213,7 @@ impl ArcState {
             .collect();
         assessments.sort_by_key(|a| a.administered_at);
         ArcView {
-            participant_ref: self.participant_ref.clone(),
+            erased_at: self.erased_at,
             enrollment: en.map(|en| {
                 let days = en.day_of(now);
                 EnrollmentView {

@@ -36,6 +36,7 @@ fn daily_at(times: &[&str], days: (i32, i32), window_minutes: u32) -> Protocol {
         title: "Daily".into(),
         weeks_before: 4,
         weeks_after: 4,
+        required_purposes: Default::default(),
         activities: vec![Activity {
             key: "practice".into(),
             kind: ActivityKind::Practice {
@@ -105,7 +106,6 @@ impl Spec {
 fn enrolled(protocol: &Protocol, session: &str, zone_name: &str, at: &str) -> Event {
     Event::Enrolled(ParticipantEnrolled {
         enrollment_id: E,
-        participant_ref: "P-001".into(),
         protocol_id: protocol.id.clone(),
         protocol_version: protocol.version,
         session_at: local(session),
@@ -127,7 +127,6 @@ fn on(p: &Protocol, session: &str, zone_name: &str, at: &str) -> Spec {
 fn enroll(protocol: &Protocol, session: &str, zone_name: &str, now: &str) -> Command {
     Command::Enroll {
         enrollment_id: E,
-        participant_ref: "P-001".into(),
         protocol: protocol.clone(),
         requested_version: 0,
         session_at: local(session),
@@ -1113,4 +1112,317 @@ fn a_change_after_a_pause_is_not_cancelled_by_it() {
     // Before the change, day -4 (06-06 08:00) fell in the pause: cancelled.
     let before = paused_and_resumed().schedule(ts("2026-06-06T12:30:00Z"));
     assert_eq!(before[1].status, Status::Cancelled);
+}
+
+// ---- Consent and erasure ----
+
+mod consent {
+    use super::*;
+    use crate::consent::{ConsentRecorded, DocumentVersionDefined, ErasureReason, Method, Purpose};
+
+    const DOC_AT: &str = "2026-01-01T00:00:00Z";
+
+    fn document(purposes: &[Purpose]) -> DocumentVersionDefined {
+        DocumentVersionDefined {
+            document_id: "study-consent".into(),
+            version: 2,
+            purposes: purposes.iter().copied().collect(),
+            defined_at: ts(DOC_AT),
+        }
+    }
+
+    fn needing(purposes: &[Purpose]) -> Protocol {
+        let mut p = arc();
+        p.id = "consented-arc".into();
+        p.required_purposes = purposes.iter().copied().collect();
+        p
+    }
+
+    fn record(id: u128, purposes: &[Purpose], given_at: &str, now: &str) -> Command {
+        Command::RecordConsent {
+            consent: ConsentRecorded {
+                consent_id: Uuid::from_u128(id),
+                document_id: "study-consent".into(),
+                document_version: 2,
+                purposes: purposes.iter().copied().collect(),
+                given_at: ts(given_at),
+                method: Method::ElectronicSignature,
+                evidence_sha256: "ab".repeat(32),
+                recorded_at: ts(now),
+            },
+            document: Some(document(&Purpose::ALL)),
+            now: ts(now),
+        }
+    }
+
+    fn withdraw(id: u128, purposes: &[Purpose], now: &str) -> Command {
+        Command::WithdrawConsent {
+            withdrawal_id: Uuid::from_u128(id),
+            purposes: purposes.iter().copied().collect(),
+            now: ts(now),
+        }
+    }
+
+    fn erase(id: u128, now: &str) -> Command {
+        Command::Erase {
+            erasure_id: Uuid::from_u128(id),
+            by_tenant: "clinic".into(),
+            reason: ErasureReason::ParticipantRequest,
+            now: ts(now),
+        }
+    }
+
+    #[test]
+    fn enrolling_needs_every_purpose_the_protocol_requires() {
+        let p = needing(&[Purpose::Protocol, Purpose::Questionnaires]);
+        let enroll = || {
+            enroll(
+                &p,
+                "2026-12-15T10:00",
+                "Europe/London",
+                "2026-11-10T09:00:00Z",
+            )
+        };
+        let err = given(std::slice::from_ref(&p), &[])
+            .when(enroll())
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Refused { field, reason } if field == "consent" && reason.contains("`protocol`")),
+            "{err}"
+        );
+        let partly = given(std::slice::from_ref(&p), &[]).then_apply(record(
+            1,
+            &[Purpose::Protocol],
+            "2026-11-09T12:00:00Z",
+            "2026-11-10T08:00:00Z",
+        ));
+        let err = partly.when(enroll()).unwrap_err();
+        assert!(err.to_string().contains("`questionnaires`"), "{err}");
+        let events = partly
+            .then_apply(record(
+                2,
+                &[Purpose::Questionnaires],
+                "2026-11-09T12:00:00Z",
+                "2026-11-10T08:00:00Z",
+            ))
+            .when(enroll())
+            .unwrap();
+        assert!(matches!(events[..], [Event::Enrolled(_)]));
+    }
+
+    #[test]
+    fn a_consent_must_fit_its_document_and_not_be_dated_ahead() {
+        let spec = given(&[], &[]);
+        let now = "2026-11-10T08:00:00Z";
+        let mut narrow = record(1, &[Purpose::ResearchSharing], "2026-11-09T12:00:00Z", now);
+        if let Command::RecordConsent { document, .. } = &mut narrow {
+            *document = Some(document_of(&[Purpose::Protocol]));
+        }
+        assert_eq!(spec.when(narrow).unwrap_err().field(), Some("purposes"));
+        assert_eq!(
+            spec.when(record(1, &[Purpose::Protocol], "2026-11-10T09:00:00Z", now))
+                .unwrap_err()
+                .field(),
+            Some("given_at")
+        );
+        let mut unknown = record(1, &[Purpose::Protocol], "2026-11-09T12:00:00Z", now);
+        if let Command::RecordConsent { document, .. } = &mut unknown {
+            *document = None;
+        }
+        assert_eq!(
+            spec.when(unknown).unwrap_err().field(),
+            Some("document_version")
+        );
+        let mut bad_hash = record(1, &[Purpose::Protocol], "2026-11-09T12:00:00Z", now);
+        if let Command::RecordConsent { consent, .. } = &mut bad_hash {
+            consent.evidence_sha256 = "not a hash".into();
+        }
+        assert_eq!(
+            spec.when(bad_hash).unwrap_err().field(),
+            Some("evidence_sha256")
+        );
+        assert_eq!(
+            spec.when(record(1, &[], "2026-11-09T12:00:00Z", now))
+                .unwrap_err()
+                .field(),
+            Some("purposes")
+        );
+        // A retry is the same consent; the same id for another is refused.
+        let done = spec.then_apply(record(1, &[Purpose::Protocol], "2026-11-09T12:00:00Z", now));
+        assert_eq!(
+            done.when(record(
+                1,
+                &[Purpose::Protocol],
+                "2026-11-09T12:00:00Z",
+                "2026-11-10T08:05:00Z"
+            ))
+            .unwrap(),
+            vec![]
+        );
+        assert!(matches!(
+            done.when(record(
+                1,
+                &[Purpose::Questionnaires],
+                "2026-11-09T12:00:00Z",
+                now
+            ))
+            .unwrap_err(),
+            Error::AlreadyExists { .. }
+        ));
+    }
+
+    fn document_of(purposes: &[Purpose]) -> DocumentVersionDefined {
+        document(purposes)
+    }
+
+    #[test]
+    fn withdrawing_a_required_purpose_withdraws_the_enrollment_and_keeps_its_history() {
+        let p = needing(&[Purpose::Protocol]);
+        let spec = given(std::slice::from_ref(&p), &[])
+            .then_apply(record(
+                1,
+                &[Purpose::Protocol, Purpose::ResearchSharing],
+                "2026-11-09T12:00:00Z",
+                "2026-11-10T08:00:00Z",
+            ))
+            .then_apply(enroll(
+                &p,
+                "2026-12-15T10:00",
+                "Europe/London",
+                "2026-11-10T09:00:00Z",
+            ));
+        // Research sharing is not what the arc needs: the schedule goes on.
+        let events = spec
+            .when(withdraw(
+                7,
+                &[Purpose::ResearchSharing],
+                "2026-11-20T09:00:00Z",
+            ))
+            .unwrap();
+        assert!(matches!(events[..], [Event::ConsentWithdrawn(_)]));
+        let events = spec
+            .when(withdraw(8, &[Purpose::Protocol], "2026-11-20T09:00:00Z"))
+            .unwrap();
+        assert!(matches!(
+            &events[..],
+            [
+                Event::ConsentWithdrawn(_),
+                Event::Withdrawn(EnrollmentWithdrawn {
+                    enrollment_id: E,
+                    cause: Some(WithdrawalCause::ConsentWithdrawn),
+                    ..
+                })
+            ]
+        ));
+        let after = spec.then_apply(withdraw(8, &[Purpose::Protocol], "2026-11-20T09:00:00Z"));
+        let enrollment = after.state().enrollment(E).unwrap();
+        assert_eq!(enrollment.withdrawn_at, Some(ts("2026-11-20T09:00:00Z")));
+        assert!(!enrollment.revisions.is_empty());
+        assert_eq!(after.state().consent.recorded.len(), 1);
+        assert!(!after.state().consent.grants(Purpose::Protocol));
+        assert!(after.state().consent.grants(Purpose::ResearchSharing));
+        // The retry is the same withdrawal; a purpose never (or no longer)
+        // granted cannot be withdrawn.
+        assert_eq!(
+            after
+                .when(withdraw(8, &[Purpose::Protocol], "2026-11-20T09:01:00Z"))
+                .unwrap(),
+            vec![]
+        );
+        assert_eq!(
+            after
+                .when(withdraw(9, &[Purpose::Protocol], "2026-11-20T09:01:00Z"))
+                .unwrap_err()
+                .field(),
+            Some("purposes")
+        );
+        assert_eq!(
+            after
+                .when(withdraw(
+                    9,
+                    &[Purpose::ClinicianSharing],
+                    "2026-11-20T09:01:00Z"
+                ))
+                .unwrap_err()
+                .field(),
+            Some("purposes")
+        );
+        // Empty withdraws everything still granted.
+        let all = after
+            .when(withdraw(10, &[], "2026-11-21T09:00:00Z"))
+            .unwrap();
+        assert!(
+            matches!(&all[..], [Event::ConsentWithdrawn(w)] if w.purposes == [Purpose::ResearchSharing].into())
+        );
+    }
+
+    #[test]
+    fn erasure_withdraws_everything_once_and_refuses_what_follows() {
+        let spec = on(
+            &arc(),
+            "2026-12-15T10:00",
+            "Europe/London",
+            "2026-11-10T09:00:00Z",
+        )
+        .then_apply(record(
+            1,
+            &[Purpose::ResearchSharing],
+            "2026-11-09T12:00:00Z",
+            "2026-11-10T09:00:00Z",
+        ));
+        let events = spec.when(erase(5, "2026-11-20T09:00:00Z")).unwrap();
+        assert!(matches!(
+            &events[..],
+            [Event::Withdrawn(EnrollmentWithdrawn { cause: Some(WithdrawalCause::ParticipantErased), .. }), Event::Erased(e)]
+                if e.by_tenant == "clinic" && e.reason == ErasureReason::ParticipantRequest
+        ));
+        let erased = spec.then_apply(erase(5, "2026-11-20T09:00:00Z"));
+        assert!(erased.state().consent.granted.is_empty());
+        // Erasing again (another request, concurrently) records nothing new.
+        assert_eq!(
+            erased.when(erase(6, "2026-11-20T09:00:01Z")).unwrap(),
+            vec![]
+        );
+        assert!(
+            erased
+                .when(enroll(
+                    &arc(),
+                    "2027-03-15T10:00",
+                    "Europe/London",
+                    "2026-11-21T09:00:00Z"
+                ))
+                .is_err()
+        );
+        assert!(
+            erased
+                .when(record(
+                    2,
+                    &[Purpose::Protocol],
+                    "2026-11-20T12:00:00Z",
+                    "2026-11-21T09:00:00Z"
+                ))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn an_enrollment_stored_with_the_reference_reads_and_is_written_without_it() {
+        let stored = serde_json::json!({
+            "enrollment_id": E, "participant_ref": "MRN-12345", "protocol_id": "integration-arc-8w",
+            "protocol_version": 1, "session_at": "2026-12-15T10:00:00", "time_zone": "Europe/London",
+            "arc_first_day": -28, "arc_last_day": 56, "enrolled_at": "2026-11-10T09:00:00Z"
+        });
+        let event = Event::from_stored("ParticipantEnrolled", 1, &stored).unwrap();
+        assert_eq!(event.schema_version(), 2);
+        let written = event.to_payload().to_string();
+        assert!(
+            !written.contains("MRN-12345") && !written.contains("participant_ref"),
+            "{written}"
+        );
+        assert_eq!(
+            Event::from_stored("ParticipantEnrolled", 2, &event.to_payload()).unwrap(),
+            event
+        );
+        assert!(Event::from_stored("ParticipantEnrolled", 3, &stored).is_err());
+    }
 }

@@ -301,6 +301,7 @@ fn protocol() -> Protocol {
         title: "Daily".into(),
         weeks_before: 1,
         weeks_after: 1,
+        required_purposes: Default::default(),
         activities: vec![
             Activity {
                 key: "sit".into(),
@@ -338,7 +339,6 @@ fn enrolled() -> Arc {
         &Participant::default(),
         EnrollmentCommand::Enroll {
             enrollment_id: ENROLLMENT,
-            participant_ref: "p".into(),
             protocol: protocol(),
             requested_version: 1,
             session_at: crate::time::parse_local_date_time("s", "2026-06-05T10:00").unwrap(),

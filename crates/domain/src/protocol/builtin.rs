@@ -74,6 +74,7 @@ fn integration_arc() -> Protocol {
         title: "Integration arc, 8 weeks around the session".to_owned(),
         weeks_before: 4,
         weeks_after: 4,
+        required_purposes: Default::default(),
         activities: vec![
             // Before: build the container.
             activity(
@@ -192,6 +193,7 @@ fn msc() -> Protocol {
         title: "Mindful Self-Compassion, 8 weeks".to_owned(),
         weeks_before: 0,
         weeks_after: 8,
+        required_purposes: Default::default(),
         activities: vec![
             activity(
                 "baseline-scs",
