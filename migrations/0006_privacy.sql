@@ -24,9 +24,6 @@ CREATE TABLE participants (
 );
 CREATE UNIQUE INDEX participants_by_ref ON participants (tenant_id, ref_hash)
     WHERE ref_hash IS NOT NULL;
--- Rotation finds what is still on an old master key.
-CREATE INDEX participants_master ON participants (master_key_id)
-    WHERE wrapped_key IS NOT NULL;
 
 -- The note keys of the previous release become the participants' data
 -- keys; a destroyed one (ForgetParticipant) means an erased participant.

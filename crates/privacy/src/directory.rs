@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 use zeroize::Zeroizing;
@@ -25,6 +26,8 @@ const FOUND_TTL: Duration = Duration::from_secs(30);
 /// anywhere else, so it is as unreadable as the rest.
 const WRITE_KEY_TTL: Duration = Duration::from_secs(60);
 const CACHE_MAX: usize = 100_000;
+/// Connections for registrations, beside the main pool.
+const REGISTRATION_CONNECTIONS: u32 = 8;
 
 type Found = HashMap<(String, [u8; 32]), (Uuid, Instant)>;
 type WriteKeys = HashMap<(String, Uuid), (Arc<DataKey>, Instant)>;
@@ -43,6 +46,9 @@ pub enum ReadKey {
 #[derive(Clone)]
 pub struct Directory {
     pool: PgPool,
+    /// Connections whose commits do not wait for the disk: registrations
+    /// only (see `register`).
+    registrations: PgPool,
     master: MasterKeys,
     /// The lookup key derived from each master key, the current one first.
     lookup_keys: Arc<Vec<(String, Zeroizing<[u8; 32]>)>>,
@@ -104,8 +110,18 @@ impl Directory {
             .all()
             .map(|m| (m.id.clone(), lookup_key(m)))
             .collect();
+        // Opened lazily: a server that registers no one opens none.
+        let registrations = PgPoolOptions::new()
+            .max_connections(REGISTRATION_CONNECTIONS)
+            .min_connections(0)
+            .connect_lazy_with(
+                (*pool.connect_options())
+                    .clone()
+                    .options([("synchronous_commit", "off")]),
+            );
         Ok(Self {
             pool,
+            registrations,
             master,
             lookup_keys: Arc::new(lookup_keys),
             found: Arc::default(),
@@ -113,6 +129,12 @@ impl Directory {
             erasures: Arc::default(),
             legacy: Arc::new(AtomicBool::new(legacy)),
         })
+    }
+
+    /// Closes the directory's own connections (the main pool is the
+    /// caller's to close).
+    pub async fn close(&self) {
+        self.registrations.close().await;
     }
 
     pub(crate) fn pool(&self) -> &PgPool {
@@ -165,19 +187,48 @@ impl Directory {
         Ok(found)
     }
 
+    /// The participant a reference names, from memory only: `None` when it
+    /// is not cached (which says nothing about the database).
+    pub fn cached(&self, tenant: &str, reference: &str) -> Option<Uuid> {
+        let slot = (tenant.to_owned(), self.current_hash(tenant, reference));
+        lock(&self.found)
+            .get(&slot)
+            .filter(|(_, at)| at.elapsed() < FOUND_TTL)
+            .map(|(id, _)| *id)
+    }
+
     /// The participant a reference names, registered with a new opaque id
     /// and data key if it names none yet.
     pub async fn find_or_register(&self, tenant: &str, reference: &str) -> Result<Uuid, Error> {
         if let Some(id) = self.find(tenant, reference).await? {
             return Ok(id);
         }
+        Ok(self.register_or_find(tenant, reference).await?.0)
+    }
+
+    /// Like `find_or_register`, for a caller that expects someone new: it
+    /// tries to register first, and looks the reference up only if it is
+    /// taken. One round trip for someone new, two for someone known. Says
+    /// whether the participant is new (this call registered them: nothing
+    /// of theirs exists yet).
+    pub async fn register_or_find(
+        &self,
+        tenant: &str,
+        reference: &str,
+    ) -> Result<(Uuid, bool), Error> {
+        if self.legacy.load(Ordering::Relaxed) {
+            // Someone an earlier release knew must be adopted, not made anew.
+            if let Some(id) = self.find(tenant, reference).await? {
+                return Ok((id, false));
+            }
+        }
         for _ in 0..2 {
             if let Some(id) = self.register(tenant, reference).await? {
-                return Ok(id);
+                return Ok((id, true));
             }
             // Another call registered the reference first.
             if let Some(id) = self.find(tenant, reference).await? {
-                return Ok(id);
+                return Ok((id, false));
             }
             // The hash is held by an entry whose key a previous release
             // destroyed: that person is erased, so the hash goes too.
@@ -201,14 +252,11 @@ impl Directory {
         let wrapped = wrap(current, tenant, id, key.id, &key.key);
         let sealed = seal_ref(&key, tenant, id, reference);
         let hash = self.current_hash(tenant, reference);
-        let mut tx = self.pool.begin().await?;
-        // Not flushed on its own: every caller goes on to append an event
+        // On a connection with `synchronous_commit = off`: the insert is not
+        // flushed on its own. Every caller goes on to append an event
         // through the event store, whose durable commit comes later in the
         // same write-ahead log and so flushes this entry with it. If that
         // append never happens, losing the entry in a crash loses nothing.
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
         let inserted: Option<Uuid> = sqlx::query_scalar(
             "INSERT INTO participants
                 (tenant_id, participant_id, ref_hash, hash_key_id, sealed_ref,
@@ -225,9 +273,13 @@ impl Directory {
         .bind(key.id)
         .bind(&wrapped)
         .bind(&current.id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&self.registrations)
         .await?;
-        tx.commit().await?;
+        if let Some(id) = inserted {
+            let mut found = lock(&self.found);
+            bound(&mut found, FOUND_TTL);
+            found.insert((tenant.to_owned(), hash), (id, Instant::now()));
+        }
         if inserted.is_some() {
             let mut cache = lock(&self.write_keys);
             bound(&mut cache, WRITE_KEY_TTL);
@@ -429,6 +481,9 @@ impl Directory {
         let current = self.master.current();
         let (current_lookup_id, current_lookup) = &self.lookup_keys[0];
         let mut done = Rotated::default();
+        // One pass in key order (no index on the key columns: every
+        // registration would pay for it, a rotation is rare).
+        let mut after: Option<(String, Uuid)> = None;
         loop {
             type Row = (
                 String,
@@ -444,17 +499,24 @@ impl Directory {
                         sealed_ref, hash_key_id
                  FROM participants
                  WHERE wrapped_key IS NOT NULL
-                   AND (master_key_id <> $1
-                        OR (hash_key_id <> $1 AND sealed_ref IS NOT NULL))
+                   AND ($1::text IS NULL OR (tenant_id, participant_id) > ($1, $2))
+                 ORDER BY tenant_id, participant_id
                  LIMIT 500",
             )
-            .bind(&current.id)
+            .bind(after.as_ref().map(|(t, _)| t.as_str()))
+            .bind(after.as_ref().map(|(_, p)| *p))
             .fetch_all(&self.pool)
             .await?;
-            if rows.is_empty() {
+            let Some(last) = rows.last() else {
                 return Ok(done);
-            }
+            };
+            after = Some((last.0.clone(), last.1));
             for (tenant, participant, key_id, wrapped, old, sealed, hash_key) in rows {
+                let stale_hash =
+                    sealed.is_some() && hash_key.as_ref().is_some_and(|id| id != current_lookup_id);
+                if old == current.id && !stale_hash {
+                    continue;
+                }
                 let key = unwrap(
                     self.master.get(&old)?,
                     &tenant,

@@ -97,7 +97,10 @@ async fn adopt(
                 "INSERT INTO participants
                     (tenant_id, participant_id, ref_hash, hash_key_id, sealed_ref,
                      key_id, wrapped_key, master_key_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 -- Servers starting together adopt the same participant:
+                 -- the first insert stands.
+                 ON CONFLICT DO NOTHING",
             )
             .bind(tenant)
             .bind(id)

@@ -163,6 +163,55 @@ pub async fn execute_prepared<D, E, P>(
     metadata: &Metadata,
     prepare: &P,
     event_id: impl Fn(&D::Event) -> Uuid,
+    command: impl FnMut(&D::State, P::Output) -> Result<D::Command, E>,
+) -> Result<Executed<D::State, D::Event>, E>
+where
+    D: Decider,
+    E: From<Error>,
+    P: Prepare<D::State>,
+{
+    execute_from::<D, E, P>(
+        store, tenant, stream, retry, metadata, prepare, false, event_id, command,
+    )
+    .await
+}
+
+/// `execute_prepared` on a stream that the caller knows is empty (its
+/// entity was made just now): the first attempt decides on the empty state
+/// without reading. Were it not empty after all, the append fails on the
+/// version and the next attempt reads as usual.
+#[allow(clippy::too_many_arguments)]
+pub async fn execute_prepared_on_new<D, E, P>(
+    store: &EventStore,
+    tenant: &TenantId,
+    stream: &StreamId,
+    retry: Retry,
+    metadata: &Metadata,
+    prepare: &P,
+    event_id: impl Fn(&D::Event) -> Uuid,
+    command: impl FnMut(&D::State, P::Output) -> Result<D::Command, E>,
+) -> Result<Executed<D::State, D::Event>, E>
+where
+    D: Decider,
+    E: From<Error>,
+    P: Prepare<D::State>,
+{
+    execute_from::<D, E, P>(
+        store, tenant, stream, retry, metadata, prepare, true, event_id, command,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn execute_from<D, E, P>(
+    store: &EventStore,
+    tenant: &TenantId,
+    stream: &StreamId,
+    retry: Retry,
+    metadata: &Metadata,
+    prepare: &P,
+    mut known_empty: bool,
+    event_id: impl Fn(&D::Event) -> Uuid,
     mut command: impl FnMut(&D::State, P::Output) -> Result<D::Command, E>,
 ) -> Result<Executed<D::State, D::Event>, E>
 where
@@ -171,7 +220,11 @@ where
     P: Prepare<D::State>,
 {
     for _ in 0..retry.attempts {
-        let (before, version) = load::<D>(store, tenant, stream).await?;
+        let (before, version) = if std::mem::take(&mut known_empty) {
+            (D::State::default(), None)
+        } else {
+            load::<D>(store, tenant, stream).await?
+        };
         let prepared = prepare.prepare(&before).await?;
         let decided = D::decide(&before, command(&before, prepared)?).map_err(Error::from)?;
         if decided.is_empty() {

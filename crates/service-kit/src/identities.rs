@@ -11,13 +11,21 @@ use tend_event_store::{Metadata, TenantId};
 use tend_privacy::{Directory, Receipt};
 use uuid::Uuid;
 
-use crate::{Error, Participants, Retry, instants, streams};
+use crate::{Error, How, Participants, instants, streams};
 
 /// References and ids; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Identities {
     directory: Directory,
     participants: Participants,
+}
+
+/// Who a first write is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subject {
+    pub id: Uuid,
+    /// Registered by this call: none of their streams holds anything yet.
+    pub new: bool,
 }
 
 /// What an erasure did.
@@ -84,19 +92,48 @@ impl Identities {
             .await?)
     }
 
-    /// The participant a reference names, or a new one: for the calls that
-    /// write a participant's first data (consent, enrollment, practice,
-    /// questionnaires).
-    pub async fn find_or_register(
-        &self,
-        tenant: &TenantId,
-        participant_ref: &str,
-    ) -> Result<Uuid, Error> {
+    /// Registers someone new under a reference that `lookup` just found
+    /// unknown (or finds who registered it meanwhile): for a call that has
+    /// checked what it writes and is about to write it.
+    pub async fn register(&self, tenant: &TenantId, participant_ref: &str) -> Result<Uuid, Error> {
         validate_participant_ref(participant_ref)?;
         Ok(self
             .directory
-            .find_or_register(tenant.as_str(), participant_ref)
-            .await?)
+            .register_or_find(tenant.as_str(), participant_ref)
+            .await?
+            .0)
+    }
+
+    /// The participant a call that may write their first data is about.
+    /// `accepted_if_new` decides the call as if the participant were new
+    /// (on the empty state, no IO): when it refuses, no one is registered
+    /// (the reference leaves no trace) unless the reference names someone
+    /// already, whose own state the call is then decided on. When it
+    /// accepts, someone new is registered in one round trip.
+    pub async fn for_first_write<E: From<Error>>(
+        &self,
+        tenant: &TenantId,
+        participant_ref: &str,
+        accepted_if_new: impl FnOnce() -> Result<(), E>,
+    ) -> Result<Subject, E> {
+        validate_participant_ref(participant_ref).map_err(Error::from)?;
+        if let Some(id) = self.directory.cached(tenant.as_str(), participant_ref) {
+            return Ok(Subject { id, new: false });
+        }
+        match accepted_if_new() {
+            Ok(()) => {
+                let (id, new) = self
+                    .directory
+                    .register_or_find(tenant.as_str(), participant_ref)
+                    .await
+                    .map_err(Error::from)?;
+                Ok(Subject { id, new })
+            }
+            Err(refused) => match self.lookup(tenant, participant_ref).await? {
+                Some(id) => Ok(Subject { id, new: false }),
+                None => Err(refused),
+            },
+        }
     }
 
     /// The references of these participants, for replies; the erased are
@@ -126,7 +163,7 @@ impl Identities {
         let (_, after) = self
             .participants
             .execute_participant_with(
-                Retry::on_any_conflict(5),
+                How::DERIVED_IDS,
                 tenant,
                 &streams::participant(participant),
                 &[],

@@ -30,8 +30,8 @@ pub mod streams;
 pub use clock::{Clock, ManualClock, OffsetClock, SystemClock};
 pub use error::{Conflicts, Error};
 pub use execute::{Executed, Retry};
-pub use identities::{Erasure, Identities};
-pub use participants::{Loaded, Participants};
+pub use identities::{Erasure, Identities, Subject};
+pub use participants::{How, Loaded, Participants};
 pub use schedules::{OccurrenceDetail, OccurrenceFacts, Schedules};
 
 // For `service_error!`, so that a service need not name these crates.

@@ -18,6 +18,30 @@ use crate::{Error, streams};
 /// stream first (typically the scheduler recording a due occurrence).
 const RETRY: Retry = Retry::on_version_conflict(5);
 
+/// How a participant command is executed.
+#[derive(Debug, Clone, Copy)]
+pub struct How {
+    pub retry: Retry,
+    /// The participant was registered by this call: their stream is empty,
+    /// and the first attempt need not read it.
+    pub new_participant: bool,
+}
+
+impl How {
+    pub const DEFAULT: How = How {
+        retry: RETRY,
+        new_participant: false,
+    };
+
+    /// Consent and erasure derive their event ids from the caller's
+    /// request id, so a concurrent copy of the same request may store that
+    /// id first: deciding again sees it.
+    pub const DERIVED_IDS: How = How {
+        retry: Retry::on_any_conflict(5),
+        new_participant: false,
+    };
+}
+
 /// Published protocol versions by tenant, id and version.
 type PublishedCache = HashMap<(TenantId, String, u32), Protocol>;
 
@@ -218,8 +242,15 @@ impl Participants {
         command: impl FnMut() -> enrollment::Command,
         metadata: &Metadata,
     ) -> Result<(Loaded, Loaded), Error> {
-        self.execute_participant_with(RETRY, tenant, stream, extra_protocols, command, metadata)
-            .await
+        self.execute_participant_with(
+            How::DEFAULT,
+            tenant,
+            stream,
+            extra_protocols,
+            command,
+            metadata,
+        )
+        .await
     }
 
     /// `execute_participant` under another retry policy: consent and
@@ -227,7 +258,7 @@ impl Participants {
     /// concurrent copy of the same request may store that id first.
     pub async fn execute_participant_with(
         &self,
-        retry: Retry,
+        how: How,
         tenant: &TenantId,
         stream: &StreamId,
         extra_protocols: &[Protocol],
@@ -240,23 +271,39 @@ impl Participants {
             extra: extra_protocols,
         };
         let mut protocols = ProtocolSet::default();
-        let done = execute::execute_prepared::<enrollment::Aggregate, Error, _>(
-            &self.store,
-            tenant,
-            stream,
-            retry,
-            metadata,
-            &prepare,
-            |e| e.deterministic_id().unwrap_or_else(Uuid::now_v7),
-            |_, read| {
-                protocols = read;
-                Ok(WithProtocols {
-                    command: command(),
-                    protocols: protocols.clone(),
-                })
-            },
-        )
-        .await?;
+        let id = |e: &enrollment::Event| e.deterministic_id().unwrap_or_else(Uuid::now_v7);
+        let decide = |_: &Participant, read: ProtocolSet| {
+            protocols = read;
+            Ok(WithProtocols {
+                command: command(),
+                protocols: protocols.clone(),
+            })
+        };
+        let done = if how.new_participant {
+            execute::execute_prepared_on_new::<enrollment::Aggregate, Error, _>(
+                &self.store,
+                tenant,
+                stream,
+                how.retry,
+                metadata,
+                &prepare,
+                id,
+                decide,
+            )
+            .await?
+        } else {
+            execute::execute_prepared::<enrollment::Aggregate, Error, _>(
+                &self.store,
+                tenant,
+                stream,
+                how.retry,
+                metadata,
+                &prepare,
+                id,
+                decide,
+            )
+            .await?
+        };
         let after = enrollment::Aggregate::fold(done.before.clone(), &done.events);
         let before = Loaded {
             stream: stream.clone(),

@@ -180,6 +180,7 @@ pub(crate) async fn demo(options: DemoOptions) -> Result<()> {
         }
         .await;
         store.shutdown().await;
+        directory.close().await;
         result
     }
     .await;

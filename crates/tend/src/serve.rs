@@ -131,7 +131,13 @@ async fn run(
         auth.clone(),
     );
     let privacy = InterceptedService::new(
-        PrivacyApi::new(store.clone(), directory, options.recipients, clock.clone()).into_server(),
+        PrivacyApi::new(
+            store.clone(),
+            directory.clone(),
+            options.recipients,
+            clock.clone(),
+        )
+        .into_server(),
         auth,
     );
     let projection = options.arc_projection.map(|runner| {
@@ -216,6 +222,7 @@ async fn run(
         let _ = projection.await;
     }
     store.shutdown().await;
+    directory.close().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -268,6 +268,7 @@ async fn main() -> Result<()> {
         .join()
         .map_err(|_| "the server thread panicked")??;
     store.shutdown().await;
+    directory.close().await;
     db.drop_database().await?;
     server.stop()?;
 

@@ -239,9 +239,10 @@ async fn main() -> Result<()> {
             let master: MasterKeys = MasterKeys::generate_entry("bench")
                 .map_err(|e| e.to_string())?
                 .parse()?;
+            let directory = Directory::open(pool.clone(), master).await?;
             let api = PracticeLogApi::new(
                 store.clone(),
-                Directory::open(pool.clone(), master).await?,
+                directory.clone(),
                 Arc::new(SystemClock),
                 PracticeOptions::default(),
             );
@@ -263,6 +264,7 @@ async fn main() -> Result<()> {
                 )
                 .await?;
             store.shutdown().await;
+            directory.close().await;
             pool.close().await;
             Ok(())
         })

@@ -355,7 +355,7 @@ impl PracticeLogService for PracticeLogApi {
                 Some(key) => key,
                 None => {
                     self.identities
-                        .find_or_register(&tenant, &r.participant_ref)
+                        .register(&tenant, &r.participant_ref)
                         .await?
                 }
             };

@@ -11,7 +11,7 @@ use tend_domain::protocol::ProtocolSet;
 use tend_event_store::{EventStore, Metadata, TenantId};
 use tend_privacy::{Directory, Recipients};
 use tend_service_kit::execute::{self, Retry};
-use tend_service_kit::{Clock, Identities, Participants, instants, streams};
+use tend_service_kit::{Clock, How, Identities, Participants, instants, streams};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -21,9 +21,6 @@ use crate::convert::{self, uuid};
 /// A document version is written once; a concurrent definition of the same
 /// version is decided again on what the other wrote.
 const RETRY: Retry = Retry::on_version_conflict(5);
-/// Consent ids come from the caller's request id: a concurrent copy of the
-/// same request may store one first, and deciding again sees it.
-const PARTICIPANT_RETRY: Retry = Retry::on_any_conflict(5);
 
 /// Ids of what a request records, made from the caller's request id so
 /// that a retry is the same event; one namespace each, so that one request
@@ -106,23 +103,25 @@ impl PrivacyApi {
             document: version.clone(),
             now: self.clock.now(),
         };
-        let participant = match self.identities.lookup(&tenant, &r.participant_ref).await? {
-            Some(id) => id,
-            None => {
-                // Someone new is registered only once their consent is
-                // valid: a refused one leaves no trace of the reference.
-                enrollment::decide(&Default::default(), command(), &ProtocolSet::default())?;
-                self.identities
-                    .find_or_register(&tenant, &r.participant_ref)
-                    .await?
-            }
-        };
+        // Someone new is registered only once their consent is valid: a
+        // refused one leaves no trace of the reference.
+        let participant = self
+            .identities
+            .for_first_write(&tenant, &r.participant_ref, || {
+                enrollment::decide(&Default::default(), command(), &ProtocolSet::default())
+                    .map(drop)
+                    .map_err(Error::from)
+            })
+            .await?;
         let (_, after) = self
             .participants
             .execute_participant_with(
-                PARTICIPANT_RETRY,
+                How {
+                    new_participant: participant.new,
+                    ..How::DERIVED_IDS
+                },
                 &tenant,
-                &streams::participant(participant),
+                &streams::participant(participant.id),
                 &[],
                 command,
                 &Metadata {
@@ -149,7 +148,7 @@ impl PrivacyApi {
         let (before, after) = self
             .participants
             .execute_participant_with(
-                PARTICIPANT_RETRY,
+                How::DERIVED_IDS,
                 &tenant,
                 &streams::participant(participant),
                 &[],

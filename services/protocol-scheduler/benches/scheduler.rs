@@ -102,7 +102,7 @@ async fn main() -> Result<()> {
     let clock = ManualClock::new(now);
     let master = tend_privacy::MasterKeys::generate_entry("bench").map_err(|e| e.to_string())?;
     let directory = tend_privacy::Directory::open(db.pool.clone(), master.parse()?).await?;
-    let api = SchedulerApi::new(store.clone(), directory, Arc::new(clock.clone()));
+    let api = SchedulerApi::new(store.clone(), directory.clone(), Arc::new(clock.clone()));
 
     // 2. Enroll, 8 callers, each a new participant.
     let stop = Arc::new(AtomicBool::new(false));
@@ -184,6 +184,7 @@ async fn main() -> Result<()> {
     let (catch_up, catch_up_s) = drain(&worker).await?;
 
     store.shutdown().await;
+    directory.close().await;
     db.drop_database().await?;
     server.stop()?;
 

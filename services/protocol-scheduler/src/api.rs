@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use tend_privacy::Directory;
 use tend_service_kit::{
-    Clock, Identities, Loaded, OccurrenceDetail, Participants, instants, streams,
+    Clock, How, Identities, Loaded, OccurrenceDetail, Participants, instants, streams,
 };
 
 use crate::Error;
@@ -312,36 +312,30 @@ impl ProtocolSchedulerService for SchedulerApi {
             time_zone: time_zone.clone(),
             now: self.clock.now(),
         };
-        let found = self
+        // Someone new: a refused enrollment (a protocol that needs consent,
+        // a session out of range) leaves no trace of the reference.
+        let participant = self
             .identities
-            .lookup(&tenant, &r.participant_ref)
-            .await
-            .map_err(Error::from)?;
-        let participant = match found {
-            Some(id) => id,
-            None => {
-                // Someone new: refused enrollments (a protocol that needs
-                // consent, a session out of range) leave no trace of the
-                // reference, so the command is decided on the empty state
-                // before they are registered.
+            .for_first_write(&tenant, &r.participant_ref, || {
                 let mut protocols = protocol::ProtocolSet::default();
                 protocols.insert(protocol.clone());
                 enrollment::decide(&Default::default(), command(), &protocols)
-                    .map_err(Error::from)?;
-                self.identities
-                    .find_or_register(&tenant, &r.participant_ref)
-                    .await
-                    .map_err(Error::from)?
-            }
-        };
-        let stream = streams::participant(participant);
+                    .map(drop)
+                    .map_err(Error::from)
+            })
+            .await?;
+        let stream = streams::participant(participant.id);
         let metadata = Metadata {
             correlation_id: Some(request_id),
             ..Metadata::default()
         };
         let (_, after) = self
             .repo
-            .execute_participant(
+            .execute_participant_with(
+                How {
+                    new_participant: participant.new,
+                    ..How::DEFAULT
+                },
                 &tenant,
                 &stream,
                 std::slice::from_ref(&protocol),
@@ -359,7 +353,7 @@ impl ProtocolSchedulerService for SchedulerApi {
         Ok(Response::new(pb::EnrollResponse {
             enrollment: Some(convert::enrollment_to_pb(
                 e,
-                participant,
+                participant.id,
                 r.participant_ref.clone(),
             )),
             occurrence_count: count as u32,
