@@ -176,34 +176,13 @@ where
     .await
 }
 
-/// `execute_prepared` on a stream that the caller knows is empty (its
-/// entity was made just now): the first attempt decides on the empty state
-/// without reading. Were it not empty after all, the append fails on the
-/// version and the next attempt reads as usual.
+/// `execute_prepared`, where `known_empty` says the caller knows the
+/// stream is empty (its entity was made just now): the first attempt then
+/// decides on the empty state without reading. Were it not empty after
+/// all, the append fails on the version and the next attempt reads as
+/// usual.
 #[allow(clippy::too_many_arguments)]
-pub async fn execute_prepared_on_new<D, E, P>(
-    store: &EventStore,
-    tenant: &TenantId,
-    stream: &StreamId,
-    retry: Retry,
-    metadata: &Metadata,
-    prepare: &P,
-    event_id: impl Fn(&D::Event) -> Uuid,
-    command: impl FnMut(&D::State, P::Output) -> Result<D::Command, E>,
-) -> Result<Executed<D::State, D::Event>, E>
-where
-    D: Decider,
-    E: From<Error>,
-    P: Prepare<D::State>,
-{
-    execute_from::<D, E, P>(
-        store, tenant, stream, retry, metadata, prepare, true, event_id, command,
-    )
-    .await
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn execute_from<D, E, P>(
+pub async fn execute_from<D, E, P>(
     store: &EventStore,
     tenant: &TenantId,
     stream: &StreamId,

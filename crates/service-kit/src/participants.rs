@@ -279,31 +279,18 @@ impl Participants {
                 protocols: protocols.clone(),
             })
         };
-        let done = if how.new_participant {
-            execute::execute_prepared_on_new::<enrollment::Aggregate, Error, _>(
-                &self.store,
-                tenant,
-                stream,
-                how.retry,
-                metadata,
-                &prepare,
-                id,
-                decide,
-            )
-            .await?
-        } else {
-            execute::execute_prepared::<enrollment::Aggregate, Error, _>(
-                &self.store,
-                tenant,
-                stream,
-                how.retry,
-                metadata,
-                &prepare,
-                id,
-                decide,
-            )
-            .await?
-        };
+        let done = execute::execute_from::<enrollment::Aggregate, Error, _>(
+            &self.store,
+            tenant,
+            stream,
+            how.retry,
+            metadata,
+            &prepare,
+            how.new_participant,
+            id,
+            decide,
+        )
+        .await?;
         let after = enrollment::Aggregate::fold(done.before.clone(), &done.events);
         let before = Loaded {
             stream: stream.clone(),
