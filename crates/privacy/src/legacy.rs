@@ -167,21 +167,30 @@ impl Directory {
         )
         .fetch_one(self.pool())
         .await?;
-        loop {
+        // Up to the head as it is now, which is then recorded even when
+        // nothing was found: the next start reads only what came after.
+        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+            .fetch_one(self.pool())
+            .await?;
+        while after < head {
             let rows = sqlx::query(
                 "SELECT position, tenant_id, stream_id, payload::jsonb ->> 'participant_ref' AS reference
                  FROM events
-                 WHERE position > $1
+                 WHERE position > $1 AND position <= $3
                    AND event_type = 'ParticipantEnrolled' AND schema_version = 1
                  ORDER BY position
                  LIMIT $2",
             )
             .bind(after)
             .bind(BATCH)
+            .bind(head)
             .fetch_all(self.pool())
             .await?;
-            let Some(last) = rows.last() else { break };
-            let last: i64 = last.try_get("position")?;
+            let last: i64 = match rows.last() {
+                Some(row) if rows.len() as i64 == BATCH => row.try_get("position")?,
+                // The last batch: everything up to the head is read.
+                _ => head,
+            };
             for row in &rows {
                 let tenant: String = row.try_get("tenant_id")?;
                 let stream: String = row.try_get("stream_id")?;
