@@ -171,6 +171,18 @@ impl Clients {
             .map(|r| r.into_inner())
     }
 
+    /// A whole stream, forwards.
+    async fn stream(&mut self, stream_id: &str) -> events::ReadStreamResponse {
+        self.events
+            .read_stream(authed(events::ReadStreamRequest {
+                stream_id: stream_id.into(),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     async fn erase(
         &mut self,
         participant: &str,
@@ -650,15 +662,7 @@ async fn an_erased_person_cannot_be_named_from_a_dump_and_the_numbers_stay() {
         assert_eq!(s.unwrap_err().code(), Code::NotFound);
     }
     // The erasure is an event: when, by whom, why; the minutes stay.
-    let stream = c
-        .events
-        .read_stream(authed(events::ReadStreamRequest {
-            stream_id: format!("participant-{id}"),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let stream = c.stream(&format!("participant-{id}")).await;
     let recorded = stream
         .events
         .iter()
@@ -674,15 +678,7 @@ async fn an_erased_person_cannot_be_named_from_a_dump_and_the_numbers_stay() {
             .any(|e| e.event_type == "EnrollmentWithdrawn"
                 && e.payload_json.contains("participant_erased"))
     );
-    let practice = c
-        .events
-        .read_stream(authed(events::ReadStreamRequest {
-            stream_id: format!("practice-{id}"),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let practice = c.stream(&format!("practice-{id}")).await;
     assert_eq!(
         practice
             .events
@@ -794,15 +790,7 @@ async fn concurrent_erasures_record_one_erasure_and_another_tenant_sees_nothing(
     }
     assert_eq!(ids.len(), 1);
     let id = ids.into_iter().next().unwrap();
-    let stream = c
-        .events
-        .read_stream(authed(events::ReadStreamRequest {
-            stream_id: format!("participant-{id}"),
-            ..Default::default()
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let stream = c.stream(&format!("participant-{id}")).await;
     assert_eq!(
         stream
             .events
