@@ -42,7 +42,10 @@ def call(name, body):
 
 
 participant = f"example-{uuid.uuid4().hex[:8]}"
-today = datetime.date.today()
+# The phone's zone (a fixed UTC-5 here). Days are counted on its calendar,
+# not the machine's, so the last evening is always in the past.
+phone = datetime.timezone(datetime.timedelta(hours=-5))
+today = datetime.datetime.now(phone).date()
 # What the app recorded offline, each with the id it made up at the time.
 week = []
 for back in range(7, 0, -1):

@@ -203,7 +203,10 @@ async fn a_partner_enrolls_on_the_integration_arc_and_moving_the_session_moves_t
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(moved.change.unwrap().moved_occurrence_ids.len(), 141);
+    assert_eq!(
+        moved.change.as_ref().unwrap().moved_occurrence_ids.len(),
+        141
+    );
     let after = schedule(&mut client, &enrollment.enrollment_id).await;
     let by_id: HashMap<_, _> = after.iter().map(|o| (o.occurrence_id.clone(), o)).collect();
     for b in &before {
@@ -222,7 +225,26 @@ async fn a_partner_enrolls_on_the_integration_arc_and_moving_the_session_moves_t
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(travelled.enrollment.unwrap().time_zone, "Europe/London");
+    // ... while the session stays at the clinic: same instant, own zone.
+    let travelled = travelled.enrollment.unwrap();
+    assert_eq!(travelled.time_zone, "Europe/London");
+    assert_eq!(
+        (
+            travelled.session_at,
+            travelled.session_time_zone.as_str(),
+            travelled.session_local_time.as_str()
+        ),
+        (
+            moved.enrollment.as_ref().unwrap().session_at,
+            moved.enrollment.as_ref().unwrap().time_zone.as_str(),
+            moved
+                .enrollment
+                .as_ref()
+                .unwrap()
+                .session_local_time
+                .as_str()
+        )
+    );
     let london = schedule(&mut client, &enrollment.enrollment_id).await;
     assert!(
         london

@@ -83,12 +83,17 @@ pub struct Enrollment {
     pub missed: BTreeSet<Uuid>,
 }
 
-/// Session, zone and protocol version, in effect from `from`.
+/// Session, zones and protocol version, in effect from `from`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Revision {
     pub from: Timestamp,
     pub protocol_version: u32,
+    /// The session's local date-time, in `session_zone`.
     pub session: DateTime,
+    /// Where the session takes place (the clinic's zone). A participant
+    /// who travels keeps it: the session keeps its instant.
+    pub session_zone: Zone,
+    /// The participant's zone: the wall clock their activities follow.
     pub zone: Zone,
 }
 
@@ -107,9 +112,9 @@ impl Enrollment {
         self.pauses.last().is_some_and(|p| p.until.is_none())
     }
 
-    /// The session as an instant, by the zone rule.
+    /// The session as an instant, by the zone rule, in the session's zone.
     pub fn session_instant(&self) -> Timestamp {
-        resolve_date_time(&self.current().zone, self.current().session)
+        resolve_date_time(&self.current().session_zone, self.current().session)
     }
 
     /// The calendar dates the arc covers.
@@ -200,6 +205,10 @@ pub struct TimeZoneChanged {
     pub time_zone: Zone,
     pub previous_time_zone: Zone,
     pub effective_from: Timestamp,
+    /// The zone the session stays in (schema v2). Absent in v1, whose
+    /// change moved the session to the same local time in the new zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_time_zone: Option<Zone>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -360,7 +369,7 @@ event_codec! {
     for Event {
         Enrolled => "ParticipantEnrolled" v 2 (1..=2),
         SessionRescheduled => "SessionRescheduled",
-        TimeZoneChanged => "TimeZoneChanged",
+        TimeZoneChanged => "TimeZoneChanged" v 2 (1..=2),
         Migrated => "EnrollmentMigrated",
         Paused => "EnrollmentPaused",
         Resumed => "EnrollmentResumed",
@@ -404,6 +413,7 @@ pub fn evolve(mut state: Participant, event: &Event) -> Participant {
                     from: e.enrolled_at,
                     protocol_version: e.protocol_version,
                     session: e.session_at,
+                    session_zone: e.time_zone.clone(),
                     zone: e.time_zone.clone(),
                 }],
                 arc_days: (e.arc_first_day, e.arc_last_day),
@@ -435,7 +445,11 @@ pub fn evolve(mut state: Participant, event: &Event) -> Participant {
             revise(enrollment, e.effective_from, &|r| r.session = e.session_at)
         }
         Event::TimeZoneChanged(e) => revise(enrollment, e.effective_from, &|r| {
-            r.zone = e.time_zone.clone()
+            r.zone = e.time_zone.clone();
+            r.session_zone = e
+                .session_time_zone
+                .clone()
+                .unwrap_or_else(|| e.time_zone.clone());
         }),
         Event::Migrated(e) => {
             revise(enrollment, e.effective_from, &|r| {
@@ -597,7 +611,7 @@ pub fn decide(
                     && (requested_version == 0
                         || existing.revisions[0].protocol_version == requested_version)
                     && existing.revisions[0].session == session_at
-                    && existing.revisions[0].zone == time_zone;
+                    && existing.revisions[0].session_zone == time_zone;
                 return if same {
                     Ok(vec![])
                 } else {
@@ -638,7 +652,7 @@ pub fn decide(
             if e.current().session == session_at {
                 return Ok(vec![]);
             }
-            check_session(&session_at, &e.current().zone, e.arc_days, now)?;
+            check_session(&session_at, &e.current().session_zone, e.arc_days, now)?;
             check_overlap(
                 state,
                 Some(e.id),
@@ -662,11 +676,14 @@ pub fn decide(
             if e.current().zone == time_zone {
                 return Ok(vec![]);
             }
+            // The session happens at the clinic: it keeps its instant and
+            // its zone; only the participant's wall clock moves.
             Ok(vec![Event::TimeZoneChanged(TimeZoneChanged {
                 enrollment_id,
                 previous_time_zone: e.current().zone.clone(),
                 time_zone,
                 effective_from: effective(e, now),
+                session_time_zone: Some(e.current().session_zone.clone()),
             })])
         }
         Command::Migrate {

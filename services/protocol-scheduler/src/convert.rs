@@ -234,6 +234,7 @@ pub(crate) fn enrollment_to_pb(
         session_local_time: current.session.to_string(),
         session_at: Some(instants::to_pb(e.session_instant())),
         time_zone: current.zone.name().to_owned(),
+        session_time_zone: current.session_zone.name().to_owned(),
         state: state as i32,
         enrolled_at: Some(instants::to_pb(e.enrolled_at)),
         arc_start_date: start.to_string(),

@@ -90,6 +90,7 @@ impl ArcState {
                     protocol_version: e.protocol_version,
                     session: e.session_at,
                     zone: e.time_zone.clone(),
+                    session_zone: None,
                     arc_days: (e.arc_first_day, e.arc_last_day),
                     enrolled_at: e.enrolled_at,
                     paused_at: None,
@@ -105,7 +106,12 @@ impl ArcState {
         match event {
             E::Enrolled(_) | E::ConsentRecorded(_) | E::ConsentWithdrawn(_) | E::Erased(_) => {}
             E::SessionRescheduled(e) => en.session = e.session_at,
-            E::TimeZoneChanged(e) => en.zone = e.time_zone.clone(),
+            E::TimeZoneChanged(e) => {
+                // v1 moved the session with the participant; v2 leaves it.
+                let session_zone = e.session_time_zone.as_ref().unwrap_or(&e.time_zone);
+                en.session_zone = (*session_zone != e.time_zone).then(|| session_zone.clone());
+                en.zone = e.time_zone.clone();
+            }
             E::Migrated(e) => {
                 en.protocol_version = e.to_version;
                 en.arc_days = (e.arc_first_day, e.arc_last_day);

@@ -38,8 +38,14 @@ pub struct ArcEnrollment {
     pub id: Uuid,
     pub protocol_id: String,
     pub protocol_version: u32,
+    /// The session's local date-time, in `session_zone`.
     pub session: DateTime,
+    /// The participant's zone.
     pub zone: Zone,
+    /// Where the session takes place, when a move of the participant left
+    /// it behind; `None`: `zone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_zone: Option<Zone>,
     pub arc_days: (i32, i32),
     pub enrolled_at: Timestamp,
     #[serde(default, skip_serializing_if = "Option::is_none")]

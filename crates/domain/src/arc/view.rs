@@ -78,7 +78,10 @@ pub struct EnrollmentView {
     pub enrollment_id: Uuid,
     pub protocol_id: String,
     pub protocol_version: u32,
+    /// The session's local date-time, in `session_zone`.
     pub session: DateTime,
+    pub session_zone: Zone,
+    /// The participant's zone.
     pub zone: Zone,
     pub arc_days: (i32, i32),
     pub days_from_session: i32,
@@ -221,6 +224,7 @@ impl ArcState {
                     protocol_id: en.protocol_id.clone(),
                     protocol_version: en.protocol_version,
                     session: en.session,
+                    session_zone: en.session_zone.clone().unwrap_or_else(|| en.zone.clone()),
                     zone: en.zone.clone(),
                     arc_days: en.arc_days,
                     days_from_session: days,

@@ -465,6 +465,95 @@ fn changing_time_zone_keeps_local_clock_times_for_the_future_only() {
     assert_eq!(s[2].zone.name(), "America/New_York");
 }
 
+#[test]
+fn a_participant_who_travels_leaves_the_session_where_it_is() {
+    // A 10:00 New York session; the participant's phone moves to Tokyo
+    // before it. The session happens at the clinic: same instant, same
+    // zone. Their practice follows the Tokyo wall clock.
+    let p = daily_at(&["08:00"], (-3, 3), 60);
+    let spec = on(
+        &p,
+        "2026-06-10T10:00",
+        "America/New_York",
+        "2026-06-01T00:00:00Z",
+    )
+    .then_apply(Command::ChangeTimeZone {
+        enrollment_id: E,
+        time_zone: zone("Asia/Tokyo"),
+        now: ts("2026-06-08T00:00:00Z"),
+    });
+    let e = spec.state().enrollment(E).unwrap();
+    assert_eq!(e.session_instant(), ts("2026-06-10T14:00:00Z"));
+    assert_eq!(e.current().session_zone.name(), "America/New_York");
+    assert_eq!(e.current().zone.name(), "Asia/Tokyo");
+    assert_eq!(e.current().session, local("2026-06-10T10:00"));
+    let s = spec.schedule(ts("2026-06-08T00:00:00Z"));
+    assert_eq!(
+        utc_times(&s),
+        [
+            // Due in New York before the move: kept.
+            "2026-06-07T12:00:00Z",
+            // 08:00 in Tokyo from then on, on the same arc days (day -2's
+            // Tokyo window had already closed at the move: dropped).
+            "2026-06-08T23:00:00Z",
+            "2026-06-09T23:00:00Z",
+            "2026-06-10T23:00:00Z",
+            "2026-06-11T23:00:00Z",
+            "2026-06-12T23:00:00Z",
+        ]
+    );
+    // A reschedule afterwards is read in the session's zone.
+    let events = spec
+        .when(Command::RescheduleSession {
+            enrollment_id: E,
+            session_at: local("2026-06-11T10:00"),
+            now: ts("2026-06-08T00:00:00Z"),
+        })
+        .unwrap();
+    assert!(
+        matches!(&events[..], [Event::SessionRescheduled(_)]),
+        "{events:?}"
+    );
+    let spec = spec.then_apply(Command::RescheduleSession {
+        enrollment_id: E,
+        session_at: local("2026-06-11T10:00"),
+        now: ts("2026-06-08T00:00:00Z"),
+    });
+    assert_eq!(
+        spec.state().enrollment(E).unwrap().session_instant(),
+        ts("2026-06-11T14:00:00Z")
+    );
+}
+
+#[test]
+fn a_time_zone_change_written_by_an_earlier_release_still_moved_the_session() {
+    // Schema v1 has no session zone: its change moved the session to the
+    // same local time in the new zone, and replaying it must say so.
+    let p = daily_at(&["08:00"], (-3, 3), 60);
+    let v1 = serde_json::json!({
+        "enrollment_id": E,
+        "time_zone": "Asia/Tokyo",
+        "previous_time_zone": "America/New_York",
+        "effective_from": "2026-06-08T00:00:00Z",
+    });
+    let event = <Event as crate::DomainEvent>::from_stored("TimeZoneChanged", 1, &v1).unwrap();
+    let spec = given(
+        std::slice::from_ref(&p),
+        &[
+            enrolled(
+                &p,
+                "2026-06-10T10:00",
+                "America/New_York",
+                "2026-06-01T00:00:00Z",
+            ),
+            event,
+        ],
+    );
+    let e = spec.state().enrollment(E).unwrap();
+    assert_eq!(e.current().session_zone.name(), "Asia/Tokyo");
+    assert_eq!(e.session_instant(), ts("2026-06-10T01:00:00Z"));
+}
+
 // ---- Rescheduling ----
 
 fn done_first_two(spec: Spec) -> Spec {
