@@ -4,6 +4,11 @@
 
 #![allow(missing_debug_implementations)] // generated code
 
+pub mod strings;
+
+// The string checks `build.rs` generates for every message.
+include!(concat!(env!("OUT_DIR"), "/strings.rs"));
+
 /// The encoded `FileDescriptorSet` of every Tend proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/tend_descriptor.bin"));
