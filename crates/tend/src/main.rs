@@ -9,6 +9,7 @@ mod gauges;
 mod keys;
 mod logging;
 mod options;
+mod readiness;
 mod serve;
 mod telemetry;
 

@@ -23,6 +23,9 @@ use crate::keys;
 /// The tenant of the development token issued with the embedded database.
 pub(crate) const DEV_TENANT: &str = "dev";
 
+pub(crate) const MASTER_KEYS_REQUIRED: &str = "TEND_MASTER_KEYS is required: participants' references and notes are sealed with \
+     data keys that a master key wraps (make one with `tend keys new --id k1`)";
+
 /// `tend serve`'s options, checked.
 pub(crate) struct Serve {
     pub listen: SocketAddr,
@@ -61,12 +64,19 @@ impl ServeOptions {
             self.auth_tokens.as_deref(),
             self.database.database_url.is_none(),
         )?;
+        if let Some(url) = &self.database.database_url {
+            crate::database::parse_url(url)?;
+        }
+        let master_keys = keys::configured(&self.keys)?;
+        if master_keys.is_none() && self.database.database_url.is_some() {
+            return Err(MASTER_KEYS_REQUIRED.into());
+        }
         Ok(Serve {
             listen: self.listen,
             migrate: self.migrate,
             tokens,
             dev_token,
-            master_keys: keys::configured(&self.keys)?,
+            master_keys,
             recipients: keys::recipients(&self.keys)?,
             arc_rules: arc_rules(&self.arc)?,
             arc_projection: self.arc.arc_projection.then(|| RunnerOptions {
@@ -217,9 +227,10 @@ mod tests {
     /// `tend serve` with an external database, a token and `args`.
     fn serve(args: &[&str]) -> Result<Serve> {
         let token = format!("acme=sha256:{}", "ab".repeat(32));
+        let keys = format!("k1:{}", "A".repeat(43) + "=");
         let argv = ["tend", "serve", "--database-url", "postgres://db/tend"]
             .into_iter()
-            .chain(["--auth-tokens", &token])
+            .chain(["--auth-tokens", &token, "--master-keys", &keys])
             .chain(args.iter().copied());
         let Command::Serve(options) = Cli::try_parse_from(argv)?.command else {
             unreachable!("parsed `tend serve`");
@@ -270,6 +281,29 @@ mod tests {
         assert_eq!(
             refused(&["--arc-critic-ratio", "1.5"]),
             "TEND_ARC_CRITIC_RATIO must be above 0 and at most 1"
+        );
+    }
+
+    #[test]
+    fn an_external_database_needs_master_keys_and_a_url_that_parses() {
+        let token = format!("acme=sha256:{}", "ab".repeat(32));
+        let parse = |args: &[&str]| {
+            let argv = ["tend", "serve", "--auth-tokens", &token]
+                .into_iter()
+                .chain(args.iter().copied());
+            let Command::Serve(options) = Cli::try_parse_from(argv).unwrap().command else {
+                unreachable!("parsed `tend serve`");
+            };
+            options.validate().err().map(|e| e.to_string())
+        };
+        assert_eq!(
+            parse(&["--database-url", "postgres://db/tend"]).as_deref(),
+            Some(MASTER_KEYS_REQUIRED)
+        );
+        let e = parse(&["--database-url", "postgres://db:notaport/tend"]).unwrap();
+        assert!(
+            e.starts_with("TEND_DATABASE_URL is not a PostgreSQL URL"),
+            "{e}"
         );
     }
 

@@ -2,6 +2,8 @@
 //! workers, serving, and an orderly shutdown.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tend_api::arc::v1::arc_service_server::ArcServiceServer;
 use tend_api::assessment::v1::assessment_service_server::AssessmentServiceServer;
@@ -31,7 +33,7 @@ use crate::Result;
 use crate::database::Database;
 use crate::options::{self, DEV_TENANT};
 use crate::telemetry::Telemetry;
-use crate::{gauges, keys};
+use crate::{gauges, keys, readiness};
 
 /// What health reports on: the whole server ("", what Kubernetes' gRPC
 /// probes ask about; serving from the start) as well as each service.
@@ -46,12 +48,18 @@ const HEALTH: [&str; 7] = [
 ];
 
 pub(crate) async fn serve(options: options::Serve, telemetry: &Telemetry) -> Result<()> {
-    // Handlers go in first: a signal during start-up then stops the server
-    // as soon as it serves, through the orderly path, embedded PostgreSQL
-    // included.
-    let stop_signal = stop_signal()?;
-    let database = Database::open(&options.database).await?;
-    let served = run(options, &database, telemetry, stop_signal).await;
+    // Handlers go in first: a signal during start-up stops the server
+    // promptly (a database that does not answer included); after it, through
+    // the orderly path, embedded PostgreSQL included.
+    let stop = Stop::install()?;
+    let database = tokio::select! {
+        database = Database::open(&options.database) => database?,
+        signal = stop.signalled() => {
+            tracing::info!(signal, "stopped during start-up, before the database was open");
+            return Ok(());
+        }
+    };
+    let served = run(options, &database, telemetry, stop).await;
     let closed = database.close().await;
     served?;
     closed
@@ -61,33 +69,48 @@ async fn run(
     options: options::Serve,
     database: &Database,
     telemetry: &Telemetry,
-    stop_signal: impl Future<Output = &'static str> + Send + 'static,
+    stop: Stop,
 ) -> Result<()> {
     let clock = options::clock(options.test_clock);
-    if options.migrate {
-        tend_event_store::migrate(&database.pool).await?;
-    }
-    let master = keys::or_development(options.master_keys, &options.database, database)?.ok_or(
-        "TEND_MASTER_KEYS is required: participants' references and notes are sealed with \
-             data keys that a master key wraps (make one with `tend keys new --id k1`)",
-    )?;
-    let directory = Directory::open(database.pool.clone(), master).await?;
-    // Participants an earlier release wrote with their reference in the
-    // log: adopted into the directory and the reference removed, before
-    // anything is served.
-    let upgraded = directory.upgrade_legacy().await?;
-    if upgraded.adopted + upgraded.forgotten > 0 {
-        tracing::info!(
-            adopted = upgraded.adopted,
-            forgotten = upgraded.forgotten,
-            "references written by an earlier release moved out of the event log"
-        );
-    }
-    let store = EventStore::open(database.pool.clone(), Default::default()).await?;
+    let master = keys::or_development(options.master_keys, &options.database, database)?
+        .ok_or(options::MASTER_KEYS_REQUIRED)?;
+    let ready = async {
+        if options.migrate {
+            tend_event_store::migrate(&database.pool).await?;
+        }
+        let directory = Directory::open(database.pool.clone(), master).await?;
+        // Participants an earlier release wrote with their reference in the
+        // log: adopted into the directory and the reference removed, before
+        // anything is served.
+        let upgraded = directory.upgrade_legacy().await?;
+        if upgraded.adopted + upgraded.forgotten > 0 {
+            tracing::info!(
+                adopted = upgraded.adopted,
+                forgotten = upgraded.forgotten,
+                "references written by an earlier release moved out of the event log"
+            );
+        }
+        let store = EventStore::open(database.pool.clone(), Default::default()).await?;
+        crate::Result::Ok((directory, store))
+    };
+    let (directory, store) = tokio::select! {
+        ready = ready => ready?,
+        signal = stop.signalled() => {
+            tracing::info!(signal, "stopped during start-up");
+            return Ok(());
+        }
+    };
     let shutdown = CancellationToken::new();
 
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
+    let stopping = Arc::new(AtomicBool::new(false));
+    tokio::spawn(readiness::watch(
+        (*database.pool.connect_options()).clone(),
+        health.clone(),
+        stopping.clone(),
+        shutdown.clone(),
+    ));
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(tend_api::FILE_DESCRIPTOR_SET)
@@ -195,7 +218,9 @@ async fn run(
     tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            let signal = stop_signal.await;
+            let signal = stop.signalled().await;
+            // Readiness must not say SERVING again from here on.
+            stopping.store(true, Ordering::SeqCst);
             tracing::info!(
                 signal,
                 drain_seconds = drain.as_secs(),
@@ -228,7 +253,7 @@ async fn run(
 }
 
 /// Sets every entry of `HEALTH` to `status`.
-async fn set_health(health: &HealthReporter, status: ServingStatus) {
+pub(crate) async fn set_health(health: &HealthReporter, status: ServingStatus) {
     for service in HEALTH {
         health.set_service_status(service, status).await;
     }
@@ -286,15 +311,37 @@ fn print_banner(
     println!();
 }
 
-/// Resolves with the name of the first SIGTERM or SIGINT.
-fn stop_signal() -> Result<impl Future<Output = &'static str>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        }
-    })
+/// The first SIGTERM or SIGINT, heard from the start.
+#[derive(Clone)]
+struct Stop {
+    token: CancellationToken,
+    signal: Arc<std::sync::OnceLock<&'static str>>,
+}
+
+impl Stop {
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let stop = Self {
+            token: CancellationToken::new(),
+            signal: Arc::default(),
+        };
+        let heard = stop.clone();
+        tokio::spawn(async move {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            let _ = heard.signal.set(name);
+            heard.token.cancel();
+        });
+        Ok(stop)
+    }
+
+    /// Resolves with the signal's name once one came.
+    async fn signalled(&self) -> &'static str {
+        self.token.cancelled().await;
+        self.signal.get().copied().unwrap_or("signal")
+    }
 }
