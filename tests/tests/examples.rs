@@ -8,7 +8,8 @@ use std::process::Command;
 use tend_testkit::fresh_database;
 use tend_tests::{TEST_MASTER_KEYS, TendProcess, tend_binary};
 
-const TOKENS: [(&str, &str); 6] = [
+const TOKENS: [(&str, &str); 7] = [
+    ("agenda", "tend_test_token_agenda_example"),
     ("first", "tend_test_token_first_call"),
     ("enroll", "tend_test_token_enroll_example"),
     ("practice", "tend_test_token_practice_example"),
@@ -87,6 +88,11 @@ async fn every_docs_example_runs_against_the_real_server() {
     assert!(out.contains("sync 2: sent 14 entries"), "{out}");
     assert!(out.contains("kept: 14 entries"), "{out}");
     assert!(out.contains("after: NOT_FOUND"), "{out}");
+
+    let out = run(&server, "agenda-example.py", "agenda", &[]);
+    assert!(out.contains("Europe/Berlin) for example-"), "{out}");
+    assert!(out.contains("next three days: "), "{out}");
+    assert!(out.contains("integration-arc-8w, session"), "{out}");
 
     let out = run(&server, "assessment-example.py", "assess", &[]);
     assert!(out.contains("reliable change: RC"), "{out}");

@@ -613,3 +613,199 @@ async fn due_and_missed_reach_the_stream_once_each_when_the_scheduling_server_di
         .collect();
     assert_eq!(statuses, [pb::OccurrenceStatus::Missed as i32]);
 }
+
+#[tokio::test]
+async fn a_patient_app_asks_one_call_for_today() {
+    let db = fresh_database().await;
+    // 09:00 in New York on 2026-06-10.
+    let server = start(
+        &db,
+        &[
+            ("TEND_TEST_CLOCK", "2026-06-10T13:00:00Z"),
+            ("TEND_SCHEDULER_TICK_MS", "100"),
+        ],
+    );
+    let mut client = Client::new(channel(&server).await);
+    let mut ids = Vec::new();
+    for who in ["P-7", "P-8"] {
+        let enrolled = client
+            .enroll(authed(enroll_request(
+                Uuid::new_v4(),
+                who,
+                "2026-06-12T10:00",
+                "America/New_York",
+            )))
+            .await
+            .unwrap()
+            .into_inner()
+            .enrollment
+            .unwrap();
+        ids.push(enrolled);
+    }
+
+    // Their enrollments, by their reference.
+    let listed = client
+        .list_enrollments(authed(pb::ListEnrollmentsRequest {
+            participant_ref: "P-7".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.participant_id, ids[0].participant_id);
+    assert_eq!(listed.enrollments, [ids[0].clone()]);
+    let unknown = client
+        .list_enrollments(authed(pb::ListEnrollmentsRequest {
+            participant_ref: "P-404".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    // Today, on their calendar: exactly the schedule's occurrences dated
+    // today, by when their windows open.
+    let agenda = |local_date: &str, end: &str, open_only: bool| {
+        authed(pb::GetAgendaRequest {
+            participant_ref: "P-7".into(),
+            local_date: local_date.into(),
+            end_local_date: end.into(),
+            open_only,
+        })
+    };
+    let today = client
+        .get_agenda(agenda("", "", false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (today.time_zone.as_str(), today.local_date.as_str()),
+        ("America/New_York", "2026-06-10")
+    );
+    let all = schedule(&mut client, &ids[0].enrollment_id).await;
+    let dated = |from: &str, to: &str| -> Vec<String> {
+        all.iter()
+            .filter(|o| o.local_date.as_str() >= from && o.local_date.as_str() <= to)
+            .map(|o| o.occurrence_id.clone())
+            .collect()
+    };
+    let got: Vec<String> = today
+        .occurrences
+        .iter()
+        .map(|o| o.occurrence_id.clone())
+        .collect();
+    assert!(!got.is_empty());
+    assert_eq!(got, dated("2026-06-10", "2026-06-10"));
+    assert!(today.occurrences.iter().all(|o| {
+        o.participant_ref == "P-7"
+            && o.participant_id == ids[0].participant_id
+            && o.window_closes_at.is_some()
+            && o.status != pb::OccurrenceStatus::Unspecified as i32
+    }));
+
+    // A week, and only what is still open once one is done.
+    let week = client
+        .get_agenda(agenda("2026-06-10", "2026-06-16", false))
+        .await
+        .unwrap()
+        .into_inner();
+    let week_ids: Vec<String> = week
+        .occurrences
+        .iter()
+        .map(|o| o.occurrence_id.clone())
+        .collect();
+    assert_eq!(week_ids, dated("2026-06-10", "2026-06-16"));
+    let due = week
+        .occurrences
+        .iter()
+        .find(|o| o.status == pb::OccurrenceStatus::Due as i32)
+        .expect("something is due at 09:00");
+    client
+        .complete_occurrence(authed(pb::CompleteOccurrenceRequest {
+            enrollment_id: ids[0].enrollment_id.clone(),
+            occurrence_id: due.occurrence_id.clone(),
+            completed_at: None,
+        }))
+        .await
+        .unwrap();
+    let open = client
+        .get_agenda(agenda("2026-06-10", "2026-06-16", true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(open.occurrences.len(), week.occurrences.len() - 1);
+    assert!(
+        open.occurrences
+            .iter()
+            .all(|o| o.occurrence_id != due.occurrence_id)
+    );
+
+    // ListDue, for one participant.
+    let due_for = |participant_ref: &str| {
+        authed(pb::ListDueRequest {
+            // Midnight in New York on 2026-06-10, and a week on.
+            from: Some(prost_types::Timestamp {
+                seconds: 1_781_064_000,
+                nanos: 0,
+            }),
+            to: Some(prost_types::Timestamp {
+                seconds: 1_781_064_000 + 7 * 86_400,
+                nanos: 0,
+            }),
+            page_size: 1000,
+            participant_ref: participant_ref.into(),
+            ..Default::default()
+        })
+    };
+    // The worker files occurrences for ListDue as they are scheduled.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let whole = loop {
+        let whole = client
+            .list_due(due_for(""))
+            .await
+            .unwrap()
+            .into_inner()
+            .occurrences;
+        let people: std::collections::HashSet<_> =
+            whole.iter().map(|o| o.participant_id.clone()).collect();
+        if people.len() == 2 {
+            break whole;
+        }
+        assert!(std::time::Instant::now() < deadline, "{people:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let one = client
+        .list_due(due_for("P-7"))
+        .await
+        .unwrap()
+        .into_inner()
+        .occurrences;
+    assert!(!one.is_empty() && one.len() < whole.len());
+    assert!(
+        one.iter()
+            .all(|o| o.participant_id == ids[0].participant_id)
+    );
+    assert_eq!(
+        one.len(),
+        whole
+            .iter()
+            .filter(|o| o.participant_id == ids[0].participant_id)
+            .count()
+    );
+
+    // Bad ranges name the field.
+    for (date, end, field) in [
+        ("2026-06-10", "2026-06-09", "end_local_date"),
+        ("2026-06-10", "2026-12-31", "end_local_date"),
+        ("10/06/2026", "", "local_date"),
+        ("", "2026-06-12", "local_date"),
+    ] {
+        let e = client
+            .get_agenda(agenda(date, end, false))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), field_of(&e).as_str()),
+            (Code::InvalidArgument, field),
+            "{date}..{end}"
+        );
+    }
+}

@@ -638,6 +638,16 @@ impl ProtocolSchedulerService for SchedulerApi {
             n => n,
         };
         let after = parse_page_token(&r.page_token)?;
+        // One participant's, by the stream their rows carry.
+        let stream = match r.participant_ref.as_str() {
+            "" => None,
+            reference => Some(streams::participant(
+                self.identities
+                    .find(&tenant, reference)
+                    .await
+                    .map_err(Error::from)?,
+            )),
+        };
         type Row = (
             Uuid,
             Uuid,
@@ -654,6 +664,7 @@ impl ProtocolSchedulerService for SchedulerApi {
              WHERE tenant_id = $1 AND scheduled_at >= $2 AND scheduled_at < $3
                AND ($4::timestamptz IS NULL OR (scheduled_at, occurrence_id) > ($4, $5))
                AND (NOT $6 OR (completed_at IS NULL AND NOT cancelled))
+               AND ($8::text IS NULL OR stream_id = $8)
              ORDER BY scheduled_at, occurrence_id
              LIMIT $7",
         )
@@ -664,6 +675,7 @@ impl ProtocolSchedulerService for SchedulerApi {
         .bind(after.map(|(_, id)| id).unwrap_or_default())
         .bind(r.open_only)
         .bind(i64::from(page_size) + 1)
+        .bind(stream.as_ref().map(|s| s.as_str()))
         .fetch_all(self.repo.store().pool())
         .await
         .map_err(|e| Error::from(tend_event_store::Error::from(e)))?;
@@ -712,6 +724,130 @@ impl ProtocolSchedulerService for SchedulerApi {
             next_page_token,
         }))
     }
+
+    #[tracing::instrument(skip_all, fields(rpc = "ListEnrollments"))]
+    async fn list_enrollments(
+        &self,
+        request: Request<pb::ListEnrollmentsRequest>,
+    ) -> Result<Response<pb::ListEnrollmentsResponse>, Status> {
+        let tenant = tend_auth::tenant_of(&request)?;
+        let r = request.into_inner();
+        let participant = self
+            .identities
+            .find(&tenant, &r.participant_ref)
+            .await
+            .map_err(Error::from)?;
+        let loaded = self
+            .repo
+            .load_participant(&tenant, &streams::participant(participant))
+            .await
+            .map_err(Error::from)?;
+        let mut enrollments: Vec<&Enrollment> = loaded.state.enrollments.iter().collect();
+        enrollments.sort_by_key(|e| std::cmp::Reverse(e.enrolled_at));
+        Ok(Response::new(pb::ListEnrollmentsResponse {
+            participant_id: participant.to_string(),
+            enrollments: enrollments
+                .into_iter()
+                .map(|e| convert::enrollment_to_pb(e, participant, r.participant_ref.clone()))
+                .collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(rpc = "GetAgenda"))]
+    async fn get_agenda(
+        &self,
+        request: Request<pb::GetAgendaRequest>,
+    ) -> Result<Response<pb::GetAgendaResponse>, Status> {
+        let tenant = tend_auth::tenant_of(&request)?;
+        let r = request.into_inner();
+        let first = optional_date("local_date", &r.local_date)?;
+        let last = optional_date("end_local_date", &r.end_local_date)?;
+        if last.is_some() && first.is_none() {
+            return Err(Error::invalid("local_date", "is required with end_local_date").into());
+        }
+        let participant = self
+            .identities
+            .find(&tenant, &r.participant_ref)
+            .await
+            .map_err(Error::from)?;
+        let loaded = self
+            .repo
+            .load_participant(&tenant, &streams::participant(participant))
+            .await
+            .map_err(Error::from)?;
+        let now = self.clock.now();
+        // "Today" on the calendar of the zone they live in now: that of
+        // their latest enrollment.
+        let zone = loaded
+            .state
+            .enrollments
+            .iter()
+            .max_by_key(|e| e.enrolled_at)
+            .map(|e| e.current().zone.clone());
+        let first = match (first, &zone) {
+            (Some(d), _) => d,
+            (None, Some(zone)) => zone.tz().to_datetime(now).date(),
+            (None, None) => jiff::tz::TimeZone::UTC.to_datetime(now).date(),
+        };
+        let last = last.unwrap_or(first);
+        let days = first
+            .until(last)
+            .map_err(|_| Error::invalid("end_local_date", "is out of range"))?;
+        if last < first {
+            return Err(Error::invalid("end_local_date", "must not be before local_date").into());
+        }
+        if days.get_days() > MAX_AGENDA_DAYS {
+            return Err(Error::invalid(
+                "end_local_date",
+                &format!("must be at most {MAX_AGENDA_DAYS} days after local_date"),
+            )
+            .into());
+        }
+        let mut occurrences = Vec::new();
+        for e in &loaded.state.enrollments {
+            let schedule = e.schedule(&loaded.protocols, now).map_err(Error::from)?;
+            occurrences.extend(schedule.into_iter().filter(|o| {
+                (first..=last).contains(&o.local_date)
+                    && !(r.open_only
+                        && matches!(
+                            o.status,
+                            tend_domain::schedule::Status::Done
+                                | tend_domain::schedule::Status::Late
+                                | tend_domain::schedule::Status::Cancelled
+                        ))
+            }));
+        }
+        occurrences.sort_by_key(|o| (o.at, o.id));
+        Ok(Response::new(pb::GetAgendaResponse {
+            participant_id: participant.to_string(),
+            time_zone: zone.map(|z| z.name().to_owned()).unwrap_or_default(),
+            local_date: first.to_string(),
+            end_local_date: last.to_string(),
+            occurrences: occurrences
+                .iter()
+                .map(|o| pb::Occurrence {
+                    participant_ref: r.participant_ref.clone(),
+                    participant_id: participant.to_string(),
+                    ..convert::occurrence_to_pb(o)
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// How many days past its first an agenda may cover: a season of a
+/// protocol, not the whole history.
+const MAX_AGENDA_DAYS: i32 = 92;
+
+/// A "YYYY-MM-DD" field that may be empty.
+fn optional_date(field: &'static str, value: &str) -> Result<Option<jiff::civil::Date>, Error> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    value
+        .parse::<jiff::civil::Date>()
+        .map(Some)
+        .map_err(|_| Error::invalid(field, "must be a date YYYY-MM-DD"))
 }
 
 fn parse_page_token(token: &str) -> Result<Option<(Timestamp, Uuid)>, Error> {
