@@ -799,7 +799,7 @@ impl ProtocolSchedulerService for SchedulerApi {
         if days.get_days() > MAX_AGENDA_DAYS {
             return Err(Error::invalid(
                 "end_local_date",
-                &format!("must be at most {MAX_AGENDA_DAYS} days after local_date"),
+                format!("must be at most {MAX_AGENDA_DAYS} days after local_date"),
             )
             .into());
         }
