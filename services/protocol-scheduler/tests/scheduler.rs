@@ -303,6 +303,7 @@ async fn list_due_answers_for_the_callers_tenant_in_pages() {
                     page_size: 5,
                     page_token: token.clone(),
                     open_only: false,
+                    participant_ref: String::new(),
                 },
             ))
             .await
@@ -363,6 +364,7 @@ async fn list_due_answers_for_the_callers_tenant_in_pages() {
                 page_size: 100,
                 page_token: String::new(),
                 open_only,
+                participant_ref: String::new(),
             },
         ))
     };
