@@ -41,6 +41,20 @@ macro_rules! event_codec {
                 }
             }
         }
+
+        impl $event {
+            /// Every type of this enum, for the event catalogue.
+            pub fn catalogue() -> Vec<$crate::catalogue::EventType> {
+                vec![$($crate::catalogue::EventType {
+                    name: $name,
+                    version: event_codec!(@version $($version)?),
+                    reads: (1..=event_codec!(@version $($version)?))
+                        .filter(|v| matches!(*v, event_codec!(@reads $($($read)*)?)))
+                        .collect(),
+                    fields: $crate::catalogue::fields_of(Self::$variant),
+                },)*]
+            }
+        }
     };
     (@version) => { 1 };
     (@version $v:literal) => { $v };
@@ -74,6 +88,7 @@ macro_rules! decider {
 
 pub mod arc;
 pub mod assessment;
+pub mod catalogue;
 pub mod consent;
 mod decider;
 pub mod enrollment;

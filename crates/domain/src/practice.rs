@@ -244,6 +244,24 @@ event_codec! {
     }
 }
 
+/// The practice types for the event catalogue: their flattened `Content`
+/// fields included.
+pub fn catalogue() -> Vec<crate::catalogue::EventType> {
+    // serde hands a flattened struct's fields to no one: these two are
+    // spelled out, and a test compares them with a written body.
+    let content = crate::catalogue::fields::<Content>();
+    let mut types = Event::catalogue();
+    for t in &mut types {
+        let own: &[&'static str] = match t.name {
+            "PracticeLogged" => &["entry_id"],
+            "PracticeCorrected" => &["entry_id", "request_id"],
+            _ => continue,
+        };
+        t.fields = own.iter().chain(&content).copied().collect();
+    }
+    types
+}
+
 pub fn evolve(mut log: Log, event: &Event) -> Log {
     match event {
         Event::Logged(e) => {

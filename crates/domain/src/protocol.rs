@@ -404,6 +404,25 @@ impl DomainEvent for Event {
     }
 }
 
+/// The protocol types for the event catalogue.
+pub fn catalogue() -> Vec<crate::catalogue::EventType> {
+    use crate::catalogue::{EventType, fields_of};
+    vec![
+        EventType {
+            name: "ProtocolDrafted",
+            version: 1,
+            reads: vec![1],
+            fields: fields_of(Event::Drafted),
+        },
+        EventType {
+            name: "ProtocolPublished",
+            version: 1,
+            reads: vec![1],
+            fields: fields_of(Event::Published),
+        },
+    ]
+}
+
 /// Every version of one protocol.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct History {
