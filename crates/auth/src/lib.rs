@@ -26,6 +26,8 @@ pub enum Error {
     BadEntry(String),
     #[error("tenant in token entry {entry:?}: {reason}")]
     BadTenant { entry: String, reason: String },
+    #[error("certificate binding {0:?} is not `<tenant>=<dns name>[|<dns name>...]`")]
+    BadBinding(String),
     #[error("the same token hash is configured twice")]
     DuplicateHash,
     #[error("the system's random number generator failed: {0}")]
@@ -132,15 +134,75 @@ pub struct Caller {
 /// The gRPC interceptor: checks the bearer token and attaches the
 /// [`Caller`]. Install it on every Tend service, and on nothing that must
 /// answer without a token (health, reflection).
+/// Tenants bound to client certificates (mutual TLS): a bound tenant's
+/// tokens are accepted only on a connection whose client certificate is
+/// valid for one of its DNS names, so that a leaked token alone does not
+/// open its data.
+#[derive(Debug, Clone, Default)]
+pub struct CertificateBindings {
+    names: HashMap<TenantId, Vec<String>>,
+}
+
+impl CertificateBindings {
+    /// `<tenant>=<dns name>[|<dns name>...]`, comma separated.
+    pub fn parse(spec: &str) -> Result<Self, Error> {
+        let mut bindings = Self::default();
+        for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let bad = || Error::BadBinding(entry.to_owned());
+            let (tenant, names) = entry.split_once('=').ok_or_else(bad)?;
+            let tenant = TenantId::new(tenant.trim()).map_err(|e| Error::BadTenant {
+                entry: entry.to_owned(),
+                reason: e.to_string(),
+            })?;
+            let names: Vec<String> = names.split('|').map(|n| n.trim().to_owned()).collect();
+            for name in &names {
+                if rustls::pki_types::DnsName::try_from(name.as_str()).is_err() {
+                    return Err(bad());
+                }
+            }
+            bindings.names.entry(tenant).or_default().extend(names);
+        }
+        Ok(bindings)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Whether `tenant` may call with this connection's client certificate.
+    fn allows(&self, tenant: &TenantId, certificate: Option<&[u8]>) -> bool {
+        let Some(names) = self.names.get(tenant) else {
+            return true;
+        };
+        let Some(der) = certificate else {
+            return false;
+        };
+        let der = rustls::pki_types::CertificateDer::from(der);
+        let Ok(cert) = webpki::EndEntityCert::try_from(&der) else {
+            return false;
+        };
+        names.iter().any(|name| {
+            rustls::pki_types::ServerName::try_from(name.as_str())
+                .is_ok_and(|n| cert.verify_is_valid_for_subject_name(&n).is_ok())
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     tokens: Arc<Tokens>,
+    bindings: Arc<CertificateBindings>,
 }
 
 impl Authenticator {
     pub fn new(tokens: Tokens) -> Self {
+        Self::with_bindings(tokens, CertificateBindings::default())
+    }
+
+    pub fn with_bindings(tokens: Tokens, bindings: CertificateBindings) -> Self {
         Self {
             tokens: Arc::new(tokens),
+            bindings: Arc::new(bindings),
         }
     }
 }
@@ -166,6 +228,16 @@ impl tonic::service::Interceptor for Authenticator {
             .tenant_of(token)
             .ok_or_else(|| Status::unauthenticated("the bearer token is not valid"))?
             .clone();
+        if !self.bindings.is_empty() {
+            // The client certificate the TLS handshake verified, if any.
+            let certificates = request.peer_certs();
+            let leaf = certificates.as_ref().and_then(|c| c.first());
+            if !self.bindings.allows(&tenant, leaf.map(|c| c.as_ref())) {
+                return Err(Status::unauthenticated(
+                    "this tenant's tokens are bound to its client certificates: call with one of them",
+                ));
+            }
+        }
         request.extensions_mut().insert(Caller { tenant });
         Ok(request)
     }

@@ -18,6 +18,8 @@ pub(crate) struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start-up: a big variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Command {
     /// Serve the gRPC API.
     Serve(ServeOptions),
@@ -318,6 +320,16 @@ pub(crate) struct ServeOptions {
     pub practice_backdate_days: u32,
 
     #[command(flatten)]
+    pub tls: TlsOptions,
+
+    /// Origins whose browser pages may call the API over gRPC-Web (CORS),
+    /// comma separated, like `https://portal.clinic.example`. gRPC-Web is
+    /// served on the gRPC port either way; unset, no browser origin is
+    /// allowed.
+    #[arg(long, env = "TEND_GRPC_WEB_ORIGINS")]
+    pub grpc_web_origins: Option<String>,
+
+    #[command(flatten)]
     pub keys: KeyOptions,
 
     #[command(flatten)]
@@ -328,6 +340,36 @@ pub(crate) struct ServeOptions {
 
     #[command(flatten)]
     pub database: DatabaseOptions,
+}
+
+/// TLS on the gRPC port.
+#[derive(Debug, Args)]
+pub(crate) struct TlsOptions {
+    /// PEM certificate chain for the gRPC port, the server's first. With
+    /// TEND_TLS_KEY, the port speaks TLS only.
+    #[arg(long, env = "TEND_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of the certificate (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "TEND_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: every client must present a certificate one of
+    /// them signed (mutual TLS).
+    #[arg(long, env = "TEND_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Tenants bound to client certificates: `<tenant>=<dns name>[|<dns
+    /// name>...]`, comma separated. A bound tenant's tokens are accepted
+    /// only on a connection whose client certificate is valid for one of
+    /// its names (a DNS subject alternative name).
+    #[arg(long, env = "TEND_TLS_CLIENT_TENANTS", requires = "tls_client_ca")]
+    pub tls_client_tenants: Option<String>,
+
+    /// Seconds between looks at the TLS files for a rotation.
+    #[arg(long, env = "TEND_TLS_RELOAD_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub tls_reload_seconds: u64,
 }
 
 #[derive(Debug, Args)]

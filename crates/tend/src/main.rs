@@ -12,6 +12,7 @@ mod options;
 mod readiness;
 mod serve;
 mod telemetry;
+mod tls;
 
 use std::process::ExitCode;
 

@@ -19,6 +19,7 @@ use tend_service_kit::{Clock, OffsetClock, SystemClock};
 use crate::Result;
 use crate::config::{ArcOptions, ClockOptions, DatabaseOptions, ServeOptions};
 use crate::keys;
+use crate::tls::{self, TlsFiles};
 
 /// The tenant of the development token issued with the embedded database.
 pub(crate) const DEV_TENANT: &str = "dev";
@@ -31,6 +32,8 @@ pub(crate) struct Serve {
     pub listen: SocketAddr,
     pub migrate: bool,
     pub tokens: Tokens,
+    /// Tenants whose tokens work only with a client certificate of theirs.
+    pub bindings: tend_auth::CertificateBindings,
     /// The development token issued with the embedded database, to print.
     pub dev_token: Option<String>,
     /// The configured master keys; without them the embedded database
@@ -44,6 +47,11 @@ pub(crate) struct Serve {
     pub practice: PracticeOptions,
     pub shutdown_grace: Duration,
     pub shutdown_drain: Duration,
+    /// TLS on the gRPC port: where the files are, and what they held at
+    /// start-up; `None`: plain TCP.
+    pub tls: Option<(TlsFiles, tls::Loaded)>,
+    /// Browser origins allowed to call gRPC-Web.
+    pub web_origins: Vec<http::HeaderValue>,
     /// The test clock, if one is asked for.
     pub test_clock: Option<TestClock>,
     pub database: DatabaseOptions,
@@ -68,6 +76,25 @@ impl ServeOptions {
             crate::database::parse_url(url)?;
         }
         let master_keys = keys::configured(&self.keys)?;
+        let tls = match (&self.tls.tls_cert, &self.tls.tls_key) {
+            (Some(cert), Some(key)) => {
+                let files = TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls.tls_client_ca.clone(),
+                    reload_every: Duration::from_secs(self.tls.tls_reload_seconds),
+                };
+                let loaded = files.load()?;
+                Some((files, loaded))
+            }
+            _ => None,
+        };
+        let bindings = match &self.tls.tls_client_tenants {
+            Some(spec) => tend_auth::CertificateBindings::parse(spec)
+                .map_err(|e| format!("TEND_TLS_CLIENT_TENANTS: {e}"))?,
+            None => tend_auth::CertificateBindings::default(),
+        };
+        let web_origins = web_origins(self.grpc_web_origins.as_deref())?;
         if master_keys.is_none() && self.database.database_url.is_some() {
             return Err(MASTER_KEYS_REQUIRED.into());
         }
@@ -77,6 +104,9 @@ impl ServeOptions {
             tokens,
             dev_token,
             master_keys,
+            bindings,
+            tls,
+            web_origins,
             recipients: keys::recipients(&self.keys)?,
             arc_rules: arc_rules(&self.arc)?,
             arc_projection: self.arc.arc_projection.then(|| RunnerOptions {
@@ -189,6 +219,34 @@ fn tokens(spec: Option<&str>, embedded: bool) -> Result<(Tokens, Option<String>)
     }
 }
 
+/// `TEND_GRPC_WEB_ORIGINS`: exact origins (scheme, host, port), never a
+/// wildcard, since the calls carry tokens.
+fn web_origins(spec: Option<&str>) -> Result<Vec<http::HeaderValue>> {
+    let mut origins = Vec::new();
+    for origin in spec
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+    {
+        let (scheme, rest) = origin.split_once("://").unwrap_or(("", ""));
+        let well_formed = matches!(scheme, "https" | "http")
+            && !rest.is_empty()
+            && !rest.contains(['/', '*', ' ', '?', '#']);
+        if !well_formed {
+            return Err(format!(
+                "TEND_GRPC_WEB_ORIGINS: {origin:?} is not an origin like https://portal.clinic.example (scheme and host, an optional port, no path, no wildcard)"
+            )
+            .into());
+        }
+        origins.push(
+            http::HeaderValue::from_str(origin)
+                .map_err(|e| format!("TEND_GRPC_WEB_ORIGINS: {origin:?}: {e}"))?,
+        );
+    }
+    Ok(origins)
+}
+
 fn arc_rules(options: &ArcOptions) -> Result<Rules> {
     let ratio = |name: &str, v: f64| {
         if v > 0.0 && v <= 1.0 {
@@ -252,6 +310,42 @@ mod tests {
         assert_eq!(serve.worker.lease_ttl, Duration::from_secs(10));
         assert!(serve.dev_token.is_none());
         assert!(serve.test_clock.is_none());
+    }
+
+    #[test]
+    fn grpc_web_origins_are_exact() {
+        assert_eq!(
+            web_origins(Some("https://portal.clinic.example, http://localhost:5173"))
+                .unwrap()
+                .len(),
+            2
+        );
+        for bad in [
+            "*",
+            "https://*.clinic.example",
+            "portal.clinic.example",
+            "https://a/b",
+        ] {
+            assert!(web_origins(Some(bad)).is_err(), "{bad}");
+        }
+        assert!(web_origins(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn tls_files_that_do_not_load_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("tls.crt");
+        std::fs::write(&cert, "not a certificate").unwrap();
+        let e = refused(&[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            dir.path().join("missing.key").to_str().unwrap(),
+        ]);
+        assert!(
+            e.starts_with("TEND_TLS_KEY") || e.starts_with("TEND_TLS_CERT"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::Result;
 use crate::database::Database;
 use crate::options::{self, DEV_TENANT};
 use crate::telemetry::Telemetry;
-use crate::{gauges, keys, readiness};
+use crate::{gauges, keys, readiness, tls};
 
 /// What health reports on: the whole server ("", what Kubernetes' gRPC
 /// probes ask about; serving from the start) as well as each service.
@@ -116,7 +116,7 @@ async fn run(
             .register_encoded_file_descriptor_set(tend_api::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let auth = Authenticator::new(options.tokens);
+    let auth = Authenticator::with_bindings(options.tokens, options.bindings);
     let event_stream =
         EventStreamApi::new(store.clone(), options.recipients.clone(), shutdown.clone());
     let _observed = gauges::observe(
@@ -188,7 +188,14 @@ async fn run(
     ]
     .into_iter()
     .flat_map(tend_api::method_names);
-    let server = Server::builder()
+    let router = Server::builder()
+        // gRPC-Web arrives over HTTP/1.1 from browsers.
+        .accept_http1(true)
+        // Outermost: browsers' preflights are answered before gRPC-Web
+        // would refuse them, and only for the configured origins.
+        .layer(cors(&options.web_origins))
+        .layer(tonic_web::GrpcWebLayer::new())
+        // Inside gRPC-Web: calls are measured as the gRPC they become.
         .layer(tend_telemetry::RpcLayer::new(
             tend_telemetry::tracing_enabled(),
             methods,
@@ -201,14 +208,44 @@ async fn run(
         .add_service(practice)
         .add_service(assessment)
         .add_service(arc)
-        .add_service(privacy)
-        .serve_with_incoming_shutdown(
+        .add_service(privacy);
+    let stopped = shutdown.clone().cancelled_owned();
+    let tls_line = options.tls.as_ref().map(|(files, loaded)| {
+        format!(
+            "TLS, certificate sha256:{}{}",
+            loaded.fingerprint,
+            if files.client_ca.is_some() {
+                "; client certificates required"
+            } else {
+                ""
+            }
+        )
+    });
+    let server: std::pin::Pin<
+        Box<dyn Future<Output = std::result::Result<(), tonic::transport::Error>> + Send>,
+    > = match options.tls {
+        None => Box::pin(router.serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.clone().cancelled_owned(),
+            stopped,
+        )),
+        Some((files, loaded)) => {
+            let (publish, current) = tokio::sync::watch::channel(loaded.config.clone());
+            tokio::spawn(tls::reload(files, loaded, publish, shutdown.clone()));
+            Box::pin(router.serve_with_incoming_shutdown(
+                tls::incoming(listener, current, shutdown.clone()),
+                stopped,
+            ))
+        }
+    };
+    if tls_line.is_none() && database.embedded.is_none() {
+        tracing::warn!(
+            "the gRPC port speaks plain TCP: tokens and participants' data cross the network unencrypted; set TEND_TLS_CERT and TEND_TLS_KEY unless a proxy in front terminates TLS"
         );
+    }
     tracing::info!(%addr, "serving gRPC");
     print_banner(
         addr,
+        tls_line.as_deref(),
         metrics_endpoint,
         database,
         options.dev_token.as_deref(),
@@ -252,6 +289,30 @@ async fn run(
     Ok(())
 }
 
+/// CORS for gRPC-Web: the configured origins only, the headers a gRPC-Web
+/// client sends (its token included) and the status headers it must read.
+fn cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
+    use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName};
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::AllowOrigin::list(origins.iter().cloned()))
+        .allow_methods([http::Method::POST])
+        .allow_headers([
+            CONTENT_TYPE,
+            AUTHORIZATION,
+            HeaderName::from_static("x-grpc-web"),
+            HeaderName::from_static("x-user-agent"),
+            HeaderName::from_static("grpc-timeout"),
+            HeaderName::from_static("traceparent"),
+            HeaderName::from_static("tracestate"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("grpc-status"),
+            HeaderName::from_static("grpc-message"),
+            HeaderName::from_static("grpc-status-details-bin"),
+        ])
+        .max_age(std::time::Duration::from_secs(3600))
+}
+
 /// Sets every entry of `HEALTH` to `status`.
 pub(crate) async fn set_health(health: &HealthReporter, status: ServingStatus) {
     for service in HEALTH {
@@ -285,11 +346,19 @@ async fn serve_metrics(
 
 fn print_banner(
     addr: SocketAddr,
+    tls: Option<&str>,
     metrics: Option<SocketAddr>,
     database: &Database,
     dev_token: Option<&str>,
 ) {
     println!("Tend is serving gRPC on {addr}");
+    match tls {
+        Some(tls) => println!("  {tls}"),
+        None if database.embedded.is_none() => println!(
+            "  WARNING: plain TCP, no TLS (TEND_TLS_CERT, TEND_TLS_KEY): only behind a proxy that terminates TLS"
+        ),
+        None => {}
+    }
     if let Some(metrics) = metrics {
         println!("  metrics: http://{metrics}/metrics");
     }

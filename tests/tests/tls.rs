@@ -1,0 +1,357 @@
+//! TLS and mutual TLS on the gRPC port, end to end: certificates made for
+//! the test (rcgen), the real binary, tonic clients over TLS, and a raw
+//! rustls handshake to see which certificate the server presents. A
+//! rotation of the files while a stream is open changes the certificate
+//! for new connections and leaves the stream alone.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+use sha2::{Digest, Sha256};
+use tend_api::events::v1 as events;
+use tend_api::events::v1::event_stream_service_client::EventStreamServiceClient;
+use tend_api::practice::v1 as ppb;
+use tend_api::practice::v1::practice_log_service_client::PracticeLogServiceClient;
+use tend_testkit::fresh_database;
+use tend_tests::{TendProcess, bearer};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+const CLINIC: &str = "tend_test_token_tls_clinic";
+const OTHER: &str = "tend_test_token_tls_other";
+
+/// A test CA and what it signs.
+struct Pki {
+    dir: tempfile::TempDir,
+    issuer: Issuer<'static, KeyPair>,
+    ca_pem: String,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.distinguished_name = DistinguishedName::new();
+        ca.distinguished_name
+            .push(DnType::CommonName, "Tend test CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_pem = ca.self_signed(&key).unwrap().pem();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.crt"), &ca_pem).unwrap();
+        Self {
+            dir,
+            issuer: Issuer::new(ca, key),
+            ca_pem,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A leaf for `names`, as (certificate PEM, key PEM, SHA-256 of its DER).
+    fn leaf(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let fingerprint = hex::encode(Sha256::digest(cert.der()));
+        (cert.pem(), key.serialize_pem(), fingerprint)
+    }
+
+    /// Writes a new server certificate and key in place; its fingerprint.
+    fn write_server(&self) -> String {
+        let (cert, key, fingerprint) = self.leaf(
+            &["localhost", "127.0.0.1"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        // As a rotation would: the key first, then the certificate.
+        write_atomically(&self.path("tls.key"), &key);
+        write_atomically(&self.path("tls.crt"), &cert);
+        fingerprint
+    }
+
+    fn client(&self, name: &str) -> Identity {
+        let (cert, key, _) = self.leaf(&[name], ExtendedKeyUsagePurpose::ClientAuth);
+        Identity::from_pem(cert, key)
+    }
+}
+
+fn write_atomically(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+fn tokens() -> String {
+    format!(
+        "clinic={},other={}",
+        tend_auth::TokenHash::of(CLINIC),
+        tend_auth::TokenHash::of(OTHER)
+    )
+}
+
+async fn tls_channel(
+    server: &TendProcess,
+    pki: &Pki,
+    identity: Option<Identity>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca_pem))
+        .domain_name("localhost");
+    if let Some(identity) = identity {
+        tls = tls.identity(identity);
+    }
+    Channel::from_shared(format!("https://{}", server.addr))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+/// The fingerprint of the certificate a fresh handshake is given.
+async fn presented(server: &TendProcess, pki: &Pki) -> String {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = rustls::pki_types::CertificateDer::from(pem_der(&pki.ca_pem));
+    roots.add(ca).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(&server.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let leaf = &tls.get_ref().1.peer_certificates().unwrap()[0];
+    hex::encode(Sha256::digest(leaf.as_ref()))
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+fn practice(participant: &str) -> ppb::LogPracticeRequest {
+    let started = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1))
+        .strftime("%Y-%m-%dT%H:%M:%S")
+        .to_string();
+    ppb::LogPracticeRequest {
+        participant_ref: participant.into(),
+        entry_id: uuid::Uuid::new_v4().to_string(),
+        practice: Some(ppb::PracticeDetails {
+            kind: "soothing-touch".into(),
+            started_at: started,
+            time_zone: "UTC".into(),
+            minutes: 5,
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test]
+async fn tls_serves_and_a_rotation_reaches_new_connections_while_a_stream_stays_open() {
+    let db = fresh_database().await;
+    let pki = Pki::new();
+    let first = pki.write_server();
+    let (cert, key) = (pki.path("tls.crt"), pki.path("tls.key"));
+    let tokens = tokens();
+    let server = TendProcess::start(&[
+        ("TEND_DATABASE_URL", db.url.as_str()),
+        ("TEND_AUTH_TOKENS", tokens.as_str()),
+        ("TEND_TLS_CERT", cert.to_str().unwrap()),
+        ("TEND_TLS_KEY", key.to_str().unwrap()),
+        ("TEND_TLS_RELOAD_SECONDS", "1"),
+    ]);
+    assert!(
+        server
+            .banner
+            .iter()
+            .any(|l| l.contains(&format!("TLS, certificate sha256:{first}"))),
+        "{:?}",
+        server.banner
+    );
+    assert_eq!(presented(&server, &pki).await, first);
+
+    // Plain text to a TLS port gets nowhere.
+    let plain = tonic::transport::Channel::from_shared(server.endpoint())
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(plain) = plain {
+        let e = PracticeLogServiceClient::new(plain)
+            .log_practice(bearer(CLINIC, practice("p-1")))
+            .await
+            .unwrap_err();
+        assert_ne!(e.code(), Code::Ok);
+    }
+
+    let channel = tls_channel(&server, &pki, None).await.unwrap();
+    let mut stream = EventStreamServiceClient::new(channel.clone())
+        .subscribe(bearer(
+            CLINIC,
+            events::SubscribeRequest {
+                categories: vec!["practice".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut practice_client = PracticeLogServiceClient::new(channel.clone());
+    practice_client
+        .log_practice(bearer(CLINIC, practice("p-1")))
+        .await
+        .unwrap();
+    next_event(&mut stream).await;
+
+    // cert-manager rotates the files.
+    let second = pki.write_server();
+    assert_ne!(first, second);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while presented(&server, &pki).await != second {
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was never presented"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A new connection works with it, and the stream opened before the
+    // rotation still delivers.
+    let fresh = tls_channel(&server, &pki, None).await.unwrap();
+    PracticeLogServiceClient::new(fresh)
+        .log_practice(bearer(CLINIC, practice("p-2")))
+        .await
+        .unwrap();
+    next_event(&mut stream).await;
+
+    // Half-written files keep the certificate in use.
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\ntruncated").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(presented(&server, &pki).await, second);
+}
+
+async fn next_event(stream: &mut tonic::Streaming<events::SubscribeResponse>) {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(15), stream.next())
+            .await
+            .expect("an event within 15 s")
+            .expect("the stream stays open")
+            .expect("no error");
+        if let Some(events::subscribe_response::Message::Event(_)) = message.message {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn mutual_tls_requires_a_client_certificate_and_binds_tenants_to_theirs() {
+    let db = fresh_database().await;
+    let pki = Pki::new();
+    pki.write_server();
+    let tokens = tokens();
+    let (cert, key, ca) = (pki.path("tls.crt"), pki.path("tls.key"), pki.path("ca.crt"));
+    let server = TendProcess::start(&[
+        ("TEND_DATABASE_URL", db.url.as_str()),
+        ("TEND_AUTH_TOKENS", tokens.as_str()),
+        ("TEND_TLS_CERT", cert.to_str().unwrap()),
+        ("TEND_TLS_KEY", key.to_str().unwrap()),
+        ("TEND_TLS_CLIENT_CA", ca.to_str().unwrap()),
+        ("TEND_TLS_CLIENT_TENANTS", "clinic=portal.clinic.example"),
+    ]);
+    assert!(
+        server
+            .banner
+            .iter()
+            .any(|l| l.contains("client certificates required")),
+        "{:?}",
+        server.banner
+    );
+
+    // No client certificate: the handshake (or the first call) fails.
+    let anonymous = match tls_channel(&server, &pki, None).await {
+        Err(_) => None,
+        Ok(channel) => Some(
+            PracticeLogServiceClient::new(channel)
+                .log_practice(bearer(OTHER, practice("p-1")))
+                .await
+                .unwrap_err(),
+        ),
+    };
+    if let Some(e) = anonymous {
+        assert!(format!("{e:?}").contains("CertificateRequired"), "{e:?}");
+    }
+
+    // A certificate from another CA is refused the same way.
+    let stranger = Pki::new().client("portal.clinic.example");
+    let refused = match tls_channel(&server, &pki, Some(stranger)).await {
+        Err(_) => true,
+        Ok(channel) => PracticeLogServiceClient::new(channel)
+            .log_practice(bearer(OTHER, practice("p-1")))
+            .await
+            .is_err(),
+    };
+    assert!(refused);
+
+    // The portal's certificate: the clinic's token works on it.
+    let portal = tls_channel(&server, &pki, Some(pki.client("portal.clinic.example")))
+        .await
+        .unwrap();
+    PracticeLogServiceClient::new(portal.clone())
+        .log_practice(bearer(CLINIC, practice("p-1")))
+        .await
+        .unwrap();
+    // Another certificate of the same CA: an unbound tenant's token works,
+    // the clinic's (bound to the portal) does not.
+    let elsewhere = tls_channel(&server, &pki, Some(pki.client("backend.other.example")))
+        .await
+        .unwrap();
+    PracticeLogServiceClient::new(elsewhere.clone())
+        .log_practice(bearer(OTHER, practice("p-1")))
+        .await
+        .unwrap();
+    let e = PracticeLogServiceClient::new(elsewhere)
+        .log_practice(bearer(CLINIC, practice("p-2")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("client certificates"), "{e:?}");
+}
+
+#[tokio::test]
+async fn plain_tcp_with_an_external_database_is_said_loudly() {
+    let db = fresh_database().await;
+    let tokens = tokens();
+    let server = TendProcess::start(&[
+        ("TEND_DATABASE_URL", db.url.as_str()),
+        ("TEND_AUTH_TOKENS", tokens.as_str()),
+    ]);
+    assert!(
+        server
+            .banner
+            .iter()
+            .any(|l| l.contains("WARNING: plain TCP, no TLS")),
+        "{:?}",
+        server.banner
+    );
+}
