@@ -4,6 +4,8 @@
 //! The binary is found beside the test executable (`target/<profile>/tend`),
 //! or at `TEND_BIN`; `scripts/test` builds it before the tests run.
 
+pub mod pki;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -193,4 +195,23 @@ pub async fn publish_protocol(
         ))
         .await
         .expect("protocol published");
+}
+
+/// A practice entry for `participant`, an hour ago in UTC, with a fresh id.
+pub fn practice_request(participant: &str) -> tend_api::practice::v1::LogPracticeRequest {
+    use tend_api::practice::v1 as pb;
+    let started = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1))
+        .strftime("%Y-%m-%dT%H:%M:%S")
+        .to_string();
+    pb::LogPracticeRequest {
+        participant_ref: participant.into(),
+        entry_id: uuid::Uuid::new_v4().to_string(),
+        practice: Some(pb::PracticeDetails {
+            kind: "soothing-touch".into(),
+            started_at: started,
+            time_zone: "UTC".into(),
+            minutes: 5,
+            ..Default::default()
+        }),
+    }
 }

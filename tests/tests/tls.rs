@@ -4,20 +4,15 @@
 //! rotation of the files while a stream is open changes the certificate
 //! for new connections and leaves the stream alone.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
-};
 use sha2::{Digest, Sha256};
 use tend_api::events::v1 as events;
 use tend_api::events::v1::event_stream_service_client::EventStreamServiceClient;
-use tend_api::practice::v1 as ppb;
 use tend_api::practice::v1::practice_log_service_client::PracticeLogServiceClient;
 use tend_testkit::fresh_database;
+use tend_tests::pki::Pki;
 use tend_tests::{TendProcess, bearer};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -25,79 +20,6 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 const CLINIC: &str = "tend_test_token_tls_clinic";
 const OTHER: &str = "tend_test_token_tls_other";
-
-/// A test CA and what it signs.
-struct Pki {
-    dir: tempfile::TempDir,
-    issuer: Issuer<'static, KeyPair>,
-    ca_pem: String,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.distinguished_name = DistinguishedName::new();
-        ca.distinguished_name
-            .push(DnType::CommonName, "Tend test CA");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_pem = ca.self_signed(&key).unwrap().pem();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.crt"), &ca_pem).unwrap();
-        Self {
-            dir,
-            issuer: Issuer::new(ca, key),
-            ca_pem,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// A leaf for `names`, as (certificate PEM, key PEM, SHA-256 of its DER).
-    fn leaf(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        params.use_authority_key_identifier_extension = true;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let fingerprint = hex::encode(Sha256::digest(cert.der()));
-        (cert.pem(), key.serialize_pem(), fingerprint)
-    }
-
-    /// Writes a new server certificate and key in place; its fingerprint.
-    fn write_server(&self) -> String {
-        let (cert, key, fingerprint) = self.leaf(
-            &["localhost", "127.0.0.1"],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        );
-        // As a rotation would: the key first, then the certificate.
-        write_atomically(&self.path("tls.key"), &key);
-        write_atomically(&self.path("tls.crt"), &cert);
-        fingerprint
-    }
-
-    fn client(&self, name: &str) -> Identity {
-        let (cert, key, _) = self.leaf(&[name], ExtendedKeyUsagePurpose::ClientAuth);
-        Identity::from_pem(cert, key)
-    }
-}
-
-fn write_atomically(path: &Path, contents: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).unwrap();
-    std::fs::rename(tmp, path).unwrap();
-}
 
 fn tokens() -> String {
     format!(
@@ -152,23 +74,6 @@ fn pem_der(pem: &str) -> Vec<u8> {
         .to_vec()
 }
 
-fn practice(participant: &str) -> ppb::LogPracticeRequest {
-    let started = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1))
-        .strftime("%Y-%m-%dT%H:%M:%S")
-        .to_string();
-    ppb::LogPracticeRequest {
-        participant_ref: participant.into(),
-        entry_id: uuid::Uuid::new_v4().to_string(),
-        practice: Some(ppb::PracticeDetails {
-            kind: "soothing-touch".into(),
-            started_at: started,
-            time_zone: "UTC".into(),
-            minutes: 5,
-            ..Default::default()
-        }),
-    }
-}
-
 #[tokio::test]
 async fn tls_serves_and_a_rotation_reaches_new_connections_while_a_stream_stays_open() {
     let db = fresh_database().await;
@@ -200,7 +105,7 @@ async fn tls_serves_and_a_rotation_reaches_new_connections_while_a_stream_stays_
         .await;
     if let Ok(plain) = plain {
         let e = PracticeLogServiceClient::new(plain)
-            .log_practice(bearer(CLINIC, practice("p-1")))
+            .log_practice(bearer(CLINIC, tend_tests::practice_request("p-1")))
             .await
             .unwrap_err();
         assert_ne!(e.code(), Code::Ok);
@@ -220,7 +125,7 @@ async fn tls_serves_and_a_rotation_reaches_new_connections_while_a_stream_stays_
         .into_inner();
     let mut practice_client = PracticeLogServiceClient::new(channel.clone());
     practice_client
-        .log_practice(bearer(CLINIC, practice("p-1")))
+        .log_practice(bearer(CLINIC, tend_tests::practice_request("p-1")))
         .await
         .unwrap();
     next_event(&mut stream).await;
@@ -240,7 +145,7 @@ async fn tls_serves_and_a_rotation_reaches_new_connections_while_a_stream_stays_
     // rotation still delivers.
     let fresh = tls_channel(&server, &pki, None).await.unwrap();
     PracticeLogServiceClient::new(fresh)
-        .log_practice(bearer(CLINIC, practice("p-2")))
+        .log_practice(bearer(CLINIC, tend_tests::practice_request("p-2")))
         .await
         .unwrap();
     next_event(&mut stream).await;
@@ -293,7 +198,7 @@ async fn mutual_tls_requires_a_client_certificate_and_binds_tenants_to_theirs() 
         Err(_) => None,
         Ok(channel) => Some(
             PracticeLogServiceClient::new(channel)
-                .log_practice(bearer(OTHER, practice("p-1")))
+                .log_practice(bearer(OTHER, tend_tests::practice_request("p-1")))
                 .await
                 .unwrap_err(),
         ),
@@ -307,7 +212,7 @@ async fn mutual_tls_requires_a_client_certificate_and_binds_tenants_to_theirs() 
     let refused = match tls_channel(&server, &pki, Some(stranger)).await {
         Err(_) => true,
         Ok(channel) => PracticeLogServiceClient::new(channel)
-            .log_practice(bearer(OTHER, practice("p-1")))
+            .log_practice(bearer(OTHER, tend_tests::practice_request("p-1")))
             .await
             .is_err(),
     };
@@ -318,7 +223,7 @@ async fn mutual_tls_requires_a_client_certificate_and_binds_tenants_to_theirs() 
         .await
         .unwrap();
     PracticeLogServiceClient::new(portal.clone())
-        .log_practice(bearer(CLINIC, practice("p-1")))
+        .log_practice(bearer(CLINIC, tend_tests::practice_request("p-1")))
         .await
         .unwrap();
     // Another certificate of the same CA: an unbound tenant's token works,
@@ -327,11 +232,11 @@ async fn mutual_tls_requires_a_client_certificate_and_binds_tenants_to_theirs() 
         .await
         .unwrap();
     PracticeLogServiceClient::new(elsewhere.clone())
-        .log_practice(bearer(OTHER, practice("p-1")))
+        .log_practice(bearer(OTHER, tend_tests::practice_request("p-1")))
         .await
         .unwrap();
     let e = PracticeLogServiceClient::new(elsewhere)
-        .log_practice(bearer(CLINIC, practice("p-2")))
+        .log_practice(bearer(CLINIC, tend_tests::practice_request("p-2")))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");

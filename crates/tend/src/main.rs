@@ -13,6 +13,7 @@ mod readiness;
 mod serve;
 mod telemetry;
 mod tls;
+mod web;
 
 use std::process::ExitCode;
 

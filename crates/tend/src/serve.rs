@@ -33,7 +33,7 @@ use crate::Result;
 use crate::database::Database;
 use crate::options::{self, DEV_TENANT};
 use crate::telemetry::Telemetry;
-use crate::{gauges, keys, readiness, tls};
+use crate::{gauges, keys, readiness, tls, web};
 
 /// What health reports on: the whole server ("", what Kubernetes' gRPC
 /// probes ask about; serving from the start) as well as each service.
@@ -193,7 +193,8 @@ async fn run(
         .accept_http1(true)
         // Outermost: browsers' preflights are answered before gRPC-Web
         // would refuse them, and only for the configured origins.
-        .layer(cors(&options.web_origins))
+        .layer(web::cors(&options.web_origins))
+        .layer(web::WholeBodies)
         .layer(tonic_web::GrpcWebLayer::new())
         // Inside gRPC-Web: calls are measured as the gRPC they become.
         .layer(tend_telemetry::RpcLayer::new(
@@ -287,30 +288,6 @@ async fn run(
     directory.close().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// CORS for gRPC-Web: the configured origins only, the headers a gRPC-Web
-/// client sends (its token included) and the status headers it must read.
-fn cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
-    use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName};
-    tower_http::cors::CorsLayer::new()
-        .allow_origin(tower_http::cors::AllowOrigin::list(origins.iter().cloned()))
-        .allow_methods([http::Method::POST])
-        .allow_headers([
-            CONTENT_TYPE,
-            AUTHORIZATION,
-            HeaderName::from_static("x-grpc-web"),
-            HeaderName::from_static("x-user-agent"),
-            HeaderName::from_static("grpc-timeout"),
-            HeaderName::from_static("traceparent"),
-            HeaderName::from_static("tracestate"),
-        ])
-        .expose_headers([
-            HeaderName::from_static("grpc-status"),
-            HeaderName::from_static("grpc-message"),
-            HeaderName::from_static("grpc-status-details-bin"),
-        ])
-        .max_age(std::time::Duration::from_secs(3600))
 }
 
 /// Sets every entry of `HEALTH` to `status`.
