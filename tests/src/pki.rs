@@ -18,6 +18,12 @@ pub struct Pki {
     pub ca_pem: String,
 }
 
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Pki {
     pub fn new() -> Self {
         let key = KeyPair::generate().unwrap();
