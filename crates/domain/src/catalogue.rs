@@ -30,6 +30,7 @@ pub fn all() -> Vec<(&'static str, Vec<EventType>)> {
         ),
         ("consent", crate::consent::DocumentEvent::catalogue()),
         ("arc", crate::arc::FlagEvent::catalogue()),
+        ("webhook", crate::webhook::catalogue()),
     ]
 }
 

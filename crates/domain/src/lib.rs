@@ -97,6 +97,7 @@ pub mod practice;
 pub mod protocol;
 pub mod schedule;
 pub mod time;
+pub mod webhook;
 
 pub use decider::Decider;
 pub use error::Error;
