@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tend/assessment/v1/assessment.proto",
         "tend/arc/v1/arc.proto",
         "tend/privacy/v1/privacy.proto",
+        "tend/webhooks/v1/webhooks.proto",
     ];
     let fds = protox::compile(files, [&root])?;
 

@@ -49,6 +49,13 @@ pub mod privacy {
 }
 
 #[allow(clippy::all)] // generated code
+pub mod webhooks {
+    pub mod v1 {
+        tonic::include_proto!("tend.webhooks.v1");
+    }
+}
+
+#[allow(clippy::all)] // generated code
 pub mod arc {
     pub mod v1 {
         tonic::include_proto!("tend.arc.v1");

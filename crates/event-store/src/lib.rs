@@ -79,6 +79,11 @@ pub fn migrator() -> Migrator {
             "participants' identities out of the log",
             include_str!("../../../migrations/0006_privacy.sql"),
         ),
+        (
+            7,
+            "webhook secrets and deliveries",
+            include_str!("../../../migrations/0007_webhooks.sql"),
+        ),
     ];
     Migrator::with_migrations(
         migrations

@@ -128,6 +128,74 @@ impl MasterKeys {
     }
 }
 
+/// A secret of the operator's (a webhook endpoint's signing secret)
+/// sealed with a master key, bound to what it is for (`purpose`) and whose
+/// it is (`owner`), so that a sealed value moved elsewhere does not open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSecret {
+    pub master_key_id: String,
+    /// Nonce, then ciphertext with its tag.
+    pub sealed: Vec<u8>,
+}
+
+fn secret_aad(purpose: &str, owner: &str) -> Vec<u8> {
+    format!("tend/secret/v1\0{purpose}\0{owner}").into_bytes()
+}
+
+impl MasterKeys {
+    /// Seals `secret` with the current master key.
+    pub fn seal_secret(&self, purpose: &str, owner: &str, secret: &[u8]) -> SealedSecret {
+        let master = self.current();
+        let nonce: [u8; NONCE_BYTES] = random();
+        let aad = secret_aad(purpose, owner);
+        let sealed = cipher(&master.key)
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: secret,
+                    aad: &aad,
+                },
+            )
+            .expect("AES-GCM-SIV seals a short secret");
+        SealedSecret {
+            master_key_id: master.id.clone(),
+            sealed: [nonce.as_slice(), &sealed].concat(),
+        }
+    }
+
+    /// Opens a secret `seal_secret` sealed, with whichever configured master
+    /// key sealed it.
+    pub fn open_secret(
+        &self,
+        purpose: &str,
+        owner: &str,
+        secret: &SealedSecret,
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let master = self.get(&secret.master_key_id)?;
+        if secret.sealed.len() <= NONCE_BYTES {
+            return Err(Error::Corrupt);
+        }
+        let (nonce, sealed) = secret.sealed.split_at(NONCE_BYTES);
+        let nonce: [u8; NONCE_BYTES] = nonce.try_into().map_err(|_| Error::Corrupt)?;
+        let aad = secret_aad(purpose, owner);
+        cipher(&master.key)
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: &aad,
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| Error::Corrupt)
+    }
+
+    /// The id of the key `seal_secret` uses now.
+    pub fn current_id(&self) -> &str {
+        &self.current().id
+    }
+}
+
 /// A participant's data key, in memory only.
 pub struct DataKey {
     pub id: Uuid,
@@ -390,6 +458,32 @@ mod tests {
         }
         // The key bytes never show in debug output.
         assert!(!format!("{parsed:?}").contains(entry.split_once(':').unwrap().1));
+    }
+
+    #[test]
+    fn a_secret_opens_only_for_its_purpose_and_owner_with_an_older_key_too() {
+        let old = keys(&MasterKeys::generate_entry("k0").unwrap());
+        let sealed = old.seal_secret("webhook", "clinic/e1", b"shh");
+        assert_eq!(sealed.master_key_id, "k0");
+        let rotated = keys(&format!(
+            "{},{}",
+            MasterKeys::generate_entry("k1").unwrap(),
+            MasterKeys::generate_entry("k0").unwrap()
+        ));
+        // Another k0: the bytes differ, so it does not open.
+        assert!(
+            rotated
+                .open_secret("webhook", "clinic/e1", &sealed)
+                .is_err()
+        );
+        assert_eq!(
+            old.open_secret("webhook", "clinic/e1", &sealed)
+                .unwrap()
+                .as_slice(),
+            b"shh"
+        );
+        assert!(old.open_secret("webhook", "clinic/e2", &sealed).is_err());
+        assert!(old.open_secret("notes", "clinic/e1", &sealed).is_err());
     }
 
     #[test]

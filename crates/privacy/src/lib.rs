@@ -22,7 +22,7 @@ mod recipients;
 
 pub use directory::{Directory, ReadKey, Receipt, Rotated};
 pub use error::Error;
-pub use keys::{DataKey, MasterKeys};
+pub use keys::{DataKey, MasterKeys, SealedSecret};
 pub use keys::{open as open_note, seal as seal_note};
 pub use legacy::Upgraded;
 pub use legacy::legacy_participant_id;

@@ -23,6 +23,7 @@ pub mod execute;
 mod identities;
 pub mod instants;
 mod participants;
+pub mod pseudonymous;
 mod schedules;
 pub mod status;
 pub mod streams;
@@ -32,6 +33,7 @@ pub use error::{Conflicts, Error};
 pub use execute::{Executed, Retry};
 pub use identities::{Erasure, Identities, Subject};
 pub use participants::{How, Loaded, Participants};
+pub use pseudonymous::Pseudonymous;
 pub use schedules::{OccurrenceDetail, OccurrenceFacts, Schedules};
 
 // For `service_error!`, so that a service need not name these crates.

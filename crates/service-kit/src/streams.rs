@@ -26,6 +26,9 @@ pub const INSTRUMENT: &str = "instrument";
 /// A consent document's versions: `consent-<document id>`.
 pub const CONSENT: &str = "consent";
 
+/// A webhook endpoint: `webhook-<endpoint id>`.
+pub const WEBHOOK: &str = "webhook";
+
 /// The categories whose streams belong to one participant.
 pub const PARTICIPANT_CATEGORIES: [&str; 4] = [PARTICIPANT, PRACTICE, ASSESSMENT, ARC];
 
@@ -51,6 +54,11 @@ pub fn assessment(participant_id: Uuid) -> StreamId {
 /// A participant's arc stream, by their key.
 pub fn arc(participant_id: Uuid) -> StreamId {
     entity(ARC, participant_id)
+}
+
+/// A webhook endpoint's stream.
+pub fn webhook(endpoint_id: Uuid) -> StreamId {
+    entity(WEBHOOK, endpoint_id)
 }
 
 /// The participant id a stream was named with, from any of their streams

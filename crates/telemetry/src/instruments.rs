@@ -36,6 +36,17 @@ pub struct Instruments {
     pub scheduler_tick_duration: Histogram<f64>,
     /// 1 while this process holds a background lease, else 0.
     pub lease_held: Gauge<u64>,
+    /// Webhook delivery attempts, by endpoint and outcome.
+    pub webhook_attempts: Counter<u64>,
+    /// One webhook request, to the receiver's answer.
+    pub webhook_attempt_duration: Histogram<f64>,
+    /// How long the event a webhook endpoint is at waited for its delivery
+    /// (0 when nothing waits), by endpoint.
+    pub webhook_lag: Gauge<f64>,
+    /// The log position an endpoint has been delivered up to.
+    pub webhook_position: Gauge<u64>,
+    /// 1 while an endpoint's current delivery fails and is being retried.
+    pub webhook_failing: Gauge<u64>,
 }
 
 /// How an operation ended, as a low-cardinality attribute.
@@ -148,6 +159,30 @@ impl Instruments {
             lease_held: meter
                 .u64_gauge("tend.lease.held")
                 .with_description("1 while this server holds the background lease, else 0")
+                .build(),
+            webhook_attempts: meter
+                .u64_counter("tend.webhook.attempts")
+                .with_unit("{attempt}")
+                .with_description("Webhook delivery attempts, by endpoint and outcome")
+                .build(),
+            webhook_attempt_duration: seconds(
+                "tend.webhook.attempt.duration",
+                "Duration of one webhook request, to the receiver's answer",
+            ),
+            webhook_lag: meter
+                .f64_gauge("tend.webhook.lag")
+                .with_unit("s")
+                .with_description(
+                    "How long the event an endpoint is at has waited for delivery; 0 when none waits",
+                )
+                .build(),
+            webhook_position: meter
+                .u64_gauge("tend.webhook.delivered_position")
+                .with_description("The log position an endpoint has been delivered up to")
+                .build(),
+            webhook_failing: meter
+                .u64_gauge("tend.webhook.failing")
+                .with_description("1 while an endpoint's current delivery is failing and retried")
                 .build(),
         }
     }

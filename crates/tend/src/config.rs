@@ -322,6 +322,9 @@ pub(crate) struct ServeOptions {
     #[command(flatten)]
     pub tls: TlsOptions,
 
+    #[command(flatten)]
+    pub webhooks: WebhookOptions,
+
     /// Origins whose browser pages may call the API over gRPC-Web (CORS),
     /// comma separated, like `https://portal.clinic.example`. gRPC-Web is
     /// served on the gRPC port either way; unset, no browser origin is
@@ -340,6 +343,52 @@ pub(crate) struct ServeOptions {
 
     #[command(flatten)]
     pub database: DatabaseOptions,
+}
+
+/// Webhook deliveries.
+#[derive(Debug, Args)]
+pub(crate) struct WebhookOptions {
+    /// Whether this server may deliver webhooks (one server at a time
+    /// does, by lease).
+    #[arg(long, env = "TEND_WEBHOOKS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub webhooks: bool,
+
+    /// Hosts (names or addresses) endpoints may reach over plain http://,
+    /// comma separated. Unset: https:// only.
+    #[arg(long, env = "TEND_WEBHOOK_ALLOW_HTTP_HOSTS", default_value = "")]
+    pub webhook_allow_http_hosts: String,
+
+    /// Internal networks endpoints may reach (CIDR, comma separated), such
+    /// as a receiver in the same cluster. Unset: loopback, private,
+    /// link-local and other internal addresses are refused.
+    #[arg(long, env = "TEND_WEBHOOK_ALLOW_NETWORKS", default_value = "")]
+    pub webhook_allow_networks: String,
+
+    /// PEM CA certificates trusted for https:// endpoints besides the
+    /// public roots (a clinic's internal CA).
+    #[arg(long, env = "TEND_WEBHOOK_CA")]
+    pub webhook_ca: Option<PathBuf>,
+
+    /// Seconds a failing delivery is retried before the endpoint is
+    /// disabled.
+    #[arg(long, env = "TEND_WEBHOOK_RETRY_SECONDS", default_value_t = 86_400,
+          value_parser = clap::value_parser!(u64).range(1..=2_592_000))]
+    pub webhook_retry_seconds: u64,
+
+    /// Milliseconds before the first retry; each next one doubles.
+    #[arg(long, env = "TEND_WEBHOOK_BACKOFF_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub webhook_backoff_ms: u64,
+
+    /// The longest wait between retries, in seconds.
+    #[arg(long, env = "TEND_WEBHOOK_BACKOFF_MAX_SECONDS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub webhook_backoff_max_seconds: u64,
+
+    /// Seconds one delivery request may take, connecting included.
+    #[arg(long, env = "TEND_WEBHOOK_TIMEOUT_SECONDS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub webhook_timeout_seconds: u64,
 }
 
 /// TLS on the gRPC port.

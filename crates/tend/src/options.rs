@@ -52,6 +52,12 @@ pub(crate) struct Serve {
     pub tls: Option<(TlsFiles, tls::Loaded)>,
     /// Browser origins allowed to call gRPC-Web.
     pub web_origins: Vec<http::HeaderValue>,
+    /// Where webhooks may go.
+    pub webhook_targets: std::sync::Arc<tend_webhooks::Targets>,
+    /// How this server delivers webhooks; `None`: it does not.
+    pub webhooks: Option<tend_webhooks::DeliveryOptions>,
+    /// The CA certificates trusted for endpoints besides the public roots.
+    pub webhook_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// The test clock, if one is asked for.
     pub test_clock: Option<TestClock>,
     pub database: DatabaseOptions,
@@ -95,6 +101,35 @@ impl ServeOptions {
             None => tend_auth::CertificateBindings::default(),
         };
         let web_origins = web_origins(self.grpc_web_origins.as_deref())?;
+        let w = &self.webhooks;
+        let webhook_targets = std::sync::Arc::new(tend_webhooks::Targets::parse(
+            &w.webhook_allow_http_hosts,
+            &w.webhook_allow_networks,
+        )?);
+        let webhook_roots = match &w.webhook_ca {
+            None => vec![],
+            Some(path) => {
+                use rustls::pki_types::pem::PemObject;
+                let roots = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                    .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+                    .map_err(|e| format!("TEND_WEBHOOK_CA {}: {e}", path.display()))?;
+                if roots.is_empty() {
+                    return Err(format!(
+                        "TEND_WEBHOOK_CA {}: holds no certificate",
+                        path.display()
+                    )
+                    .into());
+                }
+                roots
+            }
+        };
+        let webhooks = w.webhooks.then(|| tend_webhooks::DeliveryOptions {
+            retry_period: Duration::from_secs(w.webhook_retry_seconds),
+            backoff_first: Duration::from_millis(w.webhook_backoff_ms),
+            backoff_max: Duration::from_secs(w.webhook_backoff_max_seconds),
+            timeout: Duration::from_secs(w.webhook_timeout_seconds),
+            lease_ttl,
+        });
         if master_keys.is_none() && self.database.database_url.is_some() {
             return Err(MASTER_KEYS_REQUIRED.into());
         }
@@ -107,6 +142,9 @@ impl ServeOptions {
             bindings,
             tls,
             web_origins,
+            webhook_targets,
+            webhooks,
+            webhook_roots,
             recipients: keys::recipients(&self.keys)?,
             arc_rules: arc_rules(&self.arc)?,
             arc_projection: self.arc.arc_projection.then(|| RunnerOptions {

@@ -11,6 +11,7 @@ use tend_api::events::v1::event_stream_service_server::EventStreamServiceServer;
 use tend_api::practice::v1::practice_log_service_server::PracticeLogServiceServer;
 use tend_api::privacy::v1::privacy_service_server::PrivacyServiceServer;
 use tend_api::scheduler::v1::protocol_scheduler_service_server::ProtocolSchedulerServiceServer;
+use tend_api::webhooks::v1::webhook_service_server::WebhookServiceServer;
 use tend_arc::{ArcApi, ArcProjection};
 use tend_assessment::AssessmentApi;
 use tend_auth::Authenticator;
@@ -20,6 +21,7 @@ use tend_practice_log::PracticeLogApi;
 use tend_privacy::Directory;
 use tend_privacy_service::PrivacyApi;
 use tend_protocol_scheduler::{SchedulerApi, Worker};
+use tend_webhooks::{Deliverer, WebhookApi};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
@@ -37,7 +39,7 @@ use crate::{gauges, keys, readiness, tls, web};
 
 /// What health reports on: the whole server ("", what Kubernetes' gRPC
 /// probes ask about; serving from the start) as well as each service.
-const HEALTH: [&str; 7] = [
+const HEALTH: [&str; 8] = [
     "",
     <EventStreamServiceServer<EventStreamApi> as NamedService>::NAME,
     <ProtocolSchedulerServiceServer<SchedulerApi> as NamedService>::NAME,
@@ -45,6 +47,7 @@ const HEALTH: [&str; 7] = [
     <AssessmentServiceServer<AssessmentApi> as NamedService>::NAME,
     <ArcServiceServer<ArcApi> as NamedService>::NAME,
     <PrivacyServiceServer<PrivacyApi> as NamedService>::NAME,
+    <WebhookServiceServer<WebhookApi> as NamedService>::NAME,
 ];
 
 pub(crate) async fn serve(options: options::Serve, telemetry: &Telemetry) -> Result<()> {
@@ -78,7 +81,7 @@ async fn run(
         if options.migrate {
             tend_event_store::migrate(&database.pool).await?;
         }
-        let directory = Directory::open(database.pool.clone(), master).await?;
+        let directory = Directory::open(database.pool.clone(), master.clone()).await?;
         // Participants an earlier release wrote with their reference in the
         // log: adopted into the directory and the reference removed, before
         // anything is served.
@@ -157,12 +160,45 @@ async fn run(
         PrivacyApi::new(
             store.clone(),
             directory.clone(),
-            options.recipients,
+            options.recipients.clone(),
+            clock.clone(),
+        )
+        .into_server(),
+        auth.clone(),
+    );
+    let webhooks = InterceptedService::new(
+        WebhookApi::new(
+            store.clone(),
+            master.clone(),
+            options.webhook_targets.clone(),
+            options.recipients.clone(),
             clock.clone(),
         )
         .into_server(),
         auth,
     );
+    let deliverer = match options.webhooks {
+        None => None,
+        Some(delivery) => {
+            let client = tend_webhooks::client(
+                &options.webhook_targets,
+                options.webhook_roots,
+                delivery.timeout,
+            )?;
+            Some(tokio::spawn(
+                Deliverer::new(
+                    store.clone(),
+                    master,
+                    options.webhook_targets.clone(),
+                    options.recipients,
+                    client,
+                    clock.clone(),
+                    delivery,
+                )
+                .run(shutdown.clone()),
+            ))
+        }
+    };
     let projection = options.arc_projection.map(|runner| {
         tokio::spawn(
             tend_projections::Runner::new(
@@ -209,7 +245,8 @@ async fn run(
         .add_service(practice)
         .add_service(assessment)
         .add_service(arc)
-        .add_service(privacy);
+        .add_service(privacy)
+        .add_service(webhooks);
     let stopped = shutdown.clone().cancelled_owned();
     let tls_line = options.tls.as_ref().map(|(files, loaded)| {
         format!(
@@ -283,6 +320,9 @@ async fn run(
     let _ = worker.await;
     if let Some(projection) = projection {
         let _ = projection.await;
+    }
+    if let Some(deliverer) = deliverer {
+        let _ = deliverer.await;
     }
     store.shutdown().await;
     directory.close().await;

@@ -14,8 +14,9 @@ pub(crate) enum Error {
     Store(#[from] store::Error),
     #[error("recipient_id: no such recipient or key in this tenant")]
     UnknownRecipient,
-    #[error("cannot read stored event {0} v{1}")]
-    Decode(String, u32),
+    /// The shared parts (the pseudonymous view) failed.
+    #[error(transparent)]
+    Kit(#[from] tend_service_kit::Error),
 }
 
 impl Error {
@@ -42,10 +43,7 @@ impl From<Error> for Status {
             Error::UnknownRecipient => Status::not_found(
                 "recipient_id: the tenant has no such recipient (or no such key of it); see PrivacyService.ListRecipients",
             ),
-            Error::Decode(event_type, schema_version) => {
-                tracing::error!(%event_type, schema_version, "unreadable stored event");
-                Status::internal("internal error")
-            }
+            Error::Kit(e) => e.into_status(&CONFLICTS),
         }
     }
 }

@@ -6,7 +6,6 @@
 //! gap-freedom come from the event store.
 
 mod error;
-mod pseudonymous;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use error::Error;
-use pseudonymous::Pseudonymous;
+use tend_service_kit::Pseudonymous;
 
 /// Messages buffered per subscription between the store and the socket.
 const SUBSCRIPTION_BUFFER: usize = 64;
@@ -189,7 +188,7 @@ impl EventStreamService for EventStreamApi {
                                             pb::Checkpoint { position },
                                         )),
                                     }),
-                                    Err(e) => Err(Status::from(e)),
+                                    Err(e) => Err(Status::from(Error::from(e))),
                                 }
                             }
                         },

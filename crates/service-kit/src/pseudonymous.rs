@@ -1,4 +1,5 @@
-//! The pseudonymous stream for one recipient: only participants who granted
+//! The pseudonymous view of a tenant's log for one recipient (the event
+//! stream's `Pseudonymous` mode, a webhook endpoint tied to a recipient): only participants who granted
 //! research sharing, while they grant it; every id replaced by the
 //! recipient's pseudonym of it; no reference, note or actor; optionally
 //! times as days from the session.
@@ -20,10 +21,10 @@ use tend_domain::enrollment;
 use tend_domain::time::Zone;
 use tend_event_store::{Direction, EventStore, RecordedEvent, StreamId, TenantId};
 use tend_privacy::Pseudonymizer;
-use tend_service_kit::streams;
 use uuid::Uuid;
 
-use crate::error::Error;
+use crate::Error;
+use crate::streams;
 
 /// Fields never delivered: a reference written by an earlier release,
 /// sealed notes (useless without the key, and their length is a hint), and
@@ -59,7 +60,7 @@ impl Participant {
 
 /// One pseudonymous subscription's state.
 #[derive(Debug)]
-pub(crate) struct Pseudonymous {
+pub struct Pseudonymous {
     store: EventStore,
     tenant: TenantId,
     pseudonyms: Pseudonymizer,
@@ -68,7 +69,7 @@ pub(crate) struct Pseudonymous {
 }
 
 impl Pseudonymous {
-    pub(crate) fn new(
+    pub fn new(
         store: EventStore,
         tenant: TenantId,
         pseudonyms: Pseudonymizer,
@@ -83,17 +84,17 @@ impl Pseudonymous {
         }
     }
 
-    pub(crate) fn key_id(&self) -> &str {
+    pub fn key_id(&self) -> &str {
         self.pseudonyms.key_id()
     }
 
-    pub(crate) fn relative_days(&self) -> bool {
+    pub fn relative_days(&self) -> bool {
         self.relative_days
     }
 
     /// The event as the recipient receives it, or `None` when it is left
     /// out.
-    pub(crate) async fn transform(
+    pub async fn transform(
         &mut self,
         mut event: RecordedEvent,
     ) -> Result<Option<RecordedEvent>, Error> {
@@ -118,7 +119,7 @@ impl Pseudonymous {
                 event.schema_version,
                 &event.payload,
             )
-            .map_err(|e| Error::Decode(e.event_type, e.schema_version))?;
+            .map_err(Error::Decode)?;
             let p = self.participants.entry(participant).or_default();
             p.state = enrollment::evolve(std::mem::take(&mut p.state), &decoded);
         }
@@ -151,7 +152,7 @@ impl Pseudonymous {
                 }
                 let decoded =
                     enrollment::Event::from_stored(&e.event_type, e.schema_version, &e.payload)
-                        .map_err(|d| Error::Decode(d.event_type, d.schema_version))?;
+                        .map_err(Error::Decode)?;
                 state = enrollment::evolve(state, &decoded);
             }
             match slice.events.last() {
