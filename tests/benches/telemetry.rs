@@ -21,22 +21,18 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
-use jiff::{SignedDuration, Timestamp};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use tend_api::practice::v1 as pb;
-use tend_api::practice::v1::practice_log_service_client::PracticeLogServiceClient;
-use tend_testkit::bench::{BenchServer, Result, env_number, pg_baseline, quantile};
+use tend_testkit::bench::{BenchServer, Result, env_number, pg_baseline};
 use tend_tests::TendProcess;
+use tend_tests::load::{Figures, cpu_seconds, log_practice};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 const TOKEN: &str = "tend_bench_token_telemetry";
 
@@ -62,84 +58,6 @@ impl TraceService for Sink {
             partial_success: None,
         }))
     }
-}
-
-struct Figures {
-    calls_per_second: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    /// The server process's CPU time (user + system) per call: what
-    /// telemetry costs, whatever else the machine is doing.
-    cpu_us_per_call: f64,
-    calls: usize,
-}
-
-/// User plus system CPU seconds a process has used, from /proc.
-fn cpu_seconds(pid: u32, ticks_per_second: f64) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start at ')'.
-    let rest = stat.rsplit_once(')').ok_or("malformed stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line: 12 and 13 here.
-    let utime: f64 = fields.get(11).ok_or("no utime")?.parse()?;
-    let stime: f64 = fields.get(12).ok_or("no stime")?.parse()?;
-    Ok((utime + stime) / ticks_per_second)
-}
-
-fn ticks_per_second() -> Result<f64> {
-    let out = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()?;
-    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
-}
-
-async fn load(endpoint: &str, clients: usize, seconds: u64) -> Result<Figures> {
-    let mut tasks = Vec::new();
-    let until = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
-    for c in 0..clients {
-        // Each client its own connection, as separate partner apps would be.
-        let channel = Channel::from_shared(endpoint.to_owned())?.connect().await?;
-        tasks.push(tokio::spawn(async move {
-            let mut client = PracticeLogServiceClient::new(channel);
-            let mut latencies = Vec::new();
-            let mut n = 0u64;
-            while Instant::now() < until {
-                let mut r = Request::new(pb::LogPracticeRequest {
-                    participant_ref: format!("participant-{c}-{}", n % 100),
-                    entry_id: Uuid::new_v4().to_string(),
-                    practice: Some(pb::PracticeDetails {
-                        kind: "self-compassion-break".into(),
-                        started_at: (Timestamp::now() - SignedDuration::from_mins(1))
-                            .strftime("%Y-%m-%dT%H:%M:%SZ")
-                            .to_string(),
-                        minutes: 10,
-                        ..Default::default()
-                    }),
-                });
-                r.metadata_mut()
-                    .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
-                let t = Instant::now();
-                client.log_practice(r).await.map_err(|e| e.to_string())?;
-                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-                n += 1;
-            }
-            Ok::<_, String>(latencies)
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort_by(f64::total_cmp);
-    Ok(Figures {
-        calls_per_second: all.len() as f64 / elapsed,
-        p50_ms: quantile(&all, 0.5),
-        p99_ms: quantile(&all, 0.99),
-        cpu_us_per_call: 0.0,
-        calls: all.len(),
-    })
 }
 
 #[tokio::main]
@@ -192,7 +110,6 @@ async fn main() -> Result<()> {
             ],
         ),
     ];
-    let ticks = ticks_per_second()?;
     let mut best: Vec<Option<Figures>> = (0..settings.len()).map(|_| None).collect();
     let mut cpu_per_call: Vec<Vec<f64>> = vec![Vec::new(); settings.len()];
     for round in 0..rounds {
@@ -209,13 +126,13 @@ async fn main() -> Result<()> {
             ];
             vars.extend(env.iter().copied());
             let tend = TendProcess::start(&vars);
+            let endpoint = Channel::from_shared(tend.endpoint())?;
             // Warm up: connections, plans, the writer's hints.
-            load(&tend.endpoint(), clients, 1).await?;
-            let cpu_before = cpu_seconds(tend.pid(), ticks)?;
-            let mut f = load(&tend.endpoint(), clients, seconds).await?;
-            let cpu = cpu_seconds(tend.pid(), ticks)? - cpu_before;
-            f.cpu_us_per_call = cpu * 1e6 / f.calls as f64;
-            cpu_per_call[i].push(f.cpu_us_per_call);
+            log_practice(endpoint.clone(), TOKEN, clients, 1.0).await?;
+            let cpu_before = cpu_seconds(tend.pid())?;
+            let f = log_practice(endpoint, TOKEN, clients, seconds as f64).await?;
+            let cpu = cpu_seconds(tend.pid())? - cpu_before;
+            cpu_per_call[i].push(cpu * 1e6 / f.calls as f64);
             drop(tend);
             db.drop_database().await?;
             if best[i]

@@ -4,6 +4,7 @@
 //! The binary is found beside the test executable (`target/<profile>/tend`),
 //! or at `TEND_BIN`; `scripts/test` builds it before the tests run.
 
+pub mod load;
 pub mod pki;
 
 use std::io::{BufRead, BufReader};
