@@ -51,7 +51,10 @@ const CLIENTS: usize = 8;
 /// What the receiver saw: per endpoint path, each delivery's log position
 /// and its lag (receipt minus the event's commit time), in seconds.
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<HashMap<String, Vec<(u64, f64)>>>>);
+struct Received(Arc<Mutex<ByPath>>);
+
+/// Endpoint path to (position, lag) of each delivery.
+type ByPath = HashMap<String, Vec<(u64, f64)>>;
 
 impl Received {
     fn count(&self) -> usize {
