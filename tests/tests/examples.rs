@@ -8,7 +8,8 @@ use std::process::Command;
 use tend_testkit::fresh_database;
 use tend_tests::{TEST_MASTER_KEYS, TendProcess, tend_binary};
 
-const TOKENS: [(&str, &str); 7] = [
+const TOKENS: [(&str, &str); 8] = [
+    ("hooks", "tend_test_token_webhooks_example"),
     ("agenda", "tend_test_token_agenda_example"),
     ("first", "tend_test_token_first_call"),
     ("enroll", "tend_test_token_enroll_example"),
@@ -73,6 +74,9 @@ async fn every_docs_example_runs_against_the_real_server() {
         ("TEND_DATABASE_URL", db.url.as_str()),
         ("TEND_AUTH_TOKENS", tokens.as_str()),
         ("TEND_RECIPIENT_KEYS", recipients),
+        // The webhooks example runs its receiver on this machine.
+        ("TEND_WEBHOOK_ALLOW_HTTP_HOSTS", "127.0.0.1"),
+        ("TEND_WEBHOOK_ALLOW_NETWORKS", "127.0.0.0/8"),
     ]);
 
     let out = run(&server, "first-call.py", "first", &[]);
@@ -93,6 +97,14 @@ async fn every_docs_example_runs_against_the_real_server() {
     assert!(out.contains("Europe/Berlin) for example-"), "{out}");
     assert!(out.contains("next three days: "), "{out}");
     assert!(out.contains("integration-arc-8w, session"), "{out}");
+
+    let out = run(&server, "webhooks-example.py", "hooks", &[]);
+    assert!(out.contains("delivered and verified: webhook-id"), "{out}");
+    assert!(
+        out.contains("PracticeLogged on practice-..., 3 minutes"),
+        "{out}"
+    );
+    assert!(out.contains("status: active"), "{out}");
 
     let out = run(&server, "assessment-example.py", "assess", &[]);
     assert!(out.contains("reliable change: RC"), "{out}");

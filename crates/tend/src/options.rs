@@ -21,6 +21,11 @@ use crate::config::{ArcOptions, ClockOptions, DatabaseOptions, ServeOptions};
 use crate::keys;
 use crate::tls::{self, TlsFiles};
 
+/// What webhooks may reach with the embedded database and no allowances
+/// set: a receiver on this machine.
+pub(crate) const DEV_WEBHOOK_HOSTS: &str = "127.0.0.1,localhost,::1";
+pub(crate) const DEV_WEBHOOK_NETWORKS: &str = "127.0.0.0/8,::1/128";
+
 /// The tenant of the development token issued with the embedded database.
 pub(crate) const DEV_TENANT: &str = "dev";
 
@@ -52,6 +57,8 @@ pub(crate) struct Serve {
     pub tls: Option<(TlsFiles, tls::Loaded)>,
     /// Browser origins allowed to call gRPC-Web.
     pub web_origins: Vec<http::HeaderValue>,
+    /// Whether webhooks have the development allowances (loopback).
+    pub webhook_development: bool,
     /// Where webhooks may go.
     pub webhook_targets: std::sync::Arc<tend_webhooks::Targets>,
     /// How this server delivers webhooks; `None`: it does not.
@@ -102,10 +109,17 @@ impl ServeOptions {
         };
         let web_origins = web_origins(self.grpc_web_origins.as_deref())?;
         let w = &self.webhooks;
-        let webhook_targets = std::sync::Arc::new(tend_webhooks::Targets::parse(
-            &w.webhook_allow_http_hosts,
-            &w.webhook_allow_networks,
-        )?);
+        // The embedded database is development on one machine: webhooks to
+        // a receiver on it (loopback, over http) are allowed unless the
+        // allowances are set. A deployment has none by default.
+        let development = self.database.database_url.is_none()
+            && w.webhook_allow_http_hosts.is_empty()
+            && w.webhook_allow_networks.is_empty();
+        let webhook_targets = std::sync::Arc::new(if development {
+            tend_webhooks::Targets::parse(DEV_WEBHOOK_HOSTS, DEV_WEBHOOK_NETWORKS)?
+        } else {
+            tend_webhooks::Targets::parse(&w.webhook_allow_http_hosts, &w.webhook_allow_networks)?
+        });
         let webhook_roots = match &w.webhook_ca {
             None => vec![],
             Some(path) => {
@@ -142,6 +156,7 @@ impl ServeOptions {
             bindings,
             tls,
             web_origins,
+            webhook_development: development,
             webhook_targets,
             webhooks,
             webhook_roots,
@@ -348,6 +363,36 @@ mod tests {
         assert_eq!(serve.worker.lease_ttl, Duration::from_secs(10));
         assert!(serve.dev_token.is_none());
         assert!(serve.test_clock.is_none());
+    }
+
+    #[test]
+    fn only_the_embedded_database_lets_webhooks_reach_this_machine() {
+        let external = serve(&[]).unwrap();
+        assert!(!external.webhook_development);
+        assert!(
+            external
+                .webhook_targets
+                .check_url("http://127.0.0.1:9000/x")
+                .is_err()
+        );
+        let argv = ["tend", "serve"];
+        let Command::Serve(options) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!("parsed `tend serve`");
+        };
+        let embedded = options.validate().unwrap();
+        assert!(embedded.webhook_development);
+        assert!(
+            embedded
+                .webhook_targets
+                .check_url("http://127.0.0.1:9000/x")
+                .is_ok()
+        );
+        assert!(
+            embedded
+                .webhook_targets
+                .check_url("https://10.0.0.1/x")
+                .is_err()
+        );
     }
 
     #[test]

@@ -284,6 +284,7 @@ async fn run(
     print_banner(
         addr,
         tls_line.as_deref(),
+        options.webhook_development,
         metrics_endpoint,
         database,
         options.dev_token.as_deref(),
@@ -364,6 +365,7 @@ async fn serve_metrics(
 fn print_banner(
     addr: SocketAddr,
     tls: Option<&str>,
+    webhook_development: bool,
     metrics: Option<SocketAddr>,
     database: &Database,
     dev_token: Option<&str>,
@@ -378,6 +380,11 @@ fn print_banner(
     }
     if let Some(metrics) = metrics {
         println!("  metrics: http://{metrics}/metrics");
+    }
+    if webhook_development {
+        println!(
+            "  webhooks may reach this machine (http://127.0.0.1, development only; see TEND_WEBHOOK_ALLOW_*)"
+        );
     }
     if let Some(cluster) = &database.embedded {
         println!(
