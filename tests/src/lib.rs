@@ -216,3 +216,37 @@ pub fn practice_request(participant: &str) -> tend_api::practice::v1::LogPractic
         }),
     }
 }
+
+/// The scrape endpoint's address, from the banner.
+pub fn metrics_addr(server: &TendProcess) -> String {
+    server
+        .banner
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("metrics: http://"))
+        .and_then(|l| l.strip_suffix("/metrics"))
+        .expect("the banner names the metrics endpoint")
+        .to_owned()
+}
+
+/// GET /metrics over a plain socket: the body.
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("text/plain; version=0.0.4")
+    );
+    body.to_owned()
+}

@@ -5,7 +5,6 @@
 //! log, run background work once, and hand it over when one is killed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -338,39 +337,6 @@ fn hex(s: &str) -> Vec<u8> {
 
 // --------------------------------------------------------------- metrics
 
-/// The scrape endpoint's address, from the banner.
-fn metrics_addr(server: &TendProcess) -> String {
-    server
-        .banner
-        .iter()
-        .find_map(|l| l.trim().strip_prefix("metrics: http://"))
-        .and_then(|l| l.strip_suffix("/metrics"))
-        .expect("the banner names the metrics endpoint")
-        .to_owned()
-}
-
-/// GET /metrics over a plain socket: the body.
-fn scrape(addr: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("text/plain; version=0.0.4")
-    );
-    body.to_owned()
-}
-
 /// One sample: its labels and value.
 type Sample = (BTreeMap<String, String>, f64);
 
@@ -503,7 +469,7 @@ async fn the_scrape_endpoint_serves_every_metric_the_dashboard_and_alerts_query(
         ("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1"),
         ("OTEL_EXPORTER_PROMETHEUS_PORT", "0"),
     ]);
-    let addr = metrics_addr(&server);
+    let addr = tend_tests::metrics_addr(&server);
     let channel = channel(&server).await;
     let mut scheduler = ProtocolSchedulerServiceClient::new(channel.clone());
     scheduler.enroll(authed(enroll("p-1"))).await.unwrap();
@@ -528,7 +494,7 @@ async fn the_scrape_endpoint_serves_every_metric_the_dashboard_and_alerts_query(
     // The projection's lag is polled from the database every few seconds.
     let deadline = Instant::now() + Duration::from_secs(30);
     let exported = loop {
-        let s = samples(&scrape(&addr));
+        let s = samples(&tend_tests::scrape(&addr));
         if s.contains_key("tend_projection_lag_seconds")
             && s.contains_key("tend_projection_events_total")
         {
@@ -699,7 +665,7 @@ fn holders(replicas: &[(usize, String)], lease: &str) -> Vec<usize> {
         .iter()
         .filter(|(_, addr)| {
             value(
-                &samples(&scrape(addr)),
+                &samples(&tend_tests::scrape(addr)),
                 "tend_lease_held",
                 &[("tend_lease", lease)],
             ) == 1.0
@@ -725,7 +691,7 @@ async fn one_holder(replicas: &[(usize, String)], lease: &str) -> usize {
 
 fn ticks(addr: &str) -> f64 {
     value(
-        &samples(&scrape(addr)),
+        &samples(&tend_tests::scrape(addr)),
         "tend_scheduler_ticks_total",
         &[("tend_outcome", "ok")],
     )
@@ -751,7 +717,7 @@ async fn three_replicas_share_the_log_run_background_work_once_and_hand_it_over(
     for (i, r) in replicas.iter().enumerate() {
         let r = r.as_ref().unwrap();
         channels.push(channel(r).await);
-        metrics.push((i, metrics_addr(r)));
+        metrics.push((i, tend_tests::metrics_addr(r)));
     }
 
     // A subscriber on every replica, from the start of the log.

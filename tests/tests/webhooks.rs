@@ -185,7 +185,13 @@ fn delivered_positions(got: &[serde_json::Value]) -> Vec<u64> {
 #[tokio::test]
 async fn every_event_arrives_at_least_once_and_in_order_through_500s_a_kill_and_slowness() {
     let db = fresh_database().await;
-    let server = start(&db, &LOCAL);
+    let mut env = LOCAL.to_vec();
+    env.extend([
+        ("OTEL_METRICS_EXPORTER", "prometheus"),
+        ("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1"),
+        ("OTEL_EXPORTER_PROMETHEUS_PORT", "0"),
+    ]);
+    let server = start(&db, &env);
     let channel = channel(&server).await;
     let mut webhooks = WebhookServiceClient::new(channel.clone());
     let dir = tempfile::tempdir().unwrap();
@@ -276,7 +282,27 @@ async fn every_event_arrives_at_least_once_and_in_order_through_500s_a_kill_and_
     let again: Vec<u64> = delivered_positions(&received(&log)[before..]);
     assert_eq!(again, expected[20..].to_vec());
 
-    // Its own metrics say where it is.
+    // The metrics say where it is, by endpoint.
+    let metrics = tend_tests::scrape(&tend_tests::metrics_addr(&server));
+    let label = format!("tend_webhook_endpoint=\"{id}\"");
+    for series in [
+        "tend_webhook_attempts_total",
+        "tend_webhook_attempt_duration_seconds_bucket",
+        "tend_webhook_lag_seconds",
+        "tend_webhook_delivered_position",
+        "tend_webhook_failing",
+    ] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(series) && l.contains(&label)),
+            "no {series} for the endpoint in:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("tend_lease_held{tend_lease=\"webhooks\"} 1"),
+        "{metrics}"
+    );
     let status =
         tokio::task::spawn_blocking(move || server.stop_with("TERM", Duration::from_secs(20)))
             .await
