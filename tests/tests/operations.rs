@@ -787,6 +787,7 @@ async fn three_replicas_share_the_log_run_background_work_once_and_hand_it_over(
         break holder;
     };
     one_holder(&metrics, "arc").await;
+    one_holder(&metrics, "webhooks").await;
 
     // Kill the scheduler's holder: another replica takes the work over
     // once the lease expires, and the survivors go on serving.
@@ -802,8 +803,10 @@ async fn three_replicas_share_the_log_run_background_work_once_and_hand_it_over(
         .collect();
     let new_holder = one_holder(&survivors, "scheduler").await;
     assert_ne!(new_holder, killed);
-    // The arc projection's lease, wherever it was, is held by one survivor.
+    // The arc projection's and the webhooks' leases, wherever they were,
+    // are each held by one survivor.
     one_holder(&survivors, "arc").await;
+    one_holder(&survivors, "webhooks").await;
     let t0 = ticks(&survivors.iter().find(|(i, _)| *i == new_holder).unwrap().1);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let t1 = ticks(&survivors.iter().find(|(i, _)| *i == new_holder).unwrap().1);
