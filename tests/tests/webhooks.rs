@@ -468,3 +468,106 @@ async fn urls_into_the_operators_network_are_refused_at_registration_and_at_deli
     }
     assert!(received(&log).is_empty(), "a refused address was called");
 }
+
+#[tokio::test]
+async fn an_endpoint_tied_to_a_recipient_gets_only_those_who_share_under_pseudonyms() {
+    use tend_api::privacy::v1 as ppb;
+    use tend_api::privacy::v1::privacy_service_client::PrivacyServiceClient;
+    let db = fresh_database().await;
+    // A test key, in the test code only.
+    let recipients = "clinic/analysts/k1:loMS65xAtKnxZMLG8jC4KL9ECPhDS6Z8PKznanE7Y8s=";
+    let mut env = LOCAL.to_vec();
+    env.push(("TEND_RECIPIENT_KEYS", recipients));
+    let server = start(&db, &env);
+    let channel = channel(&server).await;
+    let mut privacy = PrivacyServiceClient::new(channel.clone());
+    privacy
+        .define_consent_document(bearer(
+            TOKEN,
+            ppb::DefineConsentDocumentRequest {
+                document: Some(ppb::ConsentDocumentVersion {
+                    document_id: "study-consent".into(),
+                    version: 1,
+                    purposes: vec![ppb::ConsentPurpose::ResearchSharing as i32],
+                    defined_at: None,
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    let mut webhooks = WebhookServiceClient::new(channel.clone());
+    let port = free_port();
+    let created = webhooks
+        .create_endpoint(bearer(
+            TOKEN,
+            pb::CreateEndpointRequest {
+                request_id: Uuid::new_v4().to_string(),
+                url: format!("http://127.0.0.1:{port}/research"),
+                categories: vec!["practice".into()],
+                recipient_id: "analysts".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("deliveries.jsonl");
+    let _receiver = Receiver::start(port, &created.secret, &log, &[]);
+
+    // One participant shares for research, one does not.
+    let shares = privacy
+        .record_consent(bearer(
+            TOKEN,
+            ppb::RecordConsentRequest {
+                participant_ref: "p-shares".into(),
+                request_id: Uuid::new_v4().to_string(),
+                document_id: "study-consent".into(),
+                document_version: 1,
+                purposes: vec![ppb::ConsentPurpose::ResearchSharing as i32],
+                given_at: Some(prost_types::Timestamp {
+                    seconds: jiff::Timestamp::now().as_second() - 60,
+                    nanos: 0,
+                }),
+                method: ppb::ConsentMethod::ElectronicSignature as i32,
+                evidence_sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+                    .into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut practice = PracticeLogServiceClient::new(channel.clone());
+    for who in ["p-private", "p-shares", "p-private", "p-shares"] {
+        practice
+            .log_practice(bearer(TOKEN, practice_request(who)))
+            .await
+            .unwrap();
+    }
+    wait_for(&log, "the two shared entries", |got| got.len() >= 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = received(&log);
+    assert_eq!(got.len(), 2, "only the participant who shares: {got:?}");
+    assert!(shares.consent.is_some());
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let real: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT stream_id FROM events WHERE category = 'practice'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(real.len(), 2);
+    for d in &got {
+        assert_eq!(d["verified"], true);
+        assert_eq!(d["type"], "PracticeLogged");
+        assert_eq!(d["pseudonym_key_id"], "k1");
+        let stream = d["stream_id"].as_str().unwrap();
+        assert!(stream.starts_with("practice-"), "{stream}");
+        assert!(
+            !real.iter().any(|r| r == stream),
+            "a real stream id: {stream}"
+        );
+        assert!(d["payload"].get("note").is_none());
+    }
+    // One pseudonym for the one participant.
+    assert_eq!(got[0]["stream_id"], got[1]["stream_id"]);
+}
