@@ -16,6 +16,7 @@ import json
 import queue
 import sys
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -91,6 +92,8 @@ print(f"delivered and verified: webhook-id {webhook_id} = log position {event['d
       f"{event['type']} on {event['data']['stream_id'].split('-')[0]}-..., "
       f"{event['data']['payload']['minutes']} minutes")
 
+# Positions are saved within 200 ms of a delivery.
+time.sleep(0.5)
 status = call(WEBHOOKS, "GetEndpoint", {"endpoint_id": endpoint["endpoint_id"]})["endpoint"]
 delivery = status["delivery"]
 print(f"status: {status['state'].removeprefix('ENDPOINT_STATE_').lower()}, delivered up to "

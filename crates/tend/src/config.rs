@@ -276,6 +276,12 @@ pub(crate) struct ServeOptions {
     #[arg(long, env = "TEND_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    /// A second address serving only gRPC health, in plain text, for
+    /// probes that cannot speak TLS (Kubernetes' native gRPC probes).
+    /// Unset: health is on the gRPC port only.
+    #[arg(long, env = "TEND_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+
     /// Partner tokens: `<tenant>=sha256:<hex>` entries, comma separated.
     /// Unset with the embedded database: a development token is issued.
     #[arg(long, env = "TEND_AUTH_TOKENS", hide_env_values = true)]

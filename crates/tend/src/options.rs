@@ -35,6 +35,8 @@ pub(crate) const MASTER_KEYS_REQUIRED: &str = "TEND_MASTER_KEYS is required: par
 /// `tend serve`'s options, checked.
 pub(crate) struct Serve {
     pub listen: SocketAddr,
+    /// Where plain-text health for probes listens, if anywhere.
+    pub health_listen: Option<SocketAddr>,
     pub migrate: bool,
     pub tokens: Tokens,
     /// Tenants whose tokens work only with a client certificate of theirs.
@@ -149,6 +151,7 @@ impl ServeOptions {
         }
         Ok(Serve {
             listen: self.listen,
+            health_listen: self.health_listen,
             migrate: self.migrate,
             tokens,
             dev_token,

@@ -132,7 +132,9 @@ async fn run(
     );
     let metrics_stop = CancellationToken::new();
     let _stop_metrics = metrics_stop.clone().drop_guard();
-    let metrics_endpoint = serve_metrics(telemetry, metrics_stop).await?;
+    let metrics_endpoint = serve_metrics(telemetry, metrics_stop.clone()).await?;
+    let health_endpoint =
+        serve_health(options.health_listen, health_service.clone(), metrics_stop).await?;
     let events = InterceptedService::new(event_stream.into_server(), auth.clone());
     let scheduler = InterceptedService::new(
         SchedulerApi::new(store.clone(), directory.clone(), clock.clone()).into_server(),
@@ -283,6 +285,7 @@ async fn run(
     tracing::info!(%addr, "serving gRPC");
     print_banner(
         addr,
+        health_endpoint,
         tls_line.as_deref(),
         options.webhook_development,
         metrics_endpoint,
@@ -338,6 +341,41 @@ pub(crate) async fn set_health(health: &HealthReporter, status: ServingStatus) {
     }
 }
 
+/// Serves gRPC health alone, in plain text, when an address is given: for
+/// probes that cannot speak TLS. It answers what the main port's health
+/// answers, until `stop` (the very end, like metrics).
+async fn serve_health<S>(
+    listen: Option<SocketAddr>,
+    health: S,
+    stop: CancellationToken,
+) -> Result<Option<SocketAddr>>
+where
+    S: tower_service::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let Some(listen) = listen else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot serve health on {listen} (TEND_HEALTH_LISTEN): {e}"))?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(
+        Server::builder()
+            .add_service(health)
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned()),
+    );
+    Ok(Some(addr))
+}
+
 /// Serves `/metrics` when a scrape endpoint was asked for, until `stop`
 /// (the very end, so that a draining server stays observable); returns
 /// its address.
@@ -364,6 +402,7 @@ async fn serve_metrics(
 
 fn print_banner(
     addr: SocketAddr,
+    health: Option<SocketAddr>,
     tls: Option<&str>,
     webhook_development: bool,
     metrics: Option<SocketAddr>,
@@ -380,6 +419,9 @@ fn print_banner(
     }
     if let Some(metrics) = metrics {
         println!("  metrics: http://{metrics}/metrics");
+    }
+    if let Some(health) = health {
+        println!("  health for probes (plain gRPC): {health}");
     }
     if webhook_development {
         println!(
