@@ -130,6 +130,36 @@ async fn create(
         .map(|r| r.into_inner())
 }
 
+/// An endpoint for practice events on a free local port: the port, what
+/// CreateEndpoint answered, and the endpoint's id.
+async fn local_endpoint(
+    client: &mut WebhookServiceClient<Channel>,
+) -> (u16, pb::CreateEndpointResponse, String) {
+    let port = free_port();
+    let created = create(
+        client,
+        &format!("http://127.0.0.1:{port}/tend"),
+        &["practice"],
+    )
+    .await
+    .unwrap();
+    let id = created.endpoint.clone().unwrap().endpoint_id;
+    (port, created, id)
+}
+
+/// Waits until the endpoint is disabled; it, then.
+async fn until_disabled(client: &mut WebhookServiceClient<Channel>, id: &str) -> pb::Endpoint {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let e = get(client, id).await;
+        if e.state == pb::EndpointState::Disabled as i32 {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "never disabled: {e:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn get(client: &mut WebhookServiceClient<Channel>, id: &str) -> pb::Endpoint {
     client
         .get_endpoint(bearer(
@@ -320,27 +350,11 @@ async fn an_endpoint_that_never_recovers_is_disabled_and_enabled_again_from_wher
     let mut webhooks = WebhookServiceClient::new(channel.clone());
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("deliveries.jsonl");
-    let port = free_port();
-    let created = create(
-        &mut webhooks,
-        &format!("http://127.0.0.1:{port}/tend"),
-        &["practice"],
-    )
-    .await
-    .unwrap();
-    let id = created.endpoint.unwrap().endpoint_id;
+    let (port, created, id) = local_endpoint(&mut webhooks).await;
     let down = Receiver::start(port, &created.secret, &log, &["--status", "503"]);
     log_practice(&channel, 3, "a").await;
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let disabled = loop {
-        let e = get(&mut webhooks, &id).await;
-        if e.state == pb::EndpointState::Disabled as i32 {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "never disabled: {e:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let disabled = until_disabled(&mut webhooks, &id).await;
     assert_eq!(
         disabled.disabled_reason,
         pb::DisabledReason::RetriesExhausted as i32
@@ -382,28 +396,12 @@ async fn an_endpoint_that_never_recovers_is_disabled_and_enabled_again_from_wher
     drop(up);
 
     // A receiver that answers 410 Gone has its endpoint disabled at once.
-    let gone_port = free_port();
-    let gone = create(
-        &mut webhooks,
-        &format!("http://127.0.0.1:{gone_port}/tend"),
-        &["practice"],
-    )
-    .await
-    .unwrap();
+    let (gone_port, gone, gone_id) = local_endpoint(&mut webhooks).await;
     let gone_log = dir.path().join("gone.jsonl");
     let _gone = Receiver::start(gone_port, &gone.secret, &gone_log, &["--status", "410"]);
     log_practice(&channel, 1, "b").await;
-    let gone_id = gone.endpoint.unwrap().endpoint_id;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let e = get(&mut webhooks, &gone_id).await;
-        if e.state == pb::EndpointState::Disabled as i32 {
-            assert_eq!(e.disabled_reason, pb::DisabledReason::Gone as i32);
-            break;
-        }
-        assert!(Instant::now() < deadline, "never disabled: {e:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let e = until_disabled(&mut webhooks, &gone_id).await;
+    assert_eq!(e.disabled_reason, pb::DisabledReason::Gone as i32);
     assert_eq!(received(&gone_log).len(), 1, "no retry after 410");
 }
 
@@ -440,15 +438,7 @@ async fn urls_into_the_operators_network_are_refused_at_registration_and_at_deli
     // allowance went: refused at the connection, never sent.
     let allowed = start(&db, &LOCAL);
     let mut webhooks = WebhookServiceClient::new(channel(&allowed).await);
-    let port = free_port();
-    let created = create(
-        &mut webhooks,
-        &format!("http://127.0.0.1:{port}/tend"),
-        &["practice"],
-    )
-    .await
-    .unwrap();
-    let id = created.endpoint.unwrap().endpoint_id;
+    let (port, created, id) = local_endpoint(&mut webhooks).await;
     drop(allowed);
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("deliveries.jsonl");

@@ -101,6 +101,21 @@ impl SchedulerApi {
         Ok((id, loaded))
     }
 
+    /// The participant a reference names, and their stream loaded:
+    /// NOT_FOUND for someone unknown or erased.
+    async fn by_reference(
+        &self,
+        tenant: &TenantId,
+        participant_ref: &str,
+    ) -> Result<(Uuid, Loaded), Error> {
+        let participant = self.identities.find(tenant, participant_ref).await?;
+        let loaded = self
+            .repo
+            .load_participant(tenant, &streams::participant(participant))
+            .await?;
+        Ok((participant, loaded))
+    }
+
     /// Whose stream a loaded participant is.
     fn participant_of(loaded: &Loaded) -> Result<Uuid, Error> {
         streams::key_of(&loaded.stream).ok_or_else(|| Error::not_found("enrollment"))
@@ -732,16 +747,7 @@ impl ProtocolSchedulerService for SchedulerApi {
     ) -> Result<Response<pb::ListEnrollmentsResponse>, Status> {
         let tenant = tend_auth::tenant_of(&request)?;
         let r = request.into_inner();
-        let participant = self
-            .identities
-            .find(&tenant, &r.participant_ref)
-            .await
-            .map_err(Error::from)?;
-        let loaded = self
-            .repo
-            .load_participant(&tenant, &streams::participant(participant))
-            .await
-            .map_err(Error::from)?;
+        let (participant, loaded) = self.by_reference(&tenant, &r.participant_ref).await?;
         let mut enrollments: Vec<&Enrollment> = loaded.state.enrollments.iter().collect();
         enrollments.sort_by_key(|e| std::cmp::Reverse(e.enrolled_at));
         Ok(Response::new(pb::ListEnrollmentsResponse {
@@ -765,16 +771,7 @@ impl ProtocolSchedulerService for SchedulerApi {
         if last.is_some() && first.is_none() {
             return Err(Error::invalid("local_date", "is required with end_local_date").into());
         }
-        let participant = self
-            .identities
-            .find(&tenant, &r.participant_ref)
-            .await
-            .map_err(Error::from)?;
-        let loaded = self
-            .repo
-            .load_participant(&tenant, &streams::participant(participant))
-            .await
-            .map_err(Error::from)?;
+        let (participant, loaded) = self.by_reference(&tenant, &r.participant_ref).await?;
         let now = self.clock.now();
         // "Today" on the calendar of the zone they live in now: that of
         // their latest enrollment.
