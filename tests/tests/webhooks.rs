@@ -295,6 +295,23 @@ async fn every_event_arrives_at_least_once_and_in_order_through_500s_a_kill_and_
     );
     assert_eq!(delivery.last_error, "");
 
+    // A position beyond the log is refused, naming the field.
+    let beyond = webhooks
+        .redeliver_events(bearer(
+            TOKEN,
+            pb::RedeliverEventsRequest {
+                endpoint_id: id.clone(),
+                after_position: u64::MAX,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(beyond.code(), Code::InvalidArgument);
+    assert!(
+        beyond.message().starts_with("after_position: "),
+        "{beyond:?}"
+    );
+
     // Redelivery from a position: the events after it, again, in order.
     let from = expected[19];
     webhooks

@@ -18,9 +18,17 @@ use http_body_util::{BodyExt, Full, Limited};
 use tonic::body::Body;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-/// The largest request body read: tonic's own default message limit, and
-/// the frame header.
-const MAX_BODY: usize = 4 * 1024 * 1024 + 5;
+/// The largest request body read: tonic's own default message limit and
+/// the frame header, as base64 (gRPC-Web's text form) at most.
+const MAX_BODY: usize = (4 * 1024 * 1024 + 5) * 4 / 3 + 4;
+/// How long a request body may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn refusal(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = status;
+    response
+}
 
 /// CORS for gRPC-Web: the configured origins only, the headers a gRPC-Web
 /// client sends (its token included) and the status headers it must read.
@@ -86,13 +94,13 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let bytes = match Limited::new(body, MAX_BODY).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(_) => {
-                    let mut refused = Response::new(Body::empty());
-                    *refused.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
-                    return Ok(refused);
-                }
+            // Bounded in size and in time: a client trickling its body
+            // holds nothing for long.
+            let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect());
+            let bytes = match read.await {
+                Ok(Ok(collected)) => collected.to_bytes(),
+                Ok(Err(_)) => return Ok(refusal(StatusCode::PAYLOAD_TOO_LARGE)),
+                Err(_) => return Ok(refusal(StatusCode::REQUEST_TIMEOUT)),
             };
             inner
                 .call(Request::from_parts(parts, Body::new(Full::new(bytes))))

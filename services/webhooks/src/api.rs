@@ -158,6 +158,18 @@ impl WebhookApi {
             .unwrap_or(0.0))
     }
 
+    /// A position deliveries may continue after: in the log.
+    fn within_log(&self, after: u64) -> Result<(), Error> {
+        let head = self.store.head();
+        if after > head {
+            return Err(Error::invalid(
+                "after_position",
+                format!("is beyond the log's head ({head})"),
+            ));
+        }
+        Ok(())
+    }
+
     /// The URL, if webhooks may go there: its form, and every address its
     /// host resolves to now (checked again at each delivery).
     async fn check_url(&self, url: &str) -> Result<String, Error> {
@@ -319,6 +331,9 @@ impl WebhookService for WebhookApi {
         let tenant = tenant_of(&request)?;
         let r = request.into_inner();
         let id = uuid("endpoint_id", &r.endpoint_id)?;
+        if let Some(after) = r.after_position {
+            self.within_log(after)?;
+        }
         let current = self.load(&tenant, id).await?;
         let delivered = match self.tables.delivery(&tenant, id).await? {
             Some(row) => row.delivered_position as u64,
@@ -344,6 +359,7 @@ impl WebhookService for WebhookApi {
         let tenant = tenant_of(&request)?;
         let r = request.into_inner();
         let id = uuid("endpoint_id", &r.endpoint_id)?;
+        self.within_log(r.after_position)?;
         let endpoint = self
             .change(&tenant, id, |now| webhook::Command::Redeliver {
                 after_position: r.after_position,

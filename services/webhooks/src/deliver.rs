@@ -203,22 +203,33 @@ async fn lead(shared: Arc<Shared>, lease: &Lease, pool: &sqlx::PgPool, stop: Can
     let mut registry = shared.store.subscribe(filter.clone(), 0);
     let mut states: HashMap<(TenantId, Uuid), webhook::State> = HashMap::new();
     let mut running: HashMap<(TenantId, Uuid), Running> = HashMap::new();
+    // Tasks told to stop and not yet ended: a new task for the same
+    // endpoint waits for the old one, so that one endpoint never has two.
+    let mut stopping: HashMap<(TenantId, Uuid), tokio::task::JoinHandle<()>> = HashMap::new();
     let mut caught_up = false;
     loop {
         let delivery = tokio::select! {
             _ = stop.cancelled() => break,
             _ = renew.tick() => {
-                match lease.acquire(pool).await {
-                    Ok(true) => renewed = Instant::now(),
-                    Ok(false) => {
+                // Bounded: a renewal that cannot finish before the lease
+                // would expire stops deliveries here first, so that two
+                // servers never deliver at once for long.
+                let left = (ttl * 2 / 3).saturating_sub(renewed.elapsed());
+                match tokio::time::timeout(left, lease.acquire(pool)).await {
+                    Ok(Ok(true)) => renewed = Instant::now(),
+                    Ok(Ok(false)) => {
                         tracing::warn!("the webhook lease was taken over; stopping deliveries here");
                         break;
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         tracing::warn!(error = %e, "cannot renew the webhook lease");
-                        if renewed.elapsed() >= ttl {
+                        if renewed.elapsed() >= ttl * 2 / 3 {
                             break;
                         }
+                    }
+                    Err(_) => {
+                        tracing::warn!("the webhook lease could not be renewed in time; stopping deliveries here");
+                        break;
                     }
                 }
                 continue;
@@ -237,7 +248,14 @@ async fn lead(shared: Arc<Shared>, lease: &Lease, pool: &sqlx::PgPool, stop: Can
                 let state = states.remove(&key).unwrap_or_default();
                 states.insert(key.clone(), webhook::apply(state, &event, e.position));
                 if caught_up {
-                    reconcile(&shared, &key, &states[&key], &mut running, &stop);
+                    reconcile(
+                        &shared,
+                        &key,
+                        &states[&key],
+                        &mut running,
+                        &mut stopping,
+                        &stop,
+                    );
                 }
             }
             Ok(Delivery::Checkpoint(_)) => {}
@@ -257,13 +275,20 @@ async fn lead(shared: Arc<Shared>, lease: &Lease, pool: &sqlx::PgPool, stop: Can
         if !caught_up && registry.position() >= head_at_start {
             caught_up = true;
             for (key, state) in &states {
-                reconcile(&shared, key, state, &mut running, &stop);
+                reconcile(&shared, key, state, &mut running, &mut stopping, &stop);
             }
         }
     }
-    for (_, r) in running.drain() {
+    // Every task told at once, then waited for: none delivers on while
+    // another is being waited for.
+    for r in running.values() {
         r.stop.cancel();
+    }
+    for (_, r) in running.drain() {
         let _ = r.task.await;
+    }
+    for (_, task) in stopping.drain() {
+        let _ = task.await;
     }
 }
 
@@ -273,25 +298,31 @@ fn reconcile(
     key: &(TenantId, Uuid),
     state: &webhook::State,
     running: &mut HashMap<(TenantId, Uuid), Running>,
+    stopping: &mut HashMap<(TenantId, Uuid), tokio::task::JoinHandle<()>>,
     stop: &CancellationToken,
 ) {
+    stopping.retain(|_, task| !task.is_finished());
     let active = match (&state.endpoint, state.removed) {
         (Some(e), false) if e.status == Status::Active => Some(e.clone()),
         _ => None,
     };
     match (active, running.remove(key)) {
-        (Some(endpoint), Some(r)) => {
+        // A task that ended on its own (it could not record a disabling,
+        // say) is started again rather than left for dead.
+        (Some(endpoint), Some(r)) if !r.task.is_finished() => {
             r.updates.send_replace(endpoint);
             running.insert(key.clone(), r);
         }
-        (Some(endpoint), None) => {
+        (Some(endpoint), _) => {
             let (updates, rx) = watch::channel(endpoint);
             let task_stop = stop.child_token();
+            let previous = stopping.remove(key);
             let task = tokio::spawn(endpoint_task(
                 shared.clone(),
                 key.0.clone(),
                 rx,
                 task_stop.clone(),
+                previous,
             ));
             running.insert(
                 key.clone(),
@@ -304,12 +335,8 @@ fn reconcile(
         }
         (None, Some(r)) => {
             r.stop.cancel();
-            let endpoint = key.1;
-            tokio::spawn(async move {
-                let _ = r.task.await;
-                tracing::debug!(%endpoint, "webhook endpoint stopped");
-            });
-            record_failing(endpoint, false);
+            stopping.insert(key.clone(), r.task);
+            record_failing(key.1, false);
         }
         (None, None) => {}
     }
@@ -328,7 +355,11 @@ async fn endpoint_task(
     tenant: TenantId,
     mut updates: watch::Receiver<Endpoint>,
     stop: CancellationToken,
+    previous: Option<tokio::task::JoinHandle<()>>,
 ) {
+    if let Some(previous) = previous {
+        let _ = previous.await;
+    }
     loop {
         let endpoint = updates.borrow_and_update().clone();
         let from = tokio::select! {
@@ -358,6 +389,9 @@ async fn endpoint_task(
 
 /// One endpoint's progress not yet saved.
 struct Progress {
+    /// The restart instruction this task obeys: its writes count only
+    /// while no newer one was obeyed (a redelivery meanwhile wins).
+    restart_event: u64,
     position: u64,
     delivered: u64,
     status: Option<u16>,
@@ -375,7 +409,14 @@ impl Progress {
         }
         match shared
             .tables
-            .progress(tenant, endpoint, self.position, self.delivered, self.status)
+            .progress(
+                tenant,
+                endpoint,
+                self.restart_event,
+                self.position,
+                self.delivered,
+                self.status,
+            )
             .await
         {
             Ok(()) => {
@@ -439,12 +480,22 @@ async fn deliver_from(
     };
     let mut subscription: Subscription = shared.store.subscribe(filter, from);
     let mut progress = Progress {
+        restart_event: endpoint.restart.at_event,
         position: from,
         delivered: 0,
         status: None,
         saved_position: from,
     };
     let mut secrets: Option<Secrets> = None;
+    // A failure of this endpoint recorded before (by this server before a
+    // restart, or by another before a handover): its retry period goes on.
+    let mut failed_before = match shared.tables.delivery(tenant, id).await {
+        Ok(Some(row)) => match (row.failing_position, row.failing_since) {
+            (Some(position), Some(since)) => Some((position as u64, since, row.attempts as u32)),
+            _ => None,
+        },
+        _ => None,
+    };
     let flush_timer = tokio::time::sleep(FLUSH_EVERY);
     tokio::pin!(flush_timer);
     loop {
@@ -489,34 +540,14 @@ async fn deliver_from(
                     !selection.categories.is_empty() || e.stream_id.category() != streams::WEBHOOK
                 });
                 if let Some(event) = out {
-                    if !fresh(&secrets) {
-                        match shared.tables.secrets(tenant, id, Utc::now()).await {
-                            Ok(values) if !values.is_empty() => {
-                                secrets = Some(Secrets {
-                                    values,
-                                    read_at: Instant::now(),
-                                })
-                            }
-                            Ok(_) => {
-                                tracing::warn!(endpoint = %id, "the endpoint has no secret; not delivering until it is rotated");
-                                progress.flush(shared, tenant, id).await;
-                                return wait_for_change(updates, stop).await;
-                            }
-                            Err(e) => {
-                                tracing::warn!(endpoint = %id, error = %e, "cannot read the endpoint's secret; retrying");
-                                progress.flush(shared, tenant, id).await;
-                                return pause(stop).await;
-                            }
-                        }
-                    }
-                    let signing = secrets.as_ref().map(|s| &s.values[..]).unwrap_or_default();
                     match send(
                         shared,
                         tenant,
                         endpoint,
                         &event,
-                        signing,
+                        &mut secrets,
                         &mut progress,
+                        &mut failed_before,
                         updates,
                         stop,
                     )
@@ -636,8 +667,9 @@ async fn send(
     tenant: &TenantId,
     endpoint: &Endpoint,
     event: &RecordedEvent,
-    secrets: &[Zeroizing<Vec<u8>>],
+    secrets: &mut Option<Secrets>,
     progress: &mut Progress,
+    failed_before: &mut Option<(u64, chrono::DateTime<Utc>, u32)>,
     updates: &mut watch::Receiver<Endpoint>,
     stop: &CancellationToken,
 ) -> Sent {
@@ -651,22 +683,51 @@ async fn send(
     let body = serde_json::to_vec(&body(event, key_id.as_deref())).unwrap_or_default();
     let message_id = event.position.to_string();
     let options = &shared.options;
-    let mut attempts: u32 = 0;
-    let mut failing_since: Option<chrono::DateTime<Utc>> = None;
+    let (mut attempts, mut failing_since) = match failed_before.take() {
+        Some((position, since, attempts)) if position == event.position => (attempts, Some(since)),
+        _ => (0, None),
+    };
     let endpoint_attr = [KeyValue::new("tend.webhook.endpoint", id.to_string())];
     loop {
+        if stop.is_cancelled() {
+            return Sent::Ended(Ended::Stop);
+        }
+        // Read again now and then: a rotation reaches retries too.
+        if !fresh(secrets) {
+            match shared.tables.secrets(tenant, id, Utc::now()).await {
+                Ok(values) if !values.is_empty() => {
+                    *secrets = Some(Secrets {
+                        values,
+                        read_at: Instant::now(),
+                    })
+                }
+                Ok(_) => {
+                    tracing::warn!(endpoint = %id, "the endpoint has no secret; not delivering until it is rotated");
+                    return Sent::Ended(wait(stop, SECRETS_EVERY).await);
+                }
+                Err(e) => {
+                    tracing::warn!(endpoint = %id, error = %e, "cannot read the endpoint's secret; retrying");
+                    return Sent::Ended(wait(stop, Duration::from_secs(1)).await);
+                }
+            }
+        }
+        let keys: Vec<&[u8]> = secrets
+            .as_ref()
+            .map(|s| s.values.iter().map(|v| v.as_slice()).collect())
+            .unwrap_or_default();
         // The wall clock, whatever the domain clock says: receivers check
         // it against theirs to refuse replays.
         let timestamp = Utc::now().timestamp();
-        let keys: Vec<&[u8]> = secrets.iter().map(|s| s.as_slice()).collect();
         let signature = sign::signature(&keys, &message_id, timestamp, &body);
         let started = Instant::now();
-        // An address in the URL is dialled without the resolver: checked
-        // here, at each attempt (the operator's allowances may have changed
-        // since it was registered).
-        let answer = match literal_allowed(&shared.targets, &endpoint.url) {
-            Err(_) => Err(Attempt::Refused),
-            Ok(()) => shared
+        // The whole URL again at each attempt (the operator's allowances
+        // may have changed since it was registered); an address in it is
+        // dialled without the resolver, so this is its only check.
+        let attempt = async {
+            if shared.targets.check_url(&endpoint.url).is_err() {
+                return Err(Attempt::Refused);
+            }
+            let response = shared
                 .client
                 .post(&endpoint.url)
                 .header("content-type", "application/json")
@@ -676,32 +737,39 @@ async fn send(
                 .body(body.clone())
                 .send()
                 .await
-                .map_err(Attempt::Failed),
+                .map_err(Attempt::Failed)?;
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            drain(response).await;
+            Ok((status, retry_after))
+        };
+        // Stopping does not wait for a receiver: a request in flight is
+        // dropped (and the event sent again by whoever delivers next).
+        let answer = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Sent::Ended(Ended::Stop),
+            answer = attempt => answer,
         };
         let instruments = tend_telemetry::instruments();
         instruments
             .webhook_attempt_duration
             .record(started.elapsed().as_secs_f64(), &endpoint_attr);
         let (status, error, retry_after) = match answer {
-            Ok(response) => {
-                let status = response.status();
-                let retry_after = response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
-                // Read (and drop) what it said, so the connection is reused.
-                let _ = response.bytes().await;
-                if status.is_success() {
-                    attempt_counted(&endpoint_attr, true);
-                    record_failing(id, false);
-                    record_lag(id, lag_of(event));
-                    return Sent::Delivered(status.as_u16());
-                }
-                if status == reqwest::StatusCode::GONE {
-                    attempt_counted(&endpoint_attr, false);
-                    tracing::warn!(endpoint = %id, "the receiver answered 410 Gone: disabling the endpoint");
+            Ok((status, _)) if status.is_success() => {
+                attempt_counted(&endpoint_attr, true);
+                record_failing(id, false);
+                record_lag(id, lag_of(event));
+                return Sent::Delivered(status.as_u16());
+            }
+            Ok((status, _)) if status == reqwest::StatusCode::GONE => {
+                attempt_counted(&endpoint_attr, false);
+                tracing::warn!(endpoint = %id, "the receiver answered 410 Gone: disabling the endpoint");
+                return Sent::Ended(
                     disable(
                         shared,
                         tenant,
@@ -710,11 +778,10 @@ async fn send(
                         event.position,
                         Some(410),
                     )
-                    .await;
-                    return Sent::Ended(Ended::Stop);
-                }
-                (Some(status.as_u16()), "status", retry_after)
+                    .await,
+                );
             }
+            Ok((status, retry_after)) => (Some(status.as_u16()), "status", retry_after),
             Err(Attempt::Refused) => (None, "address_not_allowed", None),
             Err(Attempt::Failed(e)) => (None, classify(&e), None),
         };
@@ -727,29 +794,34 @@ async fn send(
         let failed_for = (now - since).to_std().unwrap_or_default();
         if failed_for >= options.retry_period {
             tracing::warn!(endpoint = %id, position = event.position, attempts, "webhook deliveries failed for the whole retry period: disabling the endpoint");
-            disable(
-                shared,
-                tenant,
-                id,
-                DisabledReason::RetriesExhausted,
-                event.position,
-                status,
-            )
-            .await;
-            return Sent::Ended(Ended::Stop);
+            return Sent::Ended(
+                disable(
+                    shared,
+                    tenant,
+                    id,
+                    DisabledReason::RetriesExhausted,
+                    event.position,
+                    status,
+                )
+                .await,
+            );
         }
-        let wait = backoff(options, attempts)
+        let wait_for = backoff(options, attempts)
             .max(retry_after.unwrap_or_default().min(options.backoff_max))
             .min(options.retry_period - failed_for);
         let failure = Failure {
             position: event.position,
             since,
             attempts,
-            next_at: chrono::Duration::from_std(wait).ok().map(|w| now + w),
+            next_at: chrono::Duration::from_std(wait_for).ok().map(|w| now + w),
             status,
             error,
         };
-        if let Err(e) = shared.tables.failure(tenant, id, &failure).await {
+        if let Err(e) = shared
+            .tables
+            .failure(tenant, id, progress.restart_event, &failure)
+            .await
+        {
             tracing::warn!(endpoint = %id, error = %e, "cannot record a webhook failure");
         }
         tracing::debug!(endpoint = %id, position = event.position, attempts, ?status, error, "webhook delivery failed; retrying");
@@ -758,10 +830,30 @@ async fn send(
             changed = updates.changed() => {
                 return Sent::Ended(if changed.is_ok() { Ended::Restart } else { Ended::Stop });
             }
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(wait_for) => {}
         }
         // Progress made before this event stays saved while it fails.
         progress.flush(shared, tenant, id).await;
+    }
+}
+
+/// Reads what a receiver answered, up to 64 KiB, so that the connection
+/// can be reused; more is not read (the connection is dropped instead).
+async fn drain(mut response: reqwest::Response) {
+    let mut read = 0usize;
+    while let Ok(Some(chunk)) = response.chunk().await {
+        read += chunk.len();
+        if read > 64 * 1024 {
+            return;
+        }
+    }
+}
+
+/// Waits `how_long` (or until stop), then starts again.
+async fn wait(stop: &CancellationToken, how_long: Duration) -> Ended {
+    tokio::select! {
+        _ = stop.cancelled() => Ended::Stop,
+        _ = tokio::time::sleep(how_long) => Ended::Restart,
     }
 }
 
@@ -785,19 +877,6 @@ enum Attempt {
     /// Not sent: the URL's address is not allowed.
     Refused,
     Failed(reqwest::Error),
-}
-
-/// Whether the URL's host, when it is an address, may be dialled.
-fn literal_allowed(targets: &Targets, url: &str) -> Result<(), crate::target::Refused> {
-    let Ok(parsed) = url::Url::parse(url) else {
-        return Err(crate::target::Refused::NoHost);
-    };
-    match parsed.host() {
-        Some(url::Host::Ipv4(ip)) => targets.check_ip(ip.into()),
-        Some(url::Host::Ipv6(ip)) => targets.check_ip(ip.into()),
-        Some(url::Host::Domain(_)) => Ok(()),
-        None => Err(crate::target::Refused::NoHost),
-    }
 }
 
 /// A failed request, as a code for the status (never the receiver's text).
@@ -826,6 +905,9 @@ fn lag_of(event: &RecordedEvent) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Disables the endpoint (an event in its stream, which the registry then
+/// acts on); if that cannot be written, starts again so that the failure
+/// is retried rather than the endpoint left active and idle.
 async fn disable(
     shared: &Shared,
     tenant: &TenantId,
@@ -833,7 +915,7 @@ async fn disable(
     reason: DisabledReason,
     failed_position: u64,
     last_status: Option<u16>,
-) {
+) -> Ended {
     let done = execute::execute::<Endpoints, crate::Error>(
         &shared.store,
         tenant,
@@ -851,10 +933,15 @@ async fn disable(
         },
     )
     .await;
-    if let Err(e) = done {
-        tracing::error!(%endpoint, error = %e, "cannot disable the webhook endpoint");
-    }
     record_failing(endpoint, false);
+    match done {
+        Ok(_) => Ended::Stop,
+        Err(e) => {
+            tracing::error!(%endpoint, error = %e, "cannot disable the webhook endpoint; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ended::Restart
+        }
+    }
 }
 
 fn attempt_counted(endpoint: &[KeyValue; 1], ok: bool) {

@@ -241,6 +241,7 @@ impl Tables {
         &self,
         tenant: &TenantId,
         endpoint: Uuid,
+        restart_event: u64,
         position: u64,
         delivered: u64,
         status: Option<u16>,
@@ -254,13 +255,14 @@ impl Tables {
                 last_status = coalesce($5, last_status),
                 last_attempt_at = CASE WHEN $4 > 0 THEN now() ELSE last_attempt_at END,
                 updated_at = now()
-             WHERE tenant_id = $1 AND endpoint_id = $2",
+             WHERE tenant_id = $1 AND endpoint_id = $2 AND restart_event = $6",
         )
         .bind(tenant.as_str())
         .bind(endpoint)
         .bind(position as i64)
         .bind(delivered as i64)
         .bind(status.map(i32::from))
+        .bind(restart_event as i64)
         .execute(&self.pool)
         .await
         .map_err(store_error)?;
@@ -271,6 +273,7 @@ impl Tables {
         &self,
         tenant: &TenantId,
         endpoint: Uuid,
+        restart_event: u64,
         f: &Failure,
     ) -> Result<(), crate::Error> {
         sqlx::query(
@@ -278,7 +281,7 @@ impl Tables {
                 failing_position = $3, failing_since = $4, attempts = $5, next_attempt_at = $6,
                 last_attempt_at = now(), last_status = $7, last_error = $8,
                 failed_total = failed_total + 1, updated_at = now()
-             WHERE tenant_id = $1 AND endpoint_id = $2",
+             WHERE tenant_id = $1 AND endpoint_id = $2 AND restart_event = $9",
         )
         .bind(tenant.as_str())
         .bind(endpoint)
@@ -288,6 +291,7 @@ impl Tables {
         .bind(f.next_at)
         .bind(f.status.map(i32::from))
         .bind(f.error)
+        .bind(restart_event as i64)
         .execute(&self.pool)
         .await
         .map_err(store_error)?;

@@ -40,11 +40,13 @@ pub enum Refused {
     NoHost,
     #[error("must not carry a fragment")]
     Fragment,
+    // The address is not in the message: for a name it would tell a
+    // tenant how the operator's DNS resolves.
     #[error(
-        "{0} is an internal address (loopback, private, link-local or another special range); the operator may allow its network (TEND_WEBHOOK_ALLOW_NETWORKS)"
+        "is, or resolves to, an internal address (loopback, private, link-local or another special range); the operator may allow its network (TEND_WEBHOOK_ALLOW_NETWORKS)"
     )]
     Internal(IpAddr),
-    #[error("the host does not resolve: {0}")]
+    #[error("the host does not resolve")]
     Unresolved(String),
 }
 
@@ -183,6 +185,7 @@ fn internal_v4(ip: Ipv4Addr) -> bool {
         || (a == 192 && b == 0 && c == 0) // 192.0.0/24, protocol assignments
         || (a == 198 && (b == 18 || b == 19)) // 198.18/15, benchmarking
         || a >= 240 // 240/4, reserved
+        || ip == Ipv4Addr::new(168, 63, 129, 16) // Azure's host services
 }
 
 fn internal_v6(ip: Ipv6Addr) -> bool {
@@ -201,8 +204,10 @@ fn internal_v6(ip: Ipv6Addr) -> bool {
         || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
         || (s[0] == 0x2001 && s[1] == 0) // Teredo
         || s[0] == 0x2002 // 6to4: wraps any IPv4 address
-        // ::/96, IPv4-compatible (deprecated): wraps any IPv4 address.
+        // ::/96, IPv4-compatible (deprecated), and ::ffff:0:0:0/96, IPv4-
+        // translated (SIIT): both wrap any IPv4 address.
         || (s[0..6] == [0, 0, 0, 0, 0, 0])
+        || (s[0..6] == [0, 0, 0, 0, 0xffff, 0])
 }
 
 /// reqwest's resolver: every address checked.
@@ -249,6 +254,8 @@ mod tests {
             "https://[::ffff:10.0.0.1]/hook",
             "https://[64:ff9b::a00:1]/hook",
             "https://[2002:a00:1::]/hook",
+            "https://[::ffff:0:a00:1]/hook",
+            "https://168.63.129.16/hook",
             // Other spellings of 127.0.0.1 are parsed as the address.
             "https://2130706433/hook",
             "https://0x7f.1/hook",
