@@ -248,8 +248,14 @@ async fn every_event_arrives_at_least_once_and_in_order_through_500s_a_kill_and_
     // Killed: what is logged meanwhile waits, and is retried.
     receiver.kill();
     log_practice(&channel, 8, "b").await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let failing = get(&mut webhooks, &id).await.delivery.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let failing = loop {
+        let d = get(&mut webhooks, &id).await.delivery.unwrap();
+        if d.failed_attempts > 0 || Instant::now() > deadline {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(failing.failed_attempts > 0, "{failing:?}");
     assert_eq!(failing.last_error, "connection", "{failing:?}");
     assert!(failing.lag_seconds > 0.0, "{failing:?}");
