@@ -146,20 +146,9 @@ impl MasterKeys {
     /// Seals `secret` with the current master key.
     pub fn seal_secret(&self, purpose: &str, owner: &str, secret: &[u8]) -> SealedSecret {
         let master = self.current();
-        let nonce: [u8; NONCE_BYTES] = random();
-        let aad = secret_aad(purpose, owner);
-        let sealed = cipher(&master.key)
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: secret,
-                    aad: &aad,
-                },
-            )
-            .expect("AES-GCM-SIV seals a short secret");
         SealedSecret {
             master_key_id: master.id.clone(),
-            sealed: [nonce.as_slice(), &sealed].concat(),
+            sealed: seal_random_nonce(&master.key, &secret_aad(purpose, owner), secret),
         }
     }
 
@@ -172,27 +161,7 @@ impl MasterKeys {
         secret: &SealedSecret,
     ) -> Result<Zeroizing<Vec<u8>>, Error> {
         let master = self.get(&secret.master_key_id)?;
-        if secret.sealed.len() <= NONCE_BYTES {
-            return Err(Error::Corrupt);
-        }
-        let (nonce, sealed) = secret.sealed.split_at(NONCE_BYTES);
-        let nonce: [u8; NONCE_BYTES] = nonce.try_into().map_err(|_| Error::Corrupt)?;
-        let aad = secret_aad(purpose, owner);
-        cipher(&master.key)
-            .decrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: &aad,
-                },
-            )
-            .map(Zeroizing::new)
-            .map_err(|_| Error::Corrupt)
-    }
-
-    /// The id of the key `seal_secret` uses now.
-    pub fn current_id(&self) -> &str {
-        &self.current().id
+        open_random_nonce(&master.key, &secret_aad(purpose, owner), &secret.sealed)
     }
 }
 
@@ -222,6 +191,33 @@ fn cipher(key: &[u8; KEY_BYTES]) -> Aes256GcmSiv {
     Aes256GcmSiv::new(key.into())
 }
 
+/// `msg` sealed under `key` with a random nonce, which is kept in front of
+/// the ciphertext: how data keys, references and operator secrets are kept.
+fn seal_random_nonce(key: &[u8; KEY_BYTES], aad: &[u8], msg: &[u8]) -> Vec<u8> {
+    let nonce: [u8; NONCE_BYTES] = random();
+    let sealed = cipher(key)
+        .encrypt(&Nonce::from(nonce), Payload { msg, aad })
+        .expect("AES-GCM-SIV seals any message of the sizes sealed here");
+    [nonce.as_slice(), &sealed].concat()
+}
+
+/// Opens what `seal_random_nonce` sealed.
+fn open_random_nonce(
+    key: &[u8; KEY_BYTES],
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, Error> {
+    if sealed.len() <= NONCE_BYTES {
+        return Err(Error::Corrupt);
+    }
+    let (nonce, body) = sealed.split_at(NONCE_BYTES);
+    let nonce: [u8; NONCE_BYTES] = nonce.try_into().map_err(|_| Error::Corrupt)?;
+    cipher(key)
+        .decrypt(&Nonce::from(nonce), Payload { msg: body, aad })
+        .map(Zeroizing::new)
+        .map_err(|_| Error::Corrupt)
+}
+
 pub(crate) fn random<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     // The operating system's generator failing leaves nothing safe to do.
@@ -244,18 +240,7 @@ pub(crate) fn wrap(
     key_id: Uuid,
     key: &[u8; KEY_BYTES],
 ) -> Vec<u8> {
-    let nonce: [u8; NONCE_BYTES] = random();
-    let aad = wrap_aad(tenant, participant, key_id);
-    let sealed = cipher(&master.key)
-        .encrypt(
-            &Nonce::from(nonce),
-            Payload {
-                msg: key,
-                aad: &aad,
-            },
-        )
-        .expect("AES-GCM-SIV seals any 32-byte message");
-    [nonce.as_slice(), &sealed].concat()
+    seal_random_nonce(&master.key, &wrap_aad(tenant, participant, key_id), key)
 }
 
 pub(crate) fn unwrap(
@@ -265,23 +250,7 @@ pub(crate) fn unwrap(
     key_id: Uuid,
     wrapped: &[u8],
 ) -> Result<DataKey, Error> {
-    if wrapped.len() <= NONCE_BYTES {
-        return Err(Error::Corrupt);
-    }
-    let (nonce, sealed) = wrapped.split_at(NONCE_BYTES);
-    let nonce: [u8; NONCE_BYTES] = nonce.try_into().map_err(|_| Error::Corrupt)?;
-    let aad = wrap_aad(tenant, participant, key_id);
-    let plain = Zeroizing::new(
-        cipher(&master.key)
-            .decrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| Error::Corrupt)?,
-    );
+    let plain = open_random_nonce(&master.key, &wrap_aad(tenant, participant, key_id), wrapped)?;
     let key: [u8; KEY_BYTES] = plain.as_slice().try_into().map_err(|_| Error::Corrupt)?;
     Ok(DataKey {
         id: key_id,
@@ -356,18 +325,11 @@ fn ref_aad(tenant: &str, participant: Uuid, key_id: Uuid) -> Vec<u8> {
 /// Seals a participant's partner reference with their data key (a random
 /// nonce, kept in front of the ciphertext).
 pub(crate) fn seal_ref(key: &DataKey, tenant: &str, participant: Uuid, reference: &str) -> Vec<u8> {
-    let nonce: [u8; NONCE_BYTES] = random();
-    let aad = ref_aad(tenant, participant, key.id);
-    let sealed = cipher(&key.key)
-        .encrypt(
-            &Nonce::from(nonce),
-            Payload {
-                msg: reference.as_bytes(),
-                aad: &aad,
-            },
-        )
-        .expect("AES-GCM-SIV seals any reference within the size limit");
-    [nonce.as_slice(), &sealed].concat()
+    seal_random_nonce(
+        &key.key,
+        &ref_aad(tenant, participant, key.id),
+        reference.as_bytes(),
+    )
 }
 
 /// Opens a reference sealed by `seal_ref`.
@@ -377,22 +339,8 @@ pub(crate) fn open_ref(
     participant: Uuid,
     sealed: &[u8],
 ) -> Result<String, Error> {
-    if sealed.len() <= NONCE_BYTES {
-        return Err(Error::Corrupt);
-    }
-    let (nonce, body) = sealed.split_at(NONCE_BYTES);
-    let nonce: [u8; NONCE_BYTES] = nonce.try_into().map_err(|_| Error::Corrupt)?;
-    let aad = ref_aad(tenant, participant, key.id);
-    let plain = cipher(&key.key)
-        .decrypt(
-            &Nonce::from(nonce),
-            Payload {
-                msg: body,
-                aad: &aad,
-            },
-        )
-        .map_err(|_| Error::Corrupt)?;
-    String::from_utf8(plain).map_err(|_| Error::Corrupt)
+    let plain = open_random_nonce(&key.key, &ref_aad(tenant, participant, key.id), sealed)?;
+    String::from_utf8(plain.to_vec()).map_err(|_| Error::Corrupt)
 }
 
 /// HMAC-SHA-256 of `parts`, each followed by a zero byte so that no two

@@ -133,8 +133,26 @@ async fn run(
     let metrics_stop = CancellationToken::new();
     let _stop_metrics = metrics_stop.clone().drop_guard();
     let metrics_endpoint = serve_metrics(telemetry, metrics_stop.clone()).await?;
-    let health_endpoint =
-        serve_health(options.health_listen, health_service.clone(), metrics_stop).await?;
+    // Health alone, in plain text, for probes that cannot speak TLS: the
+    // same answers as the gRPC port's, until the very end (like metrics).
+    let health_endpoint = match options.health_listen {
+        None => None,
+        Some(listen) => {
+            let listener = TcpListener::bind(listen).await.map_err(|e| {
+                format!("cannot serve health on {listen} (TEND_HEALTH_LISTEN): {e}")
+            })?;
+            let addr = listener.local_addr()?;
+            tokio::spawn(
+                Server::builder()
+                    .add_service(health_service.clone())
+                    .serve_with_incoming_shutdown(
+                        TcpIncoming::from(listener),
+                        metrics_stop.cancelled_owned(),
+                    ),
+            );
+            Some(addr)
+        }
+    };
     let events = InterceptedService::new(event_stream.into_server(), auth.clone());
     let scheduler = InterceptedService::new(
         SchedulerApi::new(store.clone(), directory.clone(), clock.clone()).into_server(),
@@ -339,41 +357,6 @@ pub(crate) async fn set_health(health: &HealthReporter, status: ServingStatus) {
     for service in HEALTH {
         health.set_service_status(service, status).await;
     }
-}
-
-/// Serves gRPC health alone, in plain text, when an address is given: for
-/// probes that cannot speak TLS. It answers what the main port's health
-/// answers, until `stop` (the very end, like metrics).
-async fn serve_health<S>(
-    listen: Option<SocketAddr>,
-    health: S,
-    stop: CancellationToken,
-) -> Result<Option<SocketAddr>>
-where
-    S: tower_service::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let Some(listen) = listen else {
-        return Ok(None);
-    };
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("cannot serve health on {listen} (TEND_HEALTH_LISTEN): {e}"))?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(
-        Server::builder()
-            .add_service(health)
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.cancelled_owned()),
-    );
-    Ok(Some(addr))
 }
 
 /// Serves `/metrics` when a scrape endpoint was asked for, until `stop`

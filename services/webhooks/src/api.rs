@@ -75,9 +75,10 @@ impl WebhookApi {
         &self,
         tenant: &TenantId,
         id: Uuid,
-        command: impl Fn(Timestamp) -> webhook::Command,
+        command: impl Fn(&webhook::State, Timestamp) -> webhook::Command,
     ) -> Result<pb::Endpoint, Error> {
-        self.load(tenant, id).await?;
+        // The decider answers NOT_FOUND for an endpoint never registered or
+        // removed: no read before it.
         let done = execute::execute::<Endpoints, Error>(
             &self.store,
             tenant,
@@ -85,7 +86,7 @@ impl WebhookApi {
             RETRY,
             &Metadata::default(),
             |_| Uuid::now_v7(),
-            |_| Ok(command(self.clock.now())),
+            |state| Ok(command(state, self.clock.now())),
         )
         .await?;
         let after = done.into_after::<Endpoints>();
@@ -311,7 +312,7 @@ impl WebhookService for WebhookApi {
         let tenant = tenant_of(&request)?;
         let id = uuid("endpoint_id", &request.get_ref().endpoint_id)?;
         let endpoint = self
-            .change(&tenant, id, |now| webhook::Command::Disable {
+            .change(&tenant, id, |_, now| webhook::Command::Disable {
                 reason: DisabledReason::PartnerRequest,
                 failed_position: None,
                 last_status: None,
@@ -334,15 +335,21 @@ impl WebhookService for WebhookApi {
         if let Some(after) = r.after_position {
             self.within_log(after)?;
         }
-        let current = self.load(&tenant, id).await?;
-        let delivered = match self.tables.delivery(&tenant, id).await? {
-            Some(row) => row.delivered_position as u64,
-            None => current.restart.after_position,
-        };
+        let saved = self
+            .tables
+            .delivery(&tenant, id)
+            .await?
+            .map(|row| row.delivered_position as u64);
         let endpoint = self
-            .change(&tenant, id, |now| webhook::Command::Enable {
+            .change(&tenant, id, |state, now| webhook::Command::Enable {
                 after_position: r.after_position,
-                delivered,
+                // Where it stopped; never delivered: where it started.
+                delivered: saved.unwrap_or_else(|| {
+                    state
+                        .endpoint
+                        .as_ref()
+                        .map_or(0, |e| e.restart.after_position)
+                }),
                 now,
             })
             .await?;
@@ -361,7 +368,7 @@ impl WebhookService for WebhookApi {
         let id = uuid("endpoint_id", &r.endpoint_id)?;
         self.within_log(r.after_position)?;
         let endpoint = self
-            .change(&tenant, id, |now| webhook::Command::Redeliver {
+            .change(&tenant, id, |_, now| webhook::Command::Redeliver {
                 after_position: r.after_position,
                 now,
             })

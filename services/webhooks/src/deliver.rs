@@ -487,6 +487,7 @@ async fn deliver_from(
         saved_position: from,
     };
     let mut secrets: Option<Secrets> = None;
+    let key_id = pseudonymous.as_ref().map(|p| p.key_id().to_owned());
     // A failure of this endpoint recorded before (by this server before a
     // restart, or by another before a handover): its retry period goes on.
     let mut failed_before = match shared.tables.delivery(tenant, id).await {
@@ -530,7 +531,7 @@ async fn deliver_from(
                             Err(e) => {
                                 tracing::warn!(endpoint = %id, error = %e, "cannot make the pseudonymous view; retrying");
                                 progress.flush(shared, tenant, id).await;
-                                return pause(stop).await;
+                                return wait(stop, Duration::from_secs(1)).await;
                             }
                         }
                     }
@@ -545,6 +546,7 @@ async fn deliver_from(
                         tenant,
                         endpoint,
                         &event,
+                        key_id.as_deref(),
                         &mut secrets,
                         &mut progress,
                         &mut failed_before,
@@ -578,7 +580,7 @@ async fn deliver_from(
             Err(e) => {
                 tracing::warn!(endpoint = %id, error = %e, "cannot read the log for webhooks; retrying");
                 progress.flush(shared, tenant, id).await;
-                return pause(stop).await;
+                return wait(stop, Duration::from_secs(1)).await;
             }
         }
     }
@@ -593,14 +595,6 @@ fn fresh(secrets: &Option<Secrets>) -> bool {
     secrets
         .as_ref()
         .is_some_and(|s| s.read_at.elapsed() < SECRETS_EVERY)
-}
-
-/// A second's pause before starting again (the database is away).
-async fn pause(stop: &CancellationToken) -> Ended {
-    tokio::select! {
-        _ = stop.cancelled() => Ended::Stop,
-        _ = tokio::time::sleep(Duration::from_secs(1)) => Ended::Restart,
-    }
 }
 
 async fn wait_for_change(
@@ -667,6 +661,7 @@ async fn send(
     tenant: &TenantId,
     endpoint: &Endpoint,
     event: &RecordedEvent,
+    pseudonym_key_id: Option<&str>,
     secrets: &mut Option<Secrets>,
     progress: &mut Progress,
     failed_before: &mut Option<(u64, chrono::DateTime<Utc>, u32)>,
@@ -674,20 +669,14 @@ async fn send(
     stop: &CancellationToken,
 ) -> Sent {
     let id = endpoint.id;
-    let key_id = endpoint
-        .selection
-        .recipient_id
-        .as_ref()
-        .and_then(|r| shared.recipients.pseudonymizer(tenant.as_str(), r, None))
-        .map(|p| p.key_id().to_owned());
-    let body = serde_json::to_vec(&body(event, key_id.as_deref())).unwrap_or_default();
+    let body = serde_json::to_vec(&body(event, pseudonym_key_id)).unwrap_or_default();
     let message_id = event.position.to_string();
     let options = &shared.options;
     let (mut attempts, mut failing_since) = match failed_before.take() {
         Some((position, since, attempts)) if position == event.position => (attempts, Some(since)),
         _ => (0, None),
     };
-    let endpoint_attr = [KeyValue::new("tend.webhook.endpoint", id.to_string())];
+    let endpoint_attr = attribute(id);
     loop {
         if stop.is_cancelled() {
             return Sent::Ended(Ended::Stop);
@@ -761,13 +750,13 @@ async fn send(
             .record(started.elapsed().as_secs_f64(), &endpoint_attr);
         let (status, error, retry_after) = match answer {
             Ok((status, _)) if status.is_success() => {
-                attempt_counted(&endpoint_attr, true);
+                attempt_counted(id, true);
                 record_failing(id, false);
                 record_lag(id, lag_of(event));
                 return Sent::Delivered(status.as_u16());
             }
             Ok((status, _)) if status == reqwest::StatusCode::GONE => {
-                attempt_counted(&endpoint_attr, false);
+                attempt_counted(id, false);
                 tracing::warn!(endpoint = %id, "the receiver answered 410 Gone: disabling the endpoint");
                 return Sent::Ended(
                     disable(
@@ -785,7 +774,7 @@ async fn send(
             Err(Attempt::Refused) => (None, "address_not_allowed", None),
             Err(Attempt::Failed(e)) => (None, classify(&e), None),
         };
-        attempt_counted(&endpoint_attr, false);
+        attempt_counted(id, false);
         record_failing(id, true);
         record_lag(id, lag_of(event));
         attempts += 1;
@@ -944,15 +933,16 @@ async fn disable(
     }
 }
 
-fn attempt_counted(endpoint: &[KeyValue; 1], ok: bool) {
+fn attempt_counted(endpoint: Uuid, ok: bool) {
     let outcome = if ok {
         tend_telemetry::Outcome::Ok
     } else {
         tend_telemetry::Outcome::Error
     };
+    let [endpoint] = attribute(endpoint);
     tend_telemetry::instruments()
         .webhook_attempts
-        .add(1, &[endpoint[0].clone(), outcome.attribute()]);
+        .add(1, &[endpoint, outcome.attribute()]);
 }
 
 fn attribute(endpoint: Uuid) -> [KeyValue; 1] {
