@@ -405,12 +405,27 @@ async fn consent_gates_the_arc_and_the_pseudonymous_stream_identifies_no_one() {
         schedule.enrollment.unwrap().state,
         spb::EnrollmentState::Withdrawn as i32
     );
+    // Everything still to do is cancelled. The practice logged half an
+    // hour ago completes today's occurrence when its window (09:00–19:00
+    // London) was open then, and a completion stays on record.
+    let now = Timestamp::now().as_second();
+    let cancelled = spb::OccurrenceStatus::Cancelled as i32;
+    assert!(
+        schedule.occurrences.iter().all(|o| o.status == cancelled
+            || (o.status == spb::OccurrenceStatus::Done as i32
+                && o.completed_at.is_some()
+                && o.scheduled_at.as_ref().unwrap().seconds <= now)),
+        "{:?}",
+        schedule.occurrences
+    );
     assert!(
         schedule
             .occurrences
             .iter()
-            .all(|o| o.status == spb::OccurrenceStatus::Cancelled as i32)
+            .filter(|o| o.scheduled_at.as_ref().unwrap().seconds > now)
+            .all(|o| o.status == cancelled)
     );
+    assert!(schedule.occurrences.iter().any(|o| o.status == cancelled));
     // What was granted and when, with the history.
     let consent = c
         .privacy
