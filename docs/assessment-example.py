@@ -60,7 +60,10 @@ def submit(values, at):
 
 # In a real arc these are eight weeks apart; here a minute apart.
 for label, values, at in [
-        ("baseline", [4, 2, 2, 4, 2, 2, 2, 4, 4, 2, 4, 4], now - datetime.timedelta(minutes=1)),
+        # A minute earlier, but not before today's midnight: the arc (and
+        # so the baseline's window) starts then.
+        ("baseline", [4, 2, 2, 4, 2, 2, 2, 4, 4, 2, 4, 4],
+         max(now - datetime.timedelta(minutes=1), now.replace(hour=0, minute=0, second=0))),
         ("week +4 ", [2, 4, 3, 5, 4, 3, 4, 2, 1, 3, 4, 2], now)]:
     a = submit(values, at)
     s = a["scorings"][-1]

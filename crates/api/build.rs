@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tend/arc/v1/arc.proto",
         "tend/privacy/v1/privacy.proto",
         "tend/webhooks/v1/webhooks.proto",
+        "tend/exports/v1/exports.proto",
     ];
     let fds = protox::compile(files, [&root])?;
 
@@ -85,14 +86,39 @@ fn message_checks(
         let repeated = label == Label::Repeated;
         // A proto3 `optional` is a synthetic oneof: an `Option` field.
         let real_oneof = field.oneof_index.is_some() && !field.proto3_optional();
+        if let Some(entry) = map_entry(message, field) {
+            // A map: its string keys, and its string or message values,
+            // named `<map>.key` and `<map>.value`.
+            let mut checks = String::new();
+            for (part, var) in entry.field.iter().zip(["k", "v"]) {
+                let part_name = part.name();
+                match part.r#type() {
+                    Type::String => {
+                        let _ = write!(
+                            checks,
+                            "crate::strings::check(&at.join({name:?}), {part_name:?}, {var})?; "
+                        );
+                    }
+                    Type::Message if part.type_name().starts_with(".tend.") => {
+                        let _ = write!(
+                            checks,
+                            "crate::strings::Strings::check_fields({var}, &at.join({name:?}).join({part_name:?}))?; "
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            if !checks.is_empty() {
+                let _ = writeln!(
+                    body,
+                    "#[allow(unused_variables)] for (k, v) in &self.{ident} {{ {checks}}}"
+                );
+            }
+            continue;
+        }
         let kind = match field.r#type() {
             Type::String => "string",
-            Type::Message if field.type_name().starts_with(".tend.") => {
-                if message_is_map_entry(message, field) {
-                    continue;
-                }
-                "message"
-            }
+            Type::Message if field.type_name().starts_with(".tend.") => "message",
             _ => continue,
         };
         let check = |value: &str| match kind {
@@ -140,12 +166,19 @@ fn message_checks(
     }
 }
 
-fn message_is_map_entry(message: &DescriptorProto, field: &FieldDescriptorProto) -> bool {
+/// The entry type of a map field (its `key` and `value`), if it is one.
+fn map_entry<'a>(
+    message: &'a DescriptorProto,
+    field: &FieldDescriptorProto,
+) -> Option<&'a DescriptorProto> {
+    if field.r#type() != Type::Message {
+        return None;
+    }
     let leaf = field.type_name().rsplit('.').next().unwrap_or_default();
     message
         .nested_type
         .iter()
-        .any(|n| n.name() == leaf && n.options.as_ref().is_some_and(|o| o.map_entry()))
+        .find(|n| n.name() == leaf && n.options.as_ref().is_some_and(|o| o.map_entry()))
 }
 
 fn rust_ident(name: &str) -> String {

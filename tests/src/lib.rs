@@ -250,3 +250,59 @@ pub fn scrape(addr: &str) -> String {
     );
     body.to_owned()
 }
+
+/// The arc projection's status once it has caught up with the log (up to
+/// 60 s), asked with `token`.
+pub async fn arc_caught_up(
+    client: &mut tend_api::arc::v1::arc_service_client::ArcServiceClient<tonic::transport::Channel>,
+    token: &str,
+) -> tend_api::arc::v1::ProjectionStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = client
+            .get_projection_status(bearer(
+                token,
+                tend_api::arc::v1::GetProjectionStatusRequest {},
+            ))
+            .await
+            .expect("projection status")
+            .into_inner()
+            .projections
+            .remove(0);
+        if s.events_behind == 0 && s.position > 0 {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the projection did not catch up: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether the participant grants research sharing now, by GetConsent.
+pub async fn shares_for_research(
+    client: &mut tend_api::privacy::v1::privacy_service_client::PrivacyServiceClient<
+        tonic::transport::Channel,
+    >,
+    token: &str,
+    participant: &str,
+) -> bool {
+    use tend_api::privacy::v1 as pb;
+    let consent = client
+        .get_consent(bearer(
+            token,
+            pb::GetConsentRequest {
+                participant_ref: participant.into(),
+            },
+        ))
+        .await
+        .expect("consent")
+        .into_inner()
+        .consent
+        .expect("a consent");
+    consent
+        .granted
+        .iter()
+        .any(|g| g.purpose == pb::ConsentPurpose::ResearchSharing as i32)
+}

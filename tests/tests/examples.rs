@@ -69,7 +69,8 @@ async fn every_docs_example_runs_against_the_real_server() {
         .collect::<Vec<_>>()
         .join(",");
     // Test key, in the test code only.
-    let recipients = "privacy/analysts/k1:loMS65xAtKnxZMLG8jC4KL9ECPhDS6Z8PKznanE7Y8s=";
+    let recipients = "privacy/analysts/k1:loMS65xAtKnxZMLG8jC4KL9ECPhDS6Z8PKznanE7Y8s=,\
+                      demo/analysts/k1:W3NOPTYm1nVtoNgWYFKJEHFVKP+Vrq7nZVbhfnlSrO8=";
     let server = TendProcess::start(&[
         ("TEND_DATABASE_URL", db.url.as_str()),
         ("TEND_AUTH_TOKENS", tokens.as_str()),
@@ -116,6 +117,11 @@ async fn every_docs_example_runs_against_the_real_server() {
     );
     assert!(out.contains("pseudonymous stream for analysts"), "{out}");
     assert!(out.contains("up again: NOT_FOUND"), "{out}");
+
+    let out = run(&server, "export-example.py", "demo", &["analysts"]);
+    assert!(out.contains("each matching its SHA-256"), "{out}");
+    assert!(out.contains("sharing for research"), "{out}");
+    assert!(out.contains("adherence by arc week"), "{out}");
 
     let out = run(&server, "arc-example.py", "demo", &[]);
     assert!(out.contains("cohort on integration-arc-8w: "), "{out}");

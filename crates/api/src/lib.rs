@@ -56,6 +56,13 @@ pub mod webhooks {
 }
 
 #[allow(clippy::all)] // generated code
+pub mod exports {
+    pub mod v1 {
+        tonic::include_proto!("tend.exports.v1");
+    }
+}
+
+#[allow(clippy::all)] // generated code
 pub mod arc {
     pub mod v1 {
         tonic::include_proto!("tend.arc.v1");

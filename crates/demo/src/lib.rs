@@ -9,10 +9,20 @@
 //! appended through the event store, participants interleaved in time, so
 //! the log looks like one a clinic would have. Seeded: the same options
 //! give the same cohort (event ids aside).
+//!
+//! Each participant first consents on the demo's consent document (defined
+//! once per tenant): to the protocol, notes and questionnaires, and nine in
+//! ten to research sharing too, so that exports and pseudonymous streams
+//! have people to show and people to leave out.
 
 use futures::StreamExt;
 use jiff::civil::{DateTime, Time};
 use jiff::{SignedDuration, Timestamp, ToSpan};
+use std::collections::BTreeSet;
+
+use tend_domain::consent::{
+    ConsentRecorded, DocumentEvent, DocumentVersionDefined, Method, Purpose,
+};
 use tend_domain::enrollment::{self, Command, Participant};
 use tend_domain::protocol::ActivityKind;
 use tend_domain::protocol::ProtocolSet;
@@ -60,6 +70,11 @@ const ZONES: &[&str] = &[
 ];
 
 const GRACE: SignedDuration = SignedDuration::from_hours(6);
+
+/// The consent document every demo participant signs.
+const DOCUMENT: &str = "demo-consent";
+/// Mixed into the seed of consent ids.
+const CONSENT_SEED: u64 = 0xc0_45e4_7000;
 
 /// splitmix64: small, fast, and good enough for a synthetic cohort.
 #[derive(Debug, Clone)]
@@ -133,7 +148,12 @@ fn new_event<E: DomainEvent>(id: Option<Uuid>, e: &E) -> Result<NewEvent, Error>
 
 impl Sim {
     /// Participant `index`, whose opaque id is `key`.
-    fn new(index: usize, key: Uuid, options: &Options) -> Result<(Self, Batch), Error> {
+    fn new(
+        index: usize,
+        key: Uuid,
+        options: &Options,
+        document: &DocumentVersionDefined,
+    ) -> Result<(Self, Batch), Error> {
         let mut rng = Rng(options.seed ^ (index as u64).wrapping_mul(0x2545_f491_4f6c_dd1d));
         let protocol = if rng.unit() < 0.8 {
             protocol::built_in("integration-arc-8w")
@@ -155,8 +175,42 @@ impl Sim {
         let enrollment_id =
             enrollment::enrollment_id_for_request(Uuid::from_u64_pair(options.seed, index as u64));
         let protocols = ProtocolSet::default();
-        let events = enrollment::decide(
+        // Consent an hour before enrolling; whether they share for research
+        // is drawn apart from the cohort's random stream, so that the rest
+        // of the cohort is as before.
+        let consented_at = tend_domain::time::shift(enrolled_at, SignedDuration::from_hours(-1));
+        let consent_id = Uuid::from_u64_pair(options.seed ^ CONSENT_SEED, index as u64);
+        let mut purposes = BTreeSet::from([
+            Purpose::Protocol,
+            Purpose::PracticeNotes,
+            Purpose::Questionnaires,
+        ]);
+        if Rng(consent_id.as_u64_pair().0 ^ consent_id.as_u64_pair().1).unit() < 0.9 {
+            purposes.insert(Purpose::ResearchSharing);
+        }
+        let mut events = enrollment::decide(
             &Participant::default(),
+            Command::RecordConsent {
+                consent: ConsentRecorded {
+                    consent_id,
+                    document_id: document.document_id.clone(),
+                    document_version: document.version,
+                    purposes,
+                    given_at: consented_at,
+                    method: Method::ElectronicSignature,
+                    evidence_sha256: format!("{:032x}{:032x}", consent_id.as_u128(), index),
+                    recorded_at: consented_at,
+                },
+                document: Some(document.clone()),
+                now: consented_at,
+            },
+            &ProtocolSet::default(),
+        )?;
+        let consented = events
+            .iter()
+            .fold(Participant::default(), enrollment::evolve);
+        events.extend(enrollment::decide(
+            &consented,
             Command::Enroll {
                 enrollment_id,
                 protocol: protocol.clone(),
@@ -166,7 +220,7 @@ impl Sim {
                 now: enrolled_at,
             },
             &protocols,
-        )?;
+        )?);
         let participant = events
             .iter()
             .fold(Participant::default(), enrollment::evolve);
@@ -452,10 +506,11 @@ pub async fn generate(
             .buffered(options.concurrency.max(1))
             .collect()
             .await;
+    let document = define_document(store, options).await?;
     let mut sims = Vec::with_capacity(options.participants);
     let mut first = Vec::with_capacity(options.participants);
     for (i, key) in keys.into_iter().enumerate() {
-        let (sim, batch) = Sim::new(i, key?, options)?;
+        let (sim, batch) = Sim::new(i, key?, options, &document)?;
         sims.push(sim);
         first.push(vec![batch]);
     }
@@ -481,6 +536,45 @@ pub async fn generate(
         participants: options.participants,
         events,
     })
+}
+
+/// The demo's consent document, defined in the tenant unless it already is
+/// (with the same content: a retry).
+async fn define_document(
+    store: &EventStore,
+    options: &Options,
+) -> Result<DocumentVersionDefined, Error> {
+    let document = document(options);
+    let event = DocumentEvent::Defined(document.clone());
+    let id = Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("{}/{DOCUMENT}/1", options.tenant.as_str()).as_bytes(),
+    );
+    store
+        .append(
+            &options.tenant,
+            &StreamId::new(format!("consent-{DOCUMENT}"))?,
+            ExpectedVersion::Any,
+            vec![new_event(Some(id), &event)?],
+        )
+        .await?;
+    Ok(document)
+}
+
+/// The demo's consent document.
+fn document(options: &Options) -> DocumentVersionDefined {
+    DocumentVersionDefined {
+        document_id: DOCUMENT.to_owned(),
+        version: 1,
+        purposes: BTreeSet::from([
+            Purpose::Protocol,
+            Purpose::PracticeNotes,
+            Purpose::Questionnaires,
+            Purpose::ResearchSharing,
+        ]),
+        // Before any demo participant enrolls (at most 112 days back).
+        defined_at: tend_domain::time::shift(options.now, SignedDuration::from_hours(-24 * 200)),
+    }
 }
 
 /// Appends each participant's batches in order, participants concurrently.
@@ -533,9 +627,16 @@ mod tests {
             concurrency: 1,
         };
         let mut totals: BTreeMap<String, usize> = BTreeMap::new();
+        let mut sharing = 0;
         for i in 0..20 {
-            let (mut sim, first) = Sim::new(i, Uuid::new_v4(), &options).unwrap();
-            assert_eq!(first.events.len(), 1);
+            let (mut sim, first) =
+                Sim::new(i, Uuid::new_v4(), &options, &document(&options)).unwrap();
+            // Consent, then the enrollment.
+            let types: Vec<&str> = first.events.iter().map(|e| e.event_type.as_str()).collect();
+            assert_eq!(types, ["ConsentRecorded", "ParticipantEnrolled"]);
+            if sim.participant.consent.grants(Purpose::ResearchSharing) {
+                sharing += 1;
+            }
             let mut day = sim.enrolled_at;
             while day < options.now {
                 day = (day + SignedDuration::from_hours(24)).min(options.now);
@@ -561,6 +662,8 @@ mod tests {
                 "{kind}: {totals:?}"
             );
         }
+        // Most share for research, some do not.
+        assert!((14..20).contains(&sharing), "{sharing} of 20 share");
         // Every practice entry completes at most one occurrence.
         assert!(totals["OccurrenceCompleted"] >= totals["PracticeLogged"] / 2);
     }

@@ -11,7 +11,7 @@ use tend_privacy::{Directory, MasterKeys, Recipients};
 use tend_service_kit::SystemClock;
 
 use crate::Result;
-use crate::config::{DatabaseOptions, DemoOptions, KeyOptions};
+use crate::config::{DatabaseOptions, DemoOptions, ExportOptions, KeyOptions};
 use crate::database::Database;
 
 pub(crate) async fn migrate_only(options: DatabaseOptions) -> Result<()> {
@@ -196,4 +196,92 @@ pub(crate) async fn demo(options: DemoOptions) -> Result<()> {
         "next: `tend serve`, then ArcService.GetCohort {{\"protocol_id\": \"integration-arc-8w\"}} (docs/arc-example.py shows one)"
     );
     Ok(())
+}
+
+pub(crate) async fn export(options: ExportOptions) -> Result<()> {
+    let recipients = crate::keys::recipients(&options.keys)?;
+    let Some(pseudonymizer) = recipients.pseudonymizer(&options.tenant, &options.recipient, None)
+    else {
+        return Err(tend_export::Error::UnknownRecipient(options.recipient).into());
+    };
+    let request = tend_export::Request {
+        tenant: TenantId::new(&options.tenant)?.as_str().to_owned(),
+        format: match options.format.as_str() {
+            "parquet" => tend_export::Format::Parquet,
+            _ => tend_export::Format::Csv,
+        },
+        at_position: options.at_position,
+        since_position: options.since_position,
+        shift_dates: options.shift_dates,
+        include_retracted: options.include_retracted,
+        sd: options
+            .sd
+            .iter()
+            .map(|s| {
+                s.split_once('=')
+                    .and_then(|(i, v)| Some((i.to_owned(), v.trim().parse::<f64>().ok()?)))
+                    .ok_or_else(|| format!("--sd {s:?}: expected INSTRUMENT=SD, e.g. scs-sf=0.6"))
+            })
+            .collect::<std::result::Result<_, _>>()?,
+    };
+    let database = Database::open(&options.database).await?;
+    let started = std::time::Instant::now();
+    let exported = tend_export::export(&database.pool, pseudonymizer, &request, &options.out).await;
+    database.close().await?;
+    let report = exported?;
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "exported {} participants ({} events) of tenant {} for recipient {} (key {}) at position {} (as of {}) into {} in {elapsed:.1} s",
+        report.participants,
+        report.events,
+        options.tenant,
+        options.recipient,
+        report.pseudonym_key_id,
+        report.position,
+        report.as_of,
+        options.out.display(),
+    );
+    for f in &report.files {
+        println!(
+            "  {:<28} {:>9} rows {:>12} bytes  sha256 {}",
+            f.file, f.rows, f.bytes, f.sha256
+        );
+    }
+    if let Some(r) = own_resources() {
+        println!(
+            "resources: {:.2} s CPU, peak memory {:.1} MiB",
+            r.cpu_seconds,
+            r.peak_rss_bytes as f64 / (1024.0 * 1024.0)
+        );
+    }
+    Ok(())
+}
+
+/// CPU time and peak resident memory of this process so far, from /proc
+/// (Linux); for `tend export`'s report.
+struct Resources {
+    cpu_seconds: f64,
+    peak_rss_bytes: u64,
+}
+
+fn own_resources() -> Option<Resources> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces), from field 3.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime, fields 14 and 15, in USER_HZ (100 on Linux).
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Resources {
+        cpu_seconds: ticks as f64 / 100.0,
+        peak_rss_bytes: peak_kib * 1024,
+    })
 }

@@ -44,6 +44,64 @@ pub(crate) enum Command {
     /// protocols, every phase, practice, assessments, warnings), so that
     /// `tend serve` shows populated arcs and cohorts.
     Demo(DemoOptions),
+    /// Write an analysis-ready export of a tenant's data for one of its
+    /// recipients: CSV with a codebook, or Parquet; pseudonymous; only
+    /// participants who share for research; as the log stood at one
+    /// position (the same position and options give the same bytes).
+    Export(ExportOptions),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExportOptions {
+    /// The tenant whose data is exported (`dev`: the embedded database's
+    /// development tenant).
+    #[arg(long, default_value = "dev")]
+    pub tenant: String,
+
+    /// The recipient, one of the tenant's in TEND_RECIPIENT_KEYS: the
+    /// pseudonyms are theirs.
+    #[arg(long)]
+    pub recipient: String,
+
+    /// `csv` (RFC 4180, with codebook.json and codebook.csv) or `parquet`
+    /// (typed columns, with the same codebook).
+    #[arg(long, default_value = "csv", value_parser = ["csv", "parquet"])]
+    pub format: String,
+
+    /// A directory that does not exist yet, or is empty. The files are
+    /// written beside it under a temporary name and moved in when whole.
+    #[arg(long)]
+    pub out: PathBuf,
+
+    /// The log position the export reflects; 0: the head when it starts.
+    /// The codebook names the position used.
+    #[arg(long, default_value_t = 0)]
+    pub at_position: u64,
+
+    /// Incremental: only rows changed after this position (participants
+    /// are always all there).
+    #[arg(long, default_value_t = 0)]
+    pub since_position: u64,
+
+    /// Leave dates and instants out; days from the session's date stay.
+    #[arg(long)]
+    pub shift_dates: bool,
+
+    /// Retracted practice entries too, marked `retracted`.
+    #[arg(long)]
+    pub include_retracted: bool,
+
+    /// A reference SD of an instrument's total for the reliable change
+    /// index, `INSTRUMENT=SD` (e.g. `scs-sf=0.6`), over the instrument's
+    /// own; repeatable. The built-in instruments have none.
+    #[arg(long = "sd", value_name = "INSTRUMENT=SD")]
+    pub sd: Vec<String>,
+
+    #[command(flatten)]
+    pub keys: KeyOptions,
+
+    #[command(flatten)]
+    pub database: DatabaseOptions,
 }
 
 #[derive(Debug, Subcommand)]

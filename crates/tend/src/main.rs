@@ -112,6 +112,10 @@ fn main() -> ExitCode {
                 logging::init(&options.database.log, None)?;
                 commands::demo(options).await
             }
+            Command::Export(options) => {
+                logging::init(&options.database.log, None)?;
+                commands::export(options).await
+            }
         }
     });
     match result {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tend_api::arc::v1::arc_service_server::ArcServiceServer;
 use tend_api::assessment::v1::assessment_service_server::AssessmentServiceServer;
 use tend_api::events::v1::event_stream_service_server::EventStreamServiceServer;
+use tend_api::exports::v1::export_service_server::ExportServiceServer;
 use tend_api::practice::v1::practice_log_service_server::PracticeLogServiceServer;
 use tend_api::privacy::v1::privacy_service_server::PrivacyServiceServer;
 use tend_api::scheduler::v1::protocol_scheduler_service_server::ProtocolSchedulerServiceServer;
@@ -17,6 +18,7 @@ use tend_assessment::AssessmentApi;
 use tend_auth::Authenticator;
 use tend_event_store::EventStore;
 use tend_event_stream::EventStreamApi;
+use tend_export_service::ExportApi;
 use tend_practice_log::PracticeLogApi;
 use tend_privacy::Directory;
 use tend_privacy_service::PrivacyApi;
@@ -39,7 +41,7 @@ use crate::{gauges, keys, readiness, tls, web};
 
 /// What health reports on: the whole server ("", what Kubernetes' gRPC
 /// probes ask about; serving from the start) as well as each service.
-const HEALTH: [&str; 8] = [
+const HEALTH: [&str; 9] = [
     "",
     <EventStreamServiceServer<EventStreamApi> as NamedService>::NAME,
     <ProtocolSchedulerServiceServer<SchedulerApi> as NamedService>::NAME,
@@ -48,6 +50,7 @@ const HEALTH: [&str; 8] = [
     <ArcServiceServer<ArcApi> as NamedService>::NAME,
     <PrivacyServiceServer<PrivacyApi> as NamedService>::NAME,
     <WebhookServiceServer<WebhookApi> as NamedService>::NAME,
+    <ExportServiceServer<ExportApi> as NamedService>::NAME,
 ];
 
 pub(crate) async fn serve(options: options::Serve, telemetry: &Telemetry) -> Result<()> {
@@ -195,6 +198,10 @@ async fn run(
             clock.clone(),
         )
         .into_server(),
+        auth.clone(),
+    );
+    let exports = InterceptedService::new(
+        ExportApi::new(database.pool.clone(), options.recipients.clone()).into_server(),
         auth,
     );
     let deliverer = match options.webhooks {
@@ -266,7 +273,8 @@ async fn run(
         .add_service(assessment)
         .add_service(arc)
         .add_service(privacy)
-        .add_service(webhooks);
+        .add_service(webhooks)
+        .add_service(exports);
     let stopped = shutdown.clone().cancelled_owned();
     let tls_line = options.tls.as_ref().map(|(files, loaded)| {
         format!(

@@ -191,3 +191,22 @@ pub fn quantile(sorted: &[f64], q: f64) -> f64 {
     }
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
+
+/// Reads the whole log by position through the store, nothing folded (the
+/// baseline any fold of the log pays): events read and seconds taken.
+pub async fn read_by_position(
+    store: &tend_event_store::EventStore,
+    filter: &tend_event_store::Filter,
+) -> Result<(u64, f64)> {
+    let started = std::time::Instant::now();
+    let (mut position, mut scanned) = (0u64, 0u64);
+    loop {
+        let page = store.read_log(filter, position, 10_000).await?;
+        if page.scanned_through == position {
+            break;
+        }
+        scanned += page.events.len() as u64;
+        position = page.scanned_through;
+    }
+    Ok((scanned, started.elapsed().as_secs_f64()))
+}

@@ -35,7 +35,7 @@ use tend_auth::{Authenticator, TokenHash, Tokens};
 use tend_event_store::{EventStore, Filter, TenantId};
 use tend_projections::{RebuildOptions, rebuild};
 use tend_service_kit::SystemClock;
-use tend_testkit::bench::{BenchServer, Result, env_number, quantile};
+use tend_testkit::bench::{BenchServer, Result, env_number, quantile, read_by_position};
 use tokio::net::TcpListener;
 use tonic::Request;
 use tonic::service::interceptor::InterceptedService;
@@ -161,17 +161,8 @@ async fn main() -> Result<()> {
         false,
     );
     let filter: Filter = tend_projections::Projection::filter(&filter);
-    let scan_started = Instant::now();
-    let (mut position, mut scanned) = (0u64, 0u64);
-    loop {
-        let page = store.read_log(&filter, position, 10_000).await?;
-        if page.scanned_through == position {
-            break;
-        }
-        scanned += page.events.len() as u64;
-        position = page.scanned_through;
-    }
-    let scan = scanned as f64 / scan_started.elapsed().as_secs_f64();
+    let (scanned, scan_seconds) = read_by_position(&store, &filter).await?;
+    let scan = scanned as f64 / scan_seconds;
 
     // A first build gives GetArc an active generation to read.
     let first = rebuild(&store, projection(&store), RebuildOptions::default()).await?;

@@ -1,0 +1,287 @@
+//! Reading the log for an export: one repeatable-read snapshot, the
+//! position and its instant, the tenant's participants, and their events a
+//! chunk of participants at a time (bounded memory, whatever the log's
+//! size).
+
+use std::collections::{BTreeSet, HashMap};
+
+use jiff::Timestamp;
+use sqlx::{PgPool, Postgres, Transaction};
+use tend_domain::DomainEvent;
+use tend_domain::arc::FlagEvent;
+use tend_domain::assessment::{self, Instrument, InstrumentEvent};
+use tend_domain::protocol::{self, Protocol};
+use tend_domain::{enrollment, practice};
+use tend_service_kit::{instants, streams};
+use uuid::Uuid;
+
+use crate::Error;
+use crate::rows::History;
+
+/// A stored event as read, not yet decoded.
+#[derive(Debug)]
+pub(crate) struct Raw {
+    pub stream_id: String,
+    pub position: u64,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub payload: serde_json::Value,
+}
+
+/// One chunk of participants' events, in the export's order, with the
+/// protocol and instrument versions first needed by them.
+#[derive(Debug, Default)]
+pub(crate) struct Chunk {
+    pub participants: Vec<(Uuid, Vec<Raw>)>,
+    pub protocols: Vec<Protocol>,
+    pub instruments: Vec<Instrument>,
+}
+
+/// A chunk with its events decoded: far smaller than the JSON trees.
+#[derive(Debug, Default)]
+pub(crate) struct Decoded {
+    pub histories: Vec<History>,
+    pub protocols: Vec<Protocol>,
+    pub instruments: Vec<Instrument>,
+}
+
+impl Chunk {
+    pub(crate) fn decode(self) -> Result<Decoded, Error> {
+        Ok(Decoded {
+            histories: self
+                .participants
+                .iter()
+                .map(|(key, raw)| history(*key, raw))
+                .collect::<Result<_, _>>()?,
+            protocols: self.protocols,
+            instruments: self.instruments,
+        })
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    tx: Transaction<'static, Postgres>,
+    tenant: String,
+    pub position: u64,
+    pub as_of: Timestamp,
+    protocols_seen: BTreeSet<String>,
+    instruments_seen: BTreeSet<String>,
+}
+
+impl Snapshot {
+    /// Opens the snapshot and settles the position: `at` (0: the head).
+    pub(crate) async fn open(pool: &PgPool, tenant: &str, at: u64) -> Result<Self, Error> {
+        let mut tx = pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        // Positions are handed out in commit order, so the snapshot holds
+        // every event up to its head and none will appear below it.
+        let head: i64 = sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM events")
+            .fetch_one(&mut *tx)
+            .await?;
+        let head = head as u64;
+        if at > head {
+            return Err(Error::BeyondHead { asked: at, head });
+        }
+        let position = if at == 0 { head } else { at };
+        let recorded: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+            "SELECT recorded_at FROM events WHERE position <= $1 ORDER BY position DESC LIMIT 1",
+        )
+        .bind(position as i64)
+        .fetch_optional(&mut *tx)
+        .await?;
+        Ok(Self {
+            tx,
+            tenant: tenant.to_owned(),
+            position,
+            as_of: recorded.map_or(Timestamp::UNIX_EPOCH, instants::from_chrono),
+            protocols_seen: BTreeSet::new(),
+            instruments_seen: BTreeSet::new(),
+        })
+    }
+
+    /// The tenant's participants: every opaque id in the directory (each
+    /// was registered before their first event).
+    pub(crate) async fn participants(&mut self) -> Result<Vec<Uuid>, Error> {
+        Ok(sqlx::query_scalar(
+            "SELECT participant_id FROM participants WHERE tenant_id = $1 ORDER BY participant_id",
+        )
+        .bind(&self.tenant)
+        .fetch_all(&mut *self.tx)
+        .await?)
+    }
+
+    async fn events_of(&mut self, streams: &[String]) -> Result<Vec<Raw>, Error> {
+        let rows: Vec<(String, i64, String, i32, serde_json::Value)> = sqlx::query_as(
+            "SELECT stream_id, position, event_type, schema_version, payload FROM events
+             WHERE tenant_id = $1 AND stream_id = ANY($2) AND position <= $3
+             ORDER BY stream_id, stream_version",
+        )
+        .bind(&self.tenant)
+        .bind(streams)
+        .bind(self.position as i64)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(stream_id, position, event_type, schema_version, payload)| Raw {
+                    stream_id,
+                    position: position as u64,
+                    event_type,
+                    schema_version: schema_version as u32,
+                    payload,
+                },
+            )
+            .collect())
+    }
+
+    /// The events of `keys`' four streams each, and the tenant's protocol
+    /// and instrument versions they name that were not read before.
+    pub(crate) async fn chunk(&mut self, keys: &[Uuid]) -> Result<Chunk, Error> {
+        let names: Vec<String> = keys
+            .iter()
+            .flat_map(|k| {
+                [
+                    streams::participant(*k),
+                    streams::practice(*k),
+                    streams::assessment(*k),
+                    streams::arc(*k),
+                ]
+            })
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        let raw = self.events_of(&names).await?;
+        let mut protocols = BTreeSet::new();
+        let mut instruments = BTreeSet::new();
+        let mut by_key: HashMap<Uuid, Vec<Raw>> = HashMap::with_capacity(keys.len());
+        for e in raw {
+            let field = match e.event_type.as_str() {
+                "ParticipantEnrolled" => Some(("protocol_id", &mut protocols)),
+                "AssessmentSubmitted" => Some(("instrument_id", &mut instruments)),
+                _ => None,
+            };
+            if let Some((name, set)) = field
+                && let Some(id) = e.payload.get(name).and_then(|v| v.as_str())
+            {
+                set.insert(id.to_owned());
+            }
+            let Some(key) = key_of(&e.stream_id) else {
+                return Err(Error::Decode(format!(
+                    "event at position {} names no participant",
+                    e.position
+                )));
+            };
+            by_key.entry(key).or_default().push(e);
+        }
+        let protocols: Vec<String> = protocols
+            .into_iter()
+            .filter(|p| protocol::built_in(p).is_none() && self.protocols_seen.insert(p.clone()))
+            .collect();
+        let instruments: Vec<String> = instruments
+            .into_iter()
+            .filter(|i| {
+                assessment::built_in(i).is_none() && self.instruments_seen.insert(i.clone())
+            })
+            .collect();
+        Ok(Chunk {
+            participants: keys
+                .iter()
+                .map(|k| (*k, by_key.remove(k).unwrap_or_default()))
+                .collect(),
+            protocols: self.protocols(&protocols).await?,
+            instruments: self.instruments(&instruments).await?,
+        })
+    }
+
+    /// Every published version of these protocols, as of the position.
+    async fn protocols(&mut self, ids: &[String]) -> Result<Vec<Protocol>, Error> {
+        let names: Vec<String> = ids
+            .iter()
+            .filter_map(|id| streams::protocol(id).ok())
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        if names.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut histories: HashMap<String, protocol::History> = HashMap::new();
+        for e in self.events_of(&names).await? {
+            let event = decode::<protocol::Event>(&e)?;
+            let h = histories.remove(&e.stream_id).unwrap_or_default();
+            histories.insert(e.stream_id, protocol::evolve(h, &event));
+        }
+        let mut out = Vec::new();
+        for h in histories.into_values() {
+            out.extend(
+                h.versions
+                    .iter()
+                    .filter(|v| v.published_at.is_some())
+                    .map(|v| v.protocol.clone()),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Every version of these instruments, as of the position.
+    async fn instruments(&mut self, ids: &[String]) -> Result<Vec<Instrument>, Error> {
+        let names: Vec<String> = ids
+            .iter()
+            .filter_map(|id| streams::instrument(id).ok())
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        if names.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut out = Vec::new();
+        for e in self.events_of(&names).await? {
+            let InstrumentEvent::Defined(d) = decode::<InstrumentEvent>(&e)?;
+            out.push(d.instrument);
+        }
+        Ok(out)
+    }
+
+    /// Ends the snapshot (read only: nothing to keep).
+    pub(crate) async fn close(self) -> Result<(), Error> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+}
+
+fn key_of(stream_id: &str) -> Option<Uuid> {
+    let (_, key) = stream_id.split_once('-')?;
+    key.parse().ok()
+}
+
+fn decode<E: DomainEvent>(e: &Raw) -> Result<E, Error> {
+    // The reason names the type and version only, never stored values.
+    E::from_stored(&e.event_type, e.schema_version, &e.payload).map_err(|d| {
+        Error::Decode(format!(
+            "{} v{} at position {}",
+            d.event_type, d.schema_version, e.position
+        ))
+    })
+}
+
+/// Decodes one participant's events into their history, by stream.
+fn history(key: Uuid, raw: &[Raw]) -> Result<History, Error> {
+    let mut h = History {
+        key,
+        ..Default::default()
+    };
+    for e in raw {
+        let category = e.stream_id.split_once('-').map_or("", |(c, _)| c);
+        match category {
+            streams::PARTICIPANT => h
+                .participant
+                .push((e.position, decode::<enrollment::Event>(e)?)),
+            streams::PRACTICE => h.practice.push((e.position, decode::<practice::Event>(e)?)),
+            streams::ASSESSMENT => h
+                .assessment
+                .push((e.position, decode::<assessment::Event>(e)?)),
+            streams::ARC => h.flags.push((e.position, decode::<FlagEvent>(e)?)),
+            _ => {}
+        }
+    }
+    Ok(h)
+}
