@@ -172,7 +172,8 @@ pub(crate) fn write(
         "recipient": meta.recipient,
         "pseudonym_key_id": meta.key_id,
         "position": meta.position,
-        "as_of": meta.as_of.to_string(),
+        // With dates shifted, the export's instant would date the phases.
+        "as_of": if r.shift_dates { Json::Null } else { json!(meta.as_of.to_string()) },
         "since_position": if r.since_position == 0 { Json::Null } else { json!(r.since_position) },
         "dates_shifted": r.shift_dates,
         "retracted_practice": if r.include_retracted || r.since_position != 0 { "included, marked" } else { "left out" },

@@ -9,6 +9,12 @@ pub enum Error {
         "the tenant has no recipient `{0}`: list them with ListRecipients, or configure it in TEND_RECIPIENT_KEYS"
     )]
     UnknownRecipient(String),
+    /// The recipient has no key of that id.
+    #[error("recipient `{recipient}` has no key `{key_id}`")]
+    UnknownKey { recipient: String, key_id: String },
+    /// Stopped before it finished (the caller went away, or a signal).
+    #[error("the export was stopped before it finished")]
+    Cancelled,
     #[error("position {asked} is beyond the log's head ({head})")]
     BeyondHead { asked: u64, head: u64 },
     #[error("since_position {since} must be below the export's position {at}")]

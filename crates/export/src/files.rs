@@ -9,6 +9,17 @@ use crate::Error;
 pub(crate) struct Staging {
     temp: PathBuf,
     out: PathBuf,
+    /// Moved into place; otherwise dropping it removes the directory (an
+    /// export stopped half way, by an error or its caller going away).
+    placed: bool,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = std::fs::remove_dir_all(&self.temp);
+        }
+    }
 }
 
 impl Staging {
@@ -54,6 +65,7 @@ impl Staging {
         Ok(Self {
             temp,
             out: out.to_owned(),
+            placed: false,
         })
     }
 
@@ -62,7 +74,7 @@ impl Staging {
     }
 
     /// Moves the finished export into place.
-    pub(crate) fn commit(self) -> Result<(), Error> {
+    pub(crate) fn commit(mut self) -> Result<(), Error> {
         let result = (|| {
             if self.out.exists() {
                 // Checked empty at the start; still empty, or this fails.
@@ -82,13 +94,8 @@ impl Staging {
             }
             Ok(())
         })();
-        if result.is_err() {
-            let _ = std::fs::remove_dir_all(&self.temp);
-        }
+        // Removed by `drop` unless it was moved into place.
+        self.placed = result.is_ok();
         result
-    }
-
-    pub(crate) fn abandon(self) {
-        let _ = std::fs::remove_dir_all(&self.temp);
     }
 }

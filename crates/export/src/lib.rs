@@ -16,10 +16,13 @@ mod files;
 mod read;
 pub mod rows;
 pub mod table;
+mod wide;
 pub mod write;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use jiff::Timestamp;
 use sqlx::PgPool;
@@ -30,8 +33,8 @@ use uuid::Uuid;
 pub use error::Error;
 pub use write::Format;
 
-use crate::rows::{Context, InstrumentSet, Wave};
-use crate::table::{Schema, Sink, Value};
+use crate::rows::{Context, InstrumentSet};
+use crate::table::{Schema, Sink};
 
 /// Participants read per statement: bounds memory (a chunk's events are
 /// held as JSON while they are decoded), and keeps the next chunk's read
@@ -75,6 +78,25 @@ pub struct FileReport {
     pub sha256: String,
 }
 
+/// The pseudonym function of one of the tenant's recipients, with its
+/// current key or a named one.
+pub fn pseudonymizer(
+    recipients: &tend_privacy::Recipients,
+    tenant: &str,
+    recipient: &str,
+    key_id: Option<&str>,
+) -> Result<Pseudonymizer, Error> {
+    if recipients.pseudonymizer(tenant, recipient, None).is_none() {
+        return Err(Error::UnknownRecipient(recipient.to_owned()));
+    }
+    recipients
+        .pseudonymizer(tenant, recipient, key_id)
+        .ok_or_else(|| Error::UnknownKey {
+            recipient: recipient.to_owned(),
+            key_id: key_id.unwrap_or_default().to_owned(),
+        })
+}
+
 /// Exports into `out`, a directory that must not exist yet or be empty;
 /// on failure nothing is left there.
 pub async fn export(
@@ -83,17 +105,12 @@ pub async fn export(
     request: &Request,
     out: &Path,
 ) -> Result<Report, Error> {
+    // Dropped (on an error, or with this future when the caller goes
+    // away), the staging directory is removed.
     let staging = files::Staging::create(out)?;
-    match build(pool, pseudonymizer, request, staging.path()).await {
-        Ok(report) => {
-            staging.commit()?;
-            Ok(report)
-        }
-        Err(e) => {
-            staging.abandon();
-            Err(e)
-        }
-    }
+    let report = build(pool, pseudonymizer, request, staging.path()).await?;
+    staging.commit()?;
+    Ok(report)
 }
 
 /// Builds the export's files in `dir`.
@@ -130,7 +147,11 @@ async fn build(
     let keys: Vec<Uuid> = keys.into_iter().map(|(_, k)| k).collect();
 
     let (tx, rx) = tokio::sync::mpsc::channel::<read::Decoded>(1);
-    let folder = Folder::new(dir, request, pseudonymizer, as_of)?;
+    // The folder runs on a thread of its own: told when this future is
+    // dropped, it stops after the chunk in hand instead of running on.
+    let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+    let mut folder = Folder::new(dir, request, pseudonymizer, as_of)?;
+    folder.stopped = stop.0.clone();
     let folding = tokio::task::spawn_blocking(move || folder.run(rx));
     let mut read_error = None;
     for chunk in keys.chunks(CHUNK) {
@@ -188,8 +209,18 @@ async fn build(
     })
 }
 
+/// Sets its flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The fold and the writers, on a thread of their own.
 struct Folder {
+    stopped: Arc<AtomicBool>,
     dir: PathBuf,
     format: Format,
     request: Request,
@@ -218,6 +249,7 @@ impl Folder {
         as_of: Timestamp,
     ) -> Result<Self, Error> {
         Ok(Self {
+            stopped: Arc::new(AtomicBool::new(false)),
             dir: dir.to_owned(),
             format: request.format,
             request: request.clone(),
@@ -251,10 +283,13 @@ impl Folder {
             })
             .collect();
         let pseudonym = |id: Uuid| self.pseudonymizer.pseudonym(id);
-        let mut wide: BTreeMap<String, Vec<(Value, Vec<Wave>)>> = BTreeMap::new();
+        let mut wide = wide::Spools::default();
         let mut used: BTreeSet<(String, u32)> = BTreeSet::new();
         let (mut participants, mut events) = (0u64, 0u64);
         while let Some(chunk) = rx.blocking_recv() {
+            if self.stopped.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
             for p in chunk.protocols {
                 protocols.insert(p);
             }
@@ -299,9 +334,7 @@ impl Folder {
                     }
                 }
                 for (instrument, waves) in rows.wide {
-                    wide.entry(instrument)
-                        .or_default()
-                        .push((Value::Uuid(pseudonym(*key)), waves));
+                    wide.push(&self.dir, &instrument, pseudonym(*key), &waves)?;
                 }
             }
         }
@@ -310,33 +343,8 @@ impl Folder {
         for (schema, sink) in long.iter().zip(sinks) {
             files.push((self.file(schema), sink.finish()?));
         }
-        for (instrument, rows) in wide {
-            let waves = rows.iter().map(|(_, w)| w.len()).max().unwrap_or(0);
-            let subscales: BTreeSet<String> = rows
-                .iter()
-                .flat_map(|(_, w)| w.iter().flat_map(|w| w.subscales.keys().cloned()))
-                .collect();
-            let schema = datasets::wide(&instrument, waves, &subscales);
-            let name = self.file(&schema);
-            let mut sink = self.format.sink(&schema, &self.dir.join(&name))?;
-            for (participant, ws) in rows {
-                let mut row = vec![participant];
-                for i in 0..waves {
-                    match ws.get(i) {
-                        Some(w) => {
-                            row.push(w.administered_at.clone());
-                            row.push(w.day.clone());
-                            row.push(Value::Decimal(w.total));
-                            for s in &subscales {
-                                row.push(Value::opt(w.subscales.get(s).copied(), Value::Decimal));
-                            }
-                        }
-                        None => row.extend((0..3 + subscales.len()).map(|_| Value::Null)),
-                    }
-                }
-                sink.push(row)?;
-            }
-            files.push((name, sink.finish()?));
+        for (schema, name, rows) in wide.finish(&self.dir, self.format)? {
+            files.push((name, rows));
             schemas.push(schema);
         }
         Ok(Folded {

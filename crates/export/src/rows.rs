@@ -136,10 +136,12 @@ impl Context<'_> {
     fn in_zone(&self, at: Timestamp, zone: &Zone) -> Value {
         self.instant(at, zoned(zone, at).offset().seconds())
     }
+}
 
-    fn changed(&self, position: u64) -> bool {
-        position > self.since
-    }
+/// Whether a participant's rows are exported: they share for research, or
+/// were erased while they did (their numbers stay).
+fn in_export(p: &Participant, shared_when_erased: bool) -> bool {
+    p.consent.grants(Purpose::ResearchSharing) || (p.erased.is_some() && shared_when_erased)
 }
 
 /// The participant's current enrollment: the latest (as the arc takes it).
@@ -207,8 +209,20 @@ pub fn rows(history: &History, ctx: &Context<'_>) -> Option<Rows> {
     // Anything that moves days or statuses of a whole enrollment.
     let mut timing_pos = 0;
     let mut occurrence_pos: HashMap<Uuid, u64> = HashMap::new();
+    // Links made or withdrawn by the scheduler change a practice row.
+    let mut linked_pos: HashMap<Uuid, u64> = HashMap::new();
+    // Whether they shared as the log stood at `since`: someone who began
+    // sharing after it gets every row, none of which an earlier export
+    // could hold.
+    let mut shared_at_since = false;
     for (pos, e) in &history.participant {
         use enrollment::Event as E;
+        if *pos <= ctx.since {
+            shared_at_since = match e {
+                E::Erased(_) => false,
+                _ => shared_at_since,
+            };
+        }
         match e {
             E::Erased(_) => {
                 if p.erased.is_none() {
@@ -220,23 +234,31 @@ pub fn rows(history: &History, ctx: &Context<'_>) -> Option<Rows> {
             }
             E::Completed(x) => {
                 occurrence_pos.insert(x.occurrence_id, *pos);
+                if let Some(entry) = x.entry_id {
+                    linked_pos.insert(entry, *pos);
+                }
             }
             E::Missed(x) => {
                 occurrence_pos.insert(x.occurrence_id, *pos);
             }
             E::CompletionWithdrawn(x) => {
                 occurrence_pos.insert(x.occurrence_id, *pos);
+                linked_pos.insert(x.entry_id, *pos);
             }
             E::ConsentRecorded(_) | E::ConsentWithdrawn(_) => {}
             _ => timing_pos = *pos,
         }
         p = enrollment::evolve(p, e);
+        if *pos <= ctx.since {
+            shared_at_since = in_export(&p, shared_when_erased);
+        }
     }
-    let shares =
-        p.consent.grants(Purpose::ResearchSharing) || (p.erased.is_some() && shared_when_erased);
+    let shares = in_export(&p, shared_when_erased);
     if !shares {
         return None;
     }
+    let since = if shared_at_since { ctx.since } else { 0 };
+    let changed = |position: u64| position > since;
     let mut out = Rows::default();
     let me = ctx.id(history.key);
     let current = current(&p);
@@ -317,7 +339,7 @@ pub fn rows(history: &History, ctx: &Context<'_>) -> Option<Rows> {
                 .copied()
                 .unwrap_or(0)
                 .max(timing_pos);
-            if !ctx.changed(pos) {
+            if !changed(pos) {
                 continue;
             }
             let status = match o.status {
@@ -394,8 +416,9 @@ pub fn rows(history: &History, ctx: &Context<'_>) -> Option<Rows> {
             .get(&entry.entry_id)
             .copied()
             .unwrap_or(0)
+            .max(linked_pos.get(&entry.entry_id).copied().unwrap_or(0))
             .max(timing_pos);
-        if !ctx.changed(pos) {
+        if !changed(pos) {
             continue;
         }
         let c = &entry.current;
@@ -410,13 +433,7 @@ pub fn rows(history: &History, ctx: &Context<'_>) -> Option<Rows> {
             Value::opt(day, int),
             Value::opt(day.map(arc_week), int),
             int(c.minutes),
-            Value::opt(
-                completed_by
-                    .get(&entry.entry_id)
-                    .copied()
-                    .or(c.occurrence_id),
-                |o| ctx.id(o),
-            ),
+            Value::opt(completed_by.get(&entry.entry_id).copied(), |o| ctx.id(o)),
             Value::Boolean(entry.revision > 1),
             Value::Boolean(retracted),
         ]);
@@ -427,12 +444,17 @@ pub fn rows(history: &History, ctx: &Context<'_>) -> Option<Rows> {
     let mut instrument_pos: HashMap<String, u64> = HashMap::new();
     for (pos, e) in &history.assessment {
         record = assessment::evolve(record, e);
+        use assessment::Event as A;
         let instrument = match e {
-            assessment::Event::BaselineDesignated(x) => Some(x.instrument_id.clone()),
-            other => other
-                .id()
-                .and_then(|id| record.assessments.get(&id))
+            A::BaselineDesignated(x) => Some(x.instrument_id.clone()),
+            A::Submitted(x) => Some(x.instrument_id.clone()),
+            // A scoring (first or rescored) or a safety signal changes
+            // its administration's rows.
+            A::Scored(x) => record
+                .assessments
+                .get(&x.assessment_id)
                 .map(|a| a.instrument_id.clone()),
+            A::SafetySignal(x) => Some(x.instrument_id.clone()),
         };
         if let Some(i) = instrument {
             instrument_pos.insert(i, *pos);
@@ -450,7 +472,7 @@ pub fn rows(history: &History, ctx: &Context<'_>) -> Option<Rows> {
             .copied()
             .unwrap_or(0)
             .max(timing_pos);
-        let changed = ctx.changed(pos);
+        let instrument_changed = changed(pos);
         let baseline = record.baseline(instrument_id, arc_start);
         let mut waves: Vec<Wave> = Vec::new();
         let mut after_baseline = false;
@@ -484,7 +506,7 @@ pub fn rows(history: &History, ctx: &Context<'_>) -> Option<Rows> {
                         .collect(),
                 });
             }
-            if !changed {
+            if !instrument_changed {
                 continue;
             }
             let row = |scale: &str,
@@ -549,7 +571,7 @@ pub fn rows(history: &History, ctx: &Context<'_>) -> Option<Rows> {
                 ));
             }
         }
-        if changed && !waves.is_empty() {
+        if instrument_changed && !waves.is_empty() {
             out.wide.insert(instrument_id.to_owned(), waves);
         }
     }
@@ -585,7 +607,7 @@ pub fn rows(history: &History, ctx: &Context<'_>) -> Option<Rows> {
     let mut flags: Vec<(Uuid, Flag)> = flags.into_iter().collect();
     flags.sort_by_key(|(id, f)| (f.raised_at, *id));
     for (id, f) in flags {
-        if !ctx.changed(f.pos.max(timing_pos)) {
+        if !changed(f.pos.max(timing_pos)) {
             continue;
         }
         out.flags.push(vec![

@@ -310,7 +310,8 @@ fn the_output_directory_is_new_or_empty_and_never_half_written() {
     ));
     // Abandoned: nothing left beside it.
     let staging = crate::files::Staging::create(&work.path().join("other")).unwrap();
-    staging.abandon();
+    std::fs::write(staging.path().join("half.csv"), "x").unwrap();
+    drop(staging);
     let names: BTreeSet<String> = std::fs::read_dir(work.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -348,4 +349,53 @@ fn docs_describe_every_dataset_and_column() {
             "{heading}: rows for columns that do not exist"
         );
     }
+}
+
+#[test]
+fn someone_who_began_sharing_after_the_position_comes_with_every_row() {
+    let (mut h, protocols) = history(false);
+    let later = now() - SignedDuration::from_hours(1);
+    h.participant.push((
+        1000,
+        enrollment::Event::ConsentRecorded(ConsentRecorded {
+            consent_id: Uuid::from_u128(3),
+            document_id: "study".into(),
+            document_version: 1,
+            purposes: BTreeSet::from([Purpose::ResearchSharing]),
+            given_at: later,
+            method: Method::Paper,
+            evidence_sha256: "cd".repeat(32),
+            recorded_at: later,
+        }),
+    ));
+    let rows = export(&h, &protocols, false, 500, false).unwrap();
+    assert_eq!(rows.occurrences.len(), 1);
+    assert_eq!(rows.practice.len(), 2, "the retracted one too, marked");
+}
+
+#[test]
+fn a_link_made_after_the_position_brings_the_entry_back_with_its_occurrence() {
+    let (mut h, protocols) = history(true);
+    let (enrollment_id, occurrence_id) = match &h.participant.last().unwrap().1 {
+        enrollment::Event::Due(d) => (d.enrollment_id, d.occurrence_id),
+        other => panic!("{other:?}"),
+    };
+    h.participant.push((
+        900,
+        enrollment::Event::Completed(enrollment::OccurrenceCompleted {
+            enrollment_id,
+            occurrence_id,
+            completed_at: now() - SignedDuration::from_hours(30),
+            entry_id: Some(Uuid::from_u128(10)),
+            entry_revision: Some(1),
+        }),
+    ));
+    let rows = export(&h, &protocols, false, 500, false).unwrap();
+    let entry = rows
+        .practice
+        .iter()
+        .find(|r| r[1] == Value::Uuid(pseudonym(Uuid::from_u128(10))))
+        .expect("the linked entry is a changed row");
+    assert_eq!(entry[9], Value::Uuid(pseudonym(occurrence_id)));
+    assert_eq!(rows.occurrences.len(), 1);
 }

@@ -200,10 +200,12 @@ pub(crate) async fn demo(options: DemoOptions) -> Result<()> {
 
 pub(crate) async fn export(options: ExportOptions) -> Result<()> {
     let recipients = crate::keys::recipients(&options.keys)?;
-    let Some(pseudonymizer) = recipients.pseudonymizer(&options.tenant, &options.recipient, None)
-    else {
-        return Err(tend_export::Error::UnknownRecipient(options.recipient).into());
-    };
+    let pseudonymizer = tend_export::pseudonymizer(
+        &recipients,
+        &options.tenant,
+        &options.recipient,
+        options.key_id.as_deref(),
+    )?;
     let request = tend_export::Request {
         tenant: TenantId::new(&options.tenant)?.as_str().to_owned(),
         format: match options.format.as_str() {
@@ -226,7 +228,14 @@ pub(crate) async fn export(options: ExportOptions) -> Result<()> {
     };
     let database = Database::open(&options.database).await?;
     let started = std::time::Instant::now();
-    let exported = tend_export::export(&database.pool, pseudonymizer, &request, &options.out).await;
+    // Stopped by a signal, the export is dropped, and with it the files it
+    // had begun: nothing is left beside --out.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let exported = tokio::select! {
+        r = tend_export::export(&database.pool, pseudonymizer, &request, &options.out) => r,
+        _ = tokio::signal::ctrl_c() => Err(tend_export::Error::Cancelled),
+        _ = terminate.recv() => Err(tend_export::Error::Cancelled),
+    };
     database.close().await?;
     let report = exported?;
     let elapsed = started.elapsed().as_secs_f64();

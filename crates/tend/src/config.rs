@@ -63,6 +63,11 @@ pub(crate) struct ExportOptions {
     #[arg(long)]
     pub recipient: String,
 
+    /// The recipient key to make pseudonyms with (default: the current
+    /// one): an earlier export's, to keep joining it after a rotation.
+    #[arg(long)]
+    pub key_id: Option<String>,
+
     /// `csv` (RFC 4180, with codebook.json and codebook.csv) or `parquet`
     /// (typed columns, with the same codebook).
     #[arg(long, default_value = "csv", value_parser = ["csv", "parquet"])]

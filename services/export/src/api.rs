@@ -154,10 +154,10 @@ impl ExportService for ExportApi {
         if r.since_position != 0 && r.at_position != 0 && r.since_position >= r.at_position {
             return Err(invalid("since_position", "must be below at_position").into());
         }
-        let pseudonymizer = self
-            .recipients
-            .pseudonymizer(tenant.as_str(), &r.recipient_id, None)
-            .ok_or_else(|| Error::from(tend_export::Error::UnknownRecipient(r.recipient_id)))?;
+        let key_id = (!r.pseudonym_key_id.is_empty()).then_some(r.pseudonym_key_id.as_str());
+        let pseudonymizer =
+            tend_export::pseudonymizer(&self.recipients, tenant.as_str(), &r.recipient_id, key_id)
+                .map_err(Error::from)?;
         let request = tend_export::Request {
             tenant: tenant.as_str().to_owned(),
             format,

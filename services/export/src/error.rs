@@ -21,6 +21,8 @@ impl From<Error> for Status {
             Error::Export(E::UnknownRecipient(r)) => Status::not_found(format!(
                 "recipient `{r}`: the tenant has no such recipient (ListRecipients)"
             )),
+            Error::Export(e @ E::UnknownKey { .. }) => Status::not_found(e.to_string()),
+            Error::Export(E::Cancelled) => Status::cancelled("the export was stopped"),
             Error::Export(e @ E::BeyondHead { .. }) => {
                 status::bad_request("at_position", &e.to_string())
             }
