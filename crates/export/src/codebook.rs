@@ -2,7 +2,6 @@
 //! unit and allowed values, how scores were made and from which sources,
 //! and what the export is (position, recipient, options, files).
 
-use std::io::Read;
 use std::path::Path;
 
 use jiff::Timestamp;
@@ -105,34 +104,19 @@ fn column(c: &crate::table::Column, format: crate::Format) -> Json {
     })
 }
 
-fn digest(path: &Path) -> Result<(u64, String), Error> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut bytes = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        bytes += n as u64;
-    }
-    Ok((bytes, hex::encode(hasher.finalize())))
-}
-
+/// Writes one of the codebook's own files, whose digest is of the bytes
+/// in hand.
 fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<FileReport, Error> {
     let path = dir.join(name);
     std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
     std::fs::File::open(&path)
         .and_then(|f| f.sync_all())
         .map_err(|e| Error::io(&path, e))?;
-    let (bytes, sha256) = digest(&path)?;
     Ok(FileReport {
         file: name.to_owned(),
         rows: 0,
-        bytes,
-        sha256,
+        bytes: bytes.len() as u64,
+        sha256: hex::encode(Sha256::digest(bytes)),
     })
 }
 
@@ -142,28 +126,21 @@ pub(crate) fn write(
     dir: &Path,
     meta: &Meta<'_>,
     schemas: &[Schema],
-    files: &[(String, u64)],
+    files: &[FileReport],
     instruments: &[Instrument],
 ) -> Result<Vec<FileReport>, Error> {
-    let mut reports = Vec::new();
+    let mut reports = files.to_vec();
     let mut datasets = Vec::new();
-    for (schema, (file, rows)) in schemas.iter().zip(files.iter()) {
-        let (bytes, sha256) = digest(&dir.join(file))?;
+    for (schema, f) in schemas.iter().zip(files) {
         datasets.push(json!({
             "dataset": schema.name,
-            "file": file,
-            "rows": rows,
-            "bytes": bytes,
-            "sha256": sha256,
+            "file": f.file,
+            "rows": f.rows,
+            "bytes": f.bytes,
+            "sha256": f.sha256,
             "meaning": schema.meaning,
             "columns": schema.columns.iter().map(|c| column(c, meta.request.format)).collect::<Vec<_>>(),
         }));
-        reports.push(FileReport {
-            file: file.clone(),
-            rows: *rows,
-            bytes,
-            sha256,
-        });
     }
     let r = meta.request;
     let book = json!({

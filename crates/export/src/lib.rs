@@ -78,6 +78,17 @@ pub struct FileReport {
     pub sha256: String,
 }
 
+impl FileReport {
+    fn of(file: String, w: table::Written) -> Self {
+        Self {
+            file,
+            rows: w.rows,
+            bytes: w.bytes,
+            sha256: w.sha256,
+        }
+    }
+}
+
 /// The pseudonym function of one of the tenant's recipients, with its
 /// current key or a named one.
 pub fn pseudonymizer(
@@ -150,8 +161,7 @@ async fn build(
     // The folder runs on a thread of its own: told when this future is
     // dropped, it stops after the chunk in hand instead of running on.
     let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
-    let mut folder = Folder::new(dir, request, pseudonymizer, as_of)?;
-    folder.stopped = stop.0.clone();
+    let folder = Folder::new(dir, request, pseudonymizer, as_of, stop.0.clone());
     let folding = tokio::task::spawn_blocking(move || folder.run(rx));
     let mut read_error = None;
     for chunk in keys.chunks(CHUNK) {
@@ -222,7 +232,6 @@ impl Drop for StopOnDrop {
 struct Folder {
     stopped: Arc<AtomicBool>,
     dir: PathBuf,
-    format: Format,
     request: Request,
     pseudonymizer: Pseudonymizer,
     as_of: Timestamp,
@@ -231,8 +240,8 @@ struct Folder {
 /// What the folder wrote.
 pub(crate) struct Folded {
     schemas: Vec<Schema>,
-    /// File name and rows, in the schemas' order.
-    files: Vec<(String, u64)>,
+    /// Each data file, in the schemas' order.
+    files: Vec<FileReport>,
     participants: u64,
     events: u64,
     /// The instrument versions that scored what is exported.
@@ -247,26 +256,26 @@ impl Folder {
         request: &Request,
         pseudonymizer: Pseudonymizer,
         as_of: Timestamp,
-    ) -> Result<Self, Error> {
-        Ok(Self {
-            stopped: Arc::new(AtomicBool::new(false)),
+        stopped: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            stopped,
             dir: dir.to_owned(),
-            format: request.format,
             request: request.clone(),
             pseudonymizer,
             as_of,
-        })
+        }
     }
 
     fn file(&self, schema: &Schema) -> String {
-        format!("{}.{}", schema.name, self.format.extension())
+        format!("{}.{}", schema.name, self.request.format.extension())
     }
 
     fn run(self, mut rx: tokio::sync::mpsc::Receiver<read::Decoded>) -> Result<Folded, Error> {
         let long = datasets::long();
         let mut sinks: Vec<Box<dyn Sink>> = long
             .iter()
-            .map(|s| self.format.sink(s, &self.dir.join(self.file(s))))
+            .map(|s| self.request.format.sink(s, &self.dir.join(self.file(s))))
             .collect::<Result<_, _>>()?;
         let mut protocols = ProtocolSet::default();
         let mut instruments = InstrumentSet::default();
@@ -339,12 +348,12 @@ impl Folder {
             }
         }
         let mut schemas: Vec<Schema> = long.to_vec();
-        let mut files: Vec<(String, u64)> = Vec::new();
+        let mut files: Vec<FileReport> = Vec::new();
         for (schema, sink) in long.iter().zip(sinks) {
-            files.push((self.file(schema), sink.finish()?));
+            files.push(FileReport::of(self.file(schema), sink.finish()?));
         }
-        for (schema, name, rows) in wide.finish(&self.dir, self.format)? {
-            files.push((name, rows));
+        for (schema, name, written) in wide.finish(&self.dir, self.request.format)? {
+            files.push(FileReport::of(name, written));
             schemas.push(schema);
         }
         Ok(Folded {

@@ -32,7 +32,9 @@ pub(crate) struct Raw {
 /// protocol and instrument versions first needed by them.
 #[derive(Debug, Default)]
 pub(crate) struct Chunk {
-    pub participants: Vec<(Uuid, Vec<Raw>)>,
+    /// Each participant's events, with the category of the stream each
+    /// came from.
+    pub participants: Vec<(Uuid, Vec<(&'static str, Raw)>)>,
     pub protocols: Vec<Protocol>,
     pub instruments: Vec<Instrument>,
 }
@@ -140,22 +142,26 @@ impl Snapshot {
     /// The events of `keys`' four streams each, and the tenant's protocol
     /// and instrument versions they name that were not read before.
     pub(crate) async fn chunk(&mut self, keys: &[Uuid]) -> Result<Chunk, Error> {
-        let names: Vec<String> = keys
-            .iter()
-            .flat_map(|k| {
-                [
-                    streams::participant(*k),
-                    streams::practice(*k),
-                    streams::assessment(*k),
-                    streams::arc(*k),
-                ]
-            })
-            .map(|s| s.as_str().to_owned())
-            .collect();
+        // Whose stream, and which: known from what was asked for, so no
+        // stream name is parsed back.
+        let mut asked: HashMap<String, (usize, &'static str)> =
+            HashMap::with_capacity(4 * keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            for (category, stream) in [
+                (streams::PARTICIPANT, streams::participant(*k)),
+                (streams::PRACTICE, streams::practice(*k)),
+                (streams::ASSESSMENT, streams::assessment(*k)),
+                (streams::ARC, streams::arc(*k)),
+            ] {
+                asked.insert(stream.as_str().to_owned(), (i, category));
+            }
+        }
+        let names: Vec<String> = asked.keys().cloned().collect();
         let raw = self.events_of(&names).await?;
         let mut protocols = BTreeSet::new();
         let mut instruments = BTreeSet::new();
-        let mut by_key: HashMap<Uuid, Vec<Raw>> = HashMap::with_capacity(keys.len());
+        let mut participants: Vec<(Uuid, Vec<(&'static str, Raw)>)> =
+            keys.iter().map(|k| (*k, Vec::new())).collect();
         for e in raw {
             let field = match e.event_type.as_str() {
                 "ParticipantEnrolled" => Some(("protocol_id", &mut protocols)),
@@ -167,13 +173,9 @@ impl Snapshot {
             {
                 set.insert(id.to_owned());
             }
-            let Some(key) = key_of(&e.stream_id) else {
-                return Err(Error::Decode(format!(
-                    "event at position {} names no participant",
-                    e.position
-                )));
-            };
-            by_key.entry(key).or_default().push(e);
+            if let Some(&(i, category)) = asked.get(&e.stream_id) {
+                participants[i].1.push((category, e));
+            }
         }
         let protocols: Vec<String> = protocols
             .into_iter()
@@ -186,10 +188,7 @@ impl Snapshot {
             })
             .collect();
         Ok(Chunk {
-            participants: keys
-                .iter()
-                .map(|k| (*k, by_key.remove(k).unwrap_or_default()))
-                .collect(),
+            participants,
             protocols: self.protocols(&protocols).await?,
             instruments: self.instruments(&instruments).await?,
         })
@@ -248,11 +247,6 @@ impl Snapshot {
     }
 }
 
-fn key_of(stream_id: &str) -> Option<Uuid> {
-    let (_, key) = stream_id.split_once('-')?;
-    key.parse().ok()
-}
-
 fn decode<E: DomainEvent>(e: &Raw) -> Result<E, Error> {
     // The reason names the type and version only, never stored values.
     E::from_stored(&e.event_type, e.schema_version, &e.payload).map_err(|d| {
@@ -264,14 +258,13 @@ fn decode<E: DomainEvent>(e: &Raw) -> Result<E, Error> {
 }
 
 /// Decodes one participant's events into their history, by stream.
-fn history(key: Uuid, raw: &[Raw]) -> Result<History, Error> {
+fn history(key: Uuid, raw: &[(&'static str, Raw)]) -> Result<History, Error> {
     let mut h = History {
         key,
         ..Default::default()
     };
-    for e in raw {
-        let category = e.stream_id.split_once('-').map_or("", |(c, _)| c);
-        match category {
+    for (category, e) in raw {
+        match *category {
             streams::PARTICIPANT => h
                 .participant
                 .push((e.position, decode::<enrollment::Event>(e)?)),

@@ -125,7 +125,16 @@ pub type Row = Vec<Value>;
 /// Where a dataset's rows go: a CSV or Parquet file.
 pub trait Sink: Send {
     fn push(&mut self, row: Row) -> Result<(), crate::Error>;
-    /// Writes what is buffered and closes the file; answers the rows
-    /// written.
-    fn finish(self: Box<Self>) -> Result<u64, crate::Error>;
+    /// Writes what is buffered and closes the file; answers what it
+    /// wrote.
+    fn finish(self: Box<Self>) -> Result<Written, crate::Error>;
+}
+
+/// A finished file: its data rows, size and SHA-256 (lower-case hex),
+/// taken as it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub rows: u64,
+    pub bytes: u64,
+    pub sha256: String,
 }

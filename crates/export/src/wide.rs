@@ -14,7 +14,7 @@ use serde_json::{Value as Json, json};
 use uuid::Uuid;
 
 use crate::rows::Wave;
-use crate::table::{Schema, Value};
+use crate::table::{Schema, Value, Written};
 use crate::{Error, Format, datasets};
 
 struct Spool {
@@ -89,7 +89,7 @@ impl Spools {
         self,
         dir: &Path,
         format: Format,
-    ) -> Result<Vec<(Schema, String, u64)>, Error> {
+    ) -> Result<Vec<(Schema, String, Written)>, Error> {
         let mut out = Vec::new();
         for (instrument, spool) in self.by_instrument {
             let Spool {
@@ -108,9 +108,9 @@ impl Spools {
                 let json: Json = serde_json::from_str(&line).map_err(write_err)?;
                 sink.push(row(&json, waves, &subscales)?)?;
             }
-            let rows = sink.finish()?;
+            let written = sink.finish()?;
             std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-            out.push((schema, name, rows));
+            out.push((schema, name, written));
         }
         Ok(out)
     }

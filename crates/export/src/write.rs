@@ -19,8 +19,61 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
+use sha2::{Digest, Sha256};
+
 use crate::Error;
-use crate::table::{Row, Schema, Sink, Type, Value};
+use crate::table::{Row, Schema, Sink, Type, Value, Written};
+
+/// A file written through a SHA-256 and a byte count, so that the codebook
+/// has each file's digest without reading it back.
+pub(crate) struct Hashed {
+    file: File,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl Hashed {
+    pub(crate) fn create(path: &Path) -> Result<Self, Error> {
+        Ok(Self {
+            file: File::create(path).map_err(|e| Error::io(path, e))?,
+            hasher: Sha256::new(),
+            bytes: 0,
+        })
+    }
+
+    /// Syncs the file; answers its size and digest.
+    pub(crate) fn finish(self) -> Result<(u64, String), Error> {
+        self.file
+            .sync_all()
+            .map_err(|e| Error::Write(e.to_string()))?;
+        Ok((self.bytes, hex::encode(self.hasher.finalize())))
+    }
+}
+
+impl Write for Hashed {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+fn written(rows: u64, out: BufWriter<Hashed>) -> Result<Written, Error> {
+    let (bytes, sha256) = out
+        .into_inner()
+        .map_err(|e| Error::Write(e.error().to_string()))?
+        .finish()?;
+    Ok(Written {
+        rows,
+        bytes,
+        sha256,
+    })
+}
 
 /// The export's file formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,14 +154,14 @@ pub fn text(value: &Value) -> String {
 }
 
 struct CsvSink {
-    writer: csv::Writer<BufWriter<File>>,
+    writer: csv::Writer<BufWriter<Hashed>>,
     rows: u64,
     field: Vec<String>,
 }
 
 impl CsvSink {
     fn create(schema: &Schema, path: &Path) -> Result<Self, Error> {
-        let file = File::create(path).map_err(|e| Error::io(path, e))?;
+        let file = Hashed::create(path)?;
         let mut writer = csv::WriterBuilder::new()
             .terminator(csv::Terminator::CRLF)
             .quote_style(csv::QuoteStyle::Necessary)
@@ -135,15 +188,12 @@ impl Sink for CsvSink {
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<u64, Error> {
-        let file = self
+    fn finish(self: Box<Self>) -> Result<Written, Error> {
+        let out = self
             .writer
             .into_inner()
-            .map_err(|e| Error::Write(e.error().to_string()))?
-            .into_inner()
             .map_err(|e| Error::Write(e.error().to_string()))?;
-        file.sync_all().map_err(|e| Error::Write(e.to_string()))?;
-        Ok(self.rows)
+        written(self.rows, out)
     }
 }
 
@@ -183,7 +233,7 @@ struct ParquetSink {
     schema: Arc<arrow_schema::Schema>,
     columns: Vec<Type>,
     buffered: Vec<Row>,
-    writer: ArrowWriter<BufWriter<File>>,
+    writer: ArrowWriter<BufWriter<Hashed>>,
     rows: u64,
 }
 
@@ -195,7 +245,7 @@ impl ParquetSink {
             .map(|c| Field::new(&c.name, arrow_type(c.ty), c.nullable))
             .collect();
         let arrow = Arc::new(arrow_schema::Schema::new(fields));
-        let file = File::create(path).map_err(|e| Error::io(path, e))?;
+        let file = Hashed::create(path)?;
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(ROW_GROUP))
@@ -330,16 +380,12 @@ impl Sink for ParquetSink {
         Ok(())
     }
 
-    fn finish(mut self: Box<Self>) -> Result<u64, Error> {
+    fn finish(mut self: Box<Self>) -> Result<Written, Error> {
         self.flush_batch()?;
-        let mut out = self
+        let out = self
             .writer
             .into_inner()
             .map_err(|e| Error::Write(e.to_string()))?;
-        out.flush().map_err(|e| Error::Write(e.to_string()))?;
-        out.get_ref()
-            .sync_all()
-            .map_err(|e| Error::Write(e.to_string()))?;
-        Ok(self.rows)
+        written(self.rows, out)
     }
 }
