@@ -207,37 +207,55 @@ impl Authenticator {
     }
 }
 
+impl Authenticator {
+    /// The tenant of a bearer token presented on a connection with this
+    /// verified client certificate (if any): what every port checks, gRPC
+    /// and HTTP alike. The error is the reason, for the caller.
+    pub fn tenant(
+        &self,
+        token: &str,
+        certificate: Option<&[u8]>,
+    ) -> Result<TenantId, &'static str> {
+        let tenant = self
+            .tokens
+            .tenant_of(token)
+            .ok_or("the bearer token is not valid")?
+            .clone();
+        if !self.bindings.is_empty() && !self.bindings.allows(&tenant, certificate) {
+            return Err(
+                "this tenant's tokens are bound to its client certificates: call with one of them",
+            );
+        }
+        Ok(tenant)
+    }
+}
+
+/// The token of an `authorization: Bearer <token>` value.
+pub fn bearer(value: &str) -> Option<&str> {
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+}
+
 impl tonic::service::Interceptor for Authenticator {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let token = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+            .and_then(bearer)
             .ok_or_else(|| {
                 Status::unauthenticated(
                     "missing credentials: send `authorization: Bearer <token>` metadata",
                 )
             })?;
+        // The client certificate the TLS handshake verified, if any.
+        let certificates = request.peer_certs();
+        let leaf = certificates.as_ref().and_then(|c| c.first());
         let tenant = self
-            .tokens
-            .tenant_of(token)
-            .ok_or_else(|| Status::unauthenticated("the bearer token is not valid"))?
-            .clone();
-        if !self.bindings.is_empty() {
-            // The client certificate the TLS handshake verified, if any.
-            let certificates = request.peer_certs();
-            let leaf = certificates.as_ref().and_then(|c| c.first());
-            if !self.bindings.allows(&tenant, leaf.map(|c| c.as_ref())) {
-                return Err(Status::unauthenticated(
-                    "this tenant's tokens are bound to its client certificates: call with one of them",
-                ));
-            }
-        }
+            .tenant(token, leaf.map(|c| c.as_ref()))
+            .map_err(Status::unauthenticated)?;
         request.extensions_mut().insert(Caller { tenant });
         Ok(request)
     }

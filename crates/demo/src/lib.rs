@@ -11,9 +11,10 @@
 //! give the same cohort (event ids aside).
 //!
 //! Each participant first consents on the demo's consent document (defined
-//! once per tenant): to the protocol, notes and questionnaires, and nine in
-//! ten to research sharing too, so that exports and pseudonymous streams
-//! have people to show and people to leave out.
+//! once per tenant): to the protocol, notes and questionnaires, nine in ten
+//! to research sharing too, and (drawn apart) eight in ten to sharing with
+//! their clinicians, so that exports, pseudonymous streams and FHIR have
+//! people to show and people to leave out.
 
 use futures::StreamExt;
 use jiff::civil::{DateTime, Time};
@@ -75,6 +76,11 @@ const GRACE: SignedDuration = SignedDuration::from_hours(6);
 const DOCUMENT: &str = "demo-consent";
 /// Mixed into the seed of consent ids.
 const CONSENT_SEED: u64 = 0xc0_45e4_7000;
+/// Mixed into the draw of clinician sharing.
+const CLINICIAN_MIX: u64 = 0xc1_1e1c_1a00;
+/// The version of the demo's consent document participants sign (version
+/// 1, of earlier releases, had no clinician sharing).
+const DOCUMENT_VERSION: u32 = 2;
 
 /// splitmix64: small, fast, and good enough for a synthetic cohort.
 #[derive(Debug, Clone)]
@@ -185,8 +191,13 @@ impl Sim {
             Purpose::PracticeNotes,
             Purpose::Questionnaires,
         ]);
-        if Rng(consent_id.as_u64_pair().0 ^ consent_id.as_u64_pair().1).unit() < 0.9 {
+        let (a, b) = consent_id.as_u64_pair();
+        if Rng(a ^ b).unit() < 0.9 {
             purposes.insert(Purpose::ResearchSharing);
+        }
+        // Drawn apart again, so that who shares for research is as before.
+        if Rng(a ^ b ^ CLINICIAN_MIX).unit() < 0.8 {
+            purposes.insert(Purpose::ClinicianSharing);
         }
         let mut events = enrollment::decide(
             &Participant::default(),
@@ -548,7 +559,7 @@ async fn define_document(
     let event = DocumentEvent::Defined(document.clone());
     let id = Uuid::new_v5(
         &Uuid::NAMESPACE_OID,
-        format!("{}/{DOCUMENT}/1", options.tenant.as_str()).as_bytes(),
+        format!("{}/{DOCUMENT}/{DOCUMENT_VERSION}", options.tenant.as_str()).as_bytes(),
     );
     store
         .append(
@@ -565,12 +576,13 @@ async fn define_document(
 fn document(options: &Options) -> DocumentVersionDefined {
     DocumentVersionDefined {
         document_id: DOCUMENT.to_owned(),
-        version: 1,
+        version: DOCUMENT_VERSION,
         purposes: BTreeSet::from([
             Purpose::Protocol,
             Purpose::PracticeNotes,
             Purpose::Questionnaires,
             Purpose::ResearchSharing,
+            Purpose::ClinicianSharing,
         ]),
         // Before any demo participant enrolls (at most 112 days back).
         defined_at: tend_domain::time::shift(options.now, SignedDuration::from_hours(-24 * 200)),

@@ -84,6 +84,11 @@ pub fn migrator() -> Migrator {
             "webhook secrets and deliveries",
             include_str!("../../../migrations/0007_webhooks.sql"),
         ),
+        (
+            8,
+            "FHIR bulk exports",
+            include_str!("../../../migrations/0008_fhir.sql"),
+        ),
     ];
     Migrator::with_migrations(
         migrations

@@ -13,7 +13,7 @@ mod codebook;
 pub mod datasets;
 mod error;
 mod files;
-mod read;
+pub mod read;
 pub mod rows;
 pub mod table;
 mod wide;

@@ -20,7 +20,7 @@ use crate::rows::History;
 
 /// A stored event as read, not yet decoded.
 #[derive(Debug)]
-pub(crate) struct Raw {
+pub struct Raw {
     pub stream_id: String,
     pub position: u64,
     pub event_type: String,
@@ -31,7 +31,7 @@ pub(crate) struct Raw {
 /// One chunk of participants' events, in the export's order, with the
 /// protocol and instrument versions first needed by them.
 #[derive(Debug, Default)]
-pub(crate) struct Chunk {
+pub struct Chunk {
     /// Each participant's events, with the category of the stream each
     /// came from.
     pub participants: Vec<(Uuid, Vec<(&'static str, Raw)>)>,
@@ -41,14 +41,14 @@ pub(crate) struct Chunk {
 
 /// A chunk with its events decoded: far smaller than the JSON trees.
 #[derive(Debug, Default)]
-pub(crate) struct Decoded {
+pub struct Decoded {
     pub histories: Vec<History>,
     pub protocols: Vec<Protocol>,
     pub instruments: Vec<Instrument>,
 }
 
 impl Chunk {
-    pub(crate) fn decode(self) -> Result<Decoded, Error> {
+    pub fn decode(self) -> Result<Decoded, Error> {
         Ok(Decoded {
             histories: self
                 .participants
@@ -62,7 +62,7 @@ impl Chunk {
 }
 
 #[derive(Debug)]
-pub(crate) struct Snapshot {
+pub struct Snapshot {
     tx: Transaction<'static, Postgres>,
     tenant: String,
     pub position: u64,
@@ -73,7 +73,7 @@ pub(crate) struct Snapshot {
 
 impl Snapshot {
     /// Opens the snapshot and settles the position: `at` (0: the head).
-    pub(crate) async fn open(pool: &PgPool, tenant: &str, at: u64) -> Result<Self, Error> {
+    pub async fn open(pool: &PgPool, tenant: &str, at: u64) -> Result<Self, Error> {
         let mut tx = pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
@@ -105,7 +105,7 @@ impl Snapshot {
 
     /// The tenant's participants: every opaque id in the directory (each
     /// was registered before their first event).
-    pub(crate) async fn participants(&mut self) -> Result<Vec<Uuid>, Error> {
+    pub async fn participants(&mut self) -> Result<Vec<Uuid>, Error> {
         Ok(sqlx::query_scalar(
             "SELECT participant_id FROM participants WHERE tenant_id = $1 ORDER BY participant_id",
         )
@@ -141,7 +141,7 @@ impl Snapshot {
 
     /// The events of `keys`' four streams each, and the tenant's protocol
     /// and instrument versions they name that were not read before.
-    pub(crate) async fn chunk(&mut self, keys: &[Uuid]) -> Result<Chunk, Error> {
+    pub async fn chunk(&mut self, keys: &[Uuid]) -> Result<Chunk, Error> {
         // Whose stream, and which: known from what was asked for, so no
         // stream name is parsed back.
         let mut asked: HashMap<String, (usize, &'static str)> =
@@ -195,7 +195,18 @@ impl Snapshot {
     }
 
     /// Every published version of these protocols, as of the position.
-    async fn protocols(&mut self, ids: &[String]) -> Result<Vec<Protocol>, Error> {
+    pub async fn protocols(&mut self, ids: &[String]) -> Result<Vec<Protocol>, Error> {
+        Ok(self
+            .published(ids)
+            .await?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
+    }
+
+    /// Every published version of these protocols, as of the position, with
+    /// the position that published it.
+    pub async fn published(&mut self, ids: &[String]) -> Result<Vec<(Protocol, u64)>, Error> {
         let names: Vec<String> = ids
             .iter()
             .filter_map(|id| streams::protocol(id).ok())
@@ -205,10 +216,17 @@ impl Snapshot {
             return Ok(vec![]);
         }
         let mut histories: HashMap<String, protocol::History> = HashMap::new();
+        let mut published: HashMap<(String, u32), u64> = HashMap::new();
         for e in self.events_of(&names).await? {
             let event = decode::<protocol::Event>(&e)?;
             let h = histories.remove(&e.stream_id).unwrap_or_default();
-            histories.insert(e.stream_id, protocol::evolve(h, &event));
+            let h = protocol::evolve(h, &event);
+            for v in h.versions.iter().filter(|v| v.published_at.is_some()) {
+                published
+                    .entry((v.protocol.id.clone(), v.protocol.version))
+                    .or_insert(e.position);
+            }
+            histories.insert(e.stream_id, h);
         }
         let mut out = Vec::new();
         for h in histories.into_values() {
@@ -216,14 +234,31 @@ impl Snapshot {
                 h.versions
                     .iter()
                     .filter(|v| v.published_at.is_some())
-                    .map(|v| v.protocol.clone()),
+                    .map(|v| {
+                        let at = published
+                            .get(&(v.protocol.id.clone(), v.protocol.version))
+                            .copied()
+                            .unwrap_or(0);
+                        (v.protocol.clone(), at)
+                    }),
             );
         }
         Ok(out)
     }
 
     /// Every version of these instruments, as of the position.
-    async fn instruments(&mut self, ids: &[String]) -> Result<Vec<Instrument>, Error> {
+    pub async fn instruments(&mut self, ids: &[String]) -> Result<Vec<Instrument>, Error> {
+        Ok(self
+            .defined(ids)
+            .await?
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect())
+    }
+
+    /// Every version of these instruments, as of the position, with the
+    /// position that defined it.
+    pub async fn defined(&mut self, ids: &[String]) -> Result<Vec<(Instrument, u64)>, Error> {
         let names: Vec<String> = ids
             .iter()
             .filter_map(|id| streams::instrument(id).ok())
@@ -235,13 +270,61 @@ impl Snapshot {
         let mut out = Vec::new();
         for e in self.events_of(&names).await? {
             let InstrumentEvent::Defined(d) = decode::<InstrumentEvent>(&e)?;
-            out.push(d.instrument);
+            out.push((d.instrument, e.position));
         }
         Ok(out)
     }
 
+    /// The ids of the tenant's streams of one category (its protocols, its
+    /// instruments) as of the position.
+    pub async fn ids_in(&mut self, category: &str) -> Result<Vec<String>, Error> {
+        let streams: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT stream_id FROM events
+             WHERE tenant_id = $1 AND category = $2 AND stream_version = 0 AND position <= $3",
+        )
+        .bind(&self.tenant)
+        .bind(category)
+        .bind(self.position as i64)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let prefix = format!("{category}-");
+        Ok(streams
+            .into_iter()
+            .filter_map(|s| s.strip_prefix(&prefix).map(str::to_owned))
+            .collect())
+    }
+
+    /// Whether the tenant's directory holds this participant.
+    pub async fn has_participant(&mut self, id: Uuid) -> Result<bool, Error> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM participants WHERE tenant_id = $1 AND participant_id = $2)",
+        )
+        .bind(&self.tenant)
+        .bind(id)
+        .fetch_one(&mut *self.tx)
+        .await?)
+    }
+
+    /// The first position after which every event of the tenant's was
+    /// recorded after `instant`: an export `_since` an instant is one since
+    /// this position. Events are recorded when their transaction starts,
+    /// which is not always in position order, so this is the position
+    /// before the first one recorded after the instant.
+    pub async fn position_before(&mut self, instant: Timestamp) -> Result<u64, Error> {
+        let first: Option<i64> = sqlx::query_scalar(
+            "SELECT min(position) FROM events
+             WHERE tenant_id = $1 AND recorded_at > $2 AND position <= $3",
+        )
+        .bind(&self.tenant)
+        .bind(instants::to_chrono(instant))
+        .bind(self.position as i64)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        Ok(first.map_or(self.position, |p| (p as u64).saturating_sub(1)))
+    }
+
     /// Ends the snapshot (read only: nothing to keep).
-    pub(crate) async fn close(self) -> Result<(), Error> {
+    pub async fn close(self) -> Result<(), Error> {
         self.tx.rollback().await?;
         Ok(())
     }

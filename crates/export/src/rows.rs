@@ -38,7 +38,7 @@ impl History {
 }
 
 /// The tenant's instrument versions (the built-ins answer for themselves).
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct InstrumentSet {
     versions: BTreeMap<(String, u32), Instrument>,
 }
@@ -150,7 +150,7 @@ fn current(p: &Participant) -> Option<&Enrollment> {
 }
 
 /// The arc's view of an enrollment, for its phase and arc start.
-fn arc_enrollment(e: &Enrollment) -> ArcEnrollment {
+pub fn arc_enrollment(e: &Enrollment) -> ArcEnrollment {
     let r = e.current();
     ArcEnrollment {
         id: e.id,
@@ -190,12 +190,102 @@ fn time_of(at: Timestamp, offset_seconds: i32) -> Time {
         .unwrap_or(Time::midnight())
 }
 
-fn verdict(v: Verdict) -> &'static str {
+/// A reliable change verdict's name, as exports write it.
+pub fn verdict(v: Verdict) -> &'static str {
     match v {
         Verdict::ReliablyImproved => "reliably_improved",
         Verdict::NoReliableChange => "no_reliable_change",
         Verdict::ReliablyWorse => "reliably_worse",
     }
+}
+
+/// A participant's practice log up to a position, with the position that
+/// last touched each entry.
+#[derive(Debug, Default)]
+pub struct Practised {
+    pub log: practice::Log,
+    pub entry_pos: HashMap<Uuid, u64>,
+}
+
+/// Folds the practice stream's events up to `upto`.
+pub fn practised(history: &History, upto: u64) -> Practised {
+    let mut out = Practised::default();
+    for (pos, e) in history.practice.iter().filter(|(p, _)| *p <= upto) {
+        use practice::Event as E;
+        match e {
+            E::Logged(x) => {
+                out.entry_pos.insert(x.entry_id, *pos);
+            }
+            E::Corrected(x) => {
+                out.entry_pos.insert(x.entry_id, *pos);
+            }
+            E::Retracted(x) => {
+                out.entry_pos.insert(x.entry_id, *pos);
+            }
+            E::NotesErased(_) => {}
+        }
+        out.log = practice::evolve(std::mem::take(&mut out.log), e);
+    }
+    out
+}
+
+/// A participant's assessments up to a position, with the position that
+/// last touched each instrument's administrations (a new baseline or a
+/// rescoring changes every comparison with it) and each submission.
+#[derive(Debug, Default)]
+pub struct Assessed {
+    pub record: assessment::Record,
+    pub instrument_pos: HashMap<String, u64>,
+    pub submitted_pos: HashMap<Uuid, u64>,
+}
+
+impl Assessed {
+    /// The instruments administered, by id.
+    pub fn instruments(&self) -> BTreeSet<&str> {
+        self.record
+            .assessments
+            .values()
+            .map(|a| a.instrument_id.as_str())
+            .collect()
+    }
+
+    /// The last position that changed the administrations of
+    /// `instrument`, or `floor` if that is later.
+    pub fn changed(&self, instrument: &str, floor: u64) -> u64 {
+        self.instrument_pos
+            .get(instrument)
+            .copied()
+            .unwrap_or(0)
+            .max(floor)
+    }
+}
+
+/// Folds the assessment stream's events up to `upto`.
+pub fn assessed(history: &History, upto: u64) -> Assessed {
+    let mut out = Assessed::default();
+    for (pos, e) in history.assessment.iter().filter(|(p, _)| *p <= upto) {
+        out.record = assessment::evolve(std::mem::take(&mut out.record), e);
+        use assessment::Event as A;
+        let instrument = match e {
+            A::BaselineDesignated(x) => Some(x.instrument_id.clone()),
+            A::Submitted(x) => {
+                out.submitted_pos.insert(x.assessment_id, *pos);
+                Some(x.instrument_id.clone())
+            }
+            // A scoring (first or rescored) or a safety signal changes
+            // its administration's rows.
+            A::Scored(x) => out
+                .record
+                .assessments
+                .get(&x.assessment_id)
+                .map(|a| a.instrument_id.clone()),
+            A::SafetySignal(x) => Some(x.instrument_id.clone()),
+        };
+        if let Some(i) = instrument {
+            out.instrument_pos.insert(i, *pos);
+        }
+    }
+    out
 }
 
 /// Folds one participant's history into rows; `None` when they are not in
@@ -387,24 +477,7 @@ pub fn rows(history: &History, ctx: &Context<'_>) -> Option<Rows> {
     }
 
     // practice: entries as they stand.
-    let mut log = practice::Log::default();
-    let mut entry_pos: HashMap<Uuid, u64> = HashMap::new();
-    for (pos, e) in &history.practice {
-        use practice::Event as E;
-        match e {
-            E::Logged(x) => {
-                entry_pos.insert(x.entry_id, *pos);
-            }
-            E::Corrected(x) => {
-                entry_pos.insert(x.entry_id, *pos);
-            }
-            E::Retracted(x) => {
-                entry_pos.insert(x.entry_id, *pos);
-            }
-            E::NotesErased(_) => {}
-        }
-        log = practice::evolve(log, e);
-    }
+    let Practised { log, entry_pos } = practised(history, u64::MAX);
     let mut entries: Vec<&practice::Entry> = log.entries.values().collect();
     entries.sort_by_key(|e| (e.current.started_at, e.entry_id));
     for entry in entries {
@@ -440,39 +513,11 @@ pub fn rows(history: &History, ctx: &Context<'_>) -> Option<Rows> {
     }
 
     // assessments: each scored administration, total then subscales.
-    let mut record = assessment::Record::default();
-    let mut instrument_pos: HashMap<String, u64> = HashMap::new();
-    for (pos, e) in &history.assessment {
-        record = assessment::evolve(record, e);
-        use assessment::Event as A;
-        let instrument = match e {
-            A::BaselineDesignated(x) => Some(x.instrument_id.clone()),
-            A::Submitted(x) => Some(x.instrument_id.clone()),
-            // A scoring (first or rescored) or a safety signal changes
-            // its administration's rows.
-            A::Scored(x) => record
-                .assessments
-                .get(&x.assessment_id)
-                .map(|a| a.instrument_id.clone()),
-            A::SafetySignal(x) => Some(x.instrument_id.clone()),
-        };
-        if let Some(i) = instrument {
-            instrument_pos.insert(i, *pos);
-        }
-    }
+    let assessed = assessed(history, u64::MAX);
+    let record = &assessed.record;
     let arc_start = arc.as_ref().map(ArcEnrollment::arc_start);
-    let instruments: BTreeSet<&str> = record
-        .assessments
-        .values()
-        .map(|a| a.instrument_id.as_str())
-        .collect();
-    for instrument_id in instruments {
-        let pos = instrument_pos
-            .get(instrument_id)
-            .copied()
-            .unwrap_or(0)
-            .max(timing_pos);
-        let instrument_changed = changed(pos);
+    for instrument_id in assessed.instruments() {
+        let instrument_changed = changed(assessed.changed(instrument_id, timing_pos));
         let baseline = record.baseline(instrument_id, arc_start);
         let mut waves: Vec<Wave> = Vec::new();
         let mut after_baseline = false;

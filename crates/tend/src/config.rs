@@ -345,6 +345,32 @@ pub(crate) struct ServeOptions {
     #[arg(long, env = "TEND_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
 
+    /// Address for FHIR R4 over HTTP (Bulk Data $export and reads), under
+    /// `/fhir`; TLS like the gRPC port when TEND_TLS_CERT is set. Unset: no
+    /// FHIR endpoint.
+    #[arg(long, env = "TEND_FHIR_LISTEN")]
+    pub fhir_listen: Option<SocketAddr>,
+
+    /// The FHIR base URL links in answers use (behind a proxy). Unset: the
+    /// request's own host, under `/fhir`.
+    #[arg(long, env = "TEND_FHIR_BASE_URL")]
+    pub fhir_base_url: Option<String>,
+
+    /// FHIR exports this server builds at once.
+    #[arg(long, env = "TEND_FHIR_EXPORT_WORKERS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub fhir_export_workers: u16,
+
+    /// FHIR exports a tenant may have under way at once.
+    #[arg(long, env = "TEND_FHIR_EXPORTS_PER_TENANT", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub fhir_exports_per_tenant: u16,
+
+    /// Hours a finished FHIR export's files are kept.
+    #[arg(long, env = "TEND_FHIR_EXPORT_RETENTION_HOURS", default_value_t = 24,
+          value_parser = clap::value_parser!(u32).range(1..=720))]
+    pub fhir_export_retention_hours: u32,
+
     /// Partner tokens: `<tenant>=sha256:<hex>` entries, comma separated.
     /// Unset with the embedded database: a development token is issued.
     #[arg(long, env = "TEND_AUTH_TOKENS", hide_env_values = true)]

@@ -32,11 +32,20 @@ pub(crate) const DEV_TENANT: &str = "dev";
 pub(crate) const MASTER_KEYS_REQUIRED: &str = "TEND_MASTER_KEYS is required: participants' references and notes are sealed with \
      data keys that a master key wraps (make one with `tend keys new --id k1`)";
 
+/// The FHIR endpoint's settings.
+pub(crate) struct Fhir {
+    pub listen: SocketAddr,
+    pub base_url: Option<String>,
+    pub jobs: tend_fhir_service::Settings,
+}
+
 /// `tend serve`'s options, checked.
 pub(crate) struct Serve {
     pub listen: SocketAddr,
     /// Where plain-text health for probes listens, if anywhere.
     pub health_listen: Option<SocketAddr>,
+    /// FHIR over HTTP: where, and how its exports run; `None`: not served.
+    pub fhir: Option<Fhir>,
     pub migrate: bool,
     pub tokens: Tokens,
     /// Tenants whose tokens work only with a client certificate of theirs.
@@ -149,9 +158,30 @@ impl ServeOptions {
         if master_keys.is_none() && self.database.database_url.is_some() {
             return Err(MASTER_KEYS_REQUIRED.into());
         }
+        if let Some(base) = &self.fhir_base_url {
+            let ok = url::Url::parse(base)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                return Err(format!(
+                    "TEND_FHIR_BASE_URL `{base}` is not an http(s) URL such as https://tend.example.org/fhir"
+                )
+                .into());
+            }
+        }
+        let fhir = self.fhir_listen.map(|listen| Fhir {
+            listen,
+            base_url: self.fhir_base_url.clone(),
+            jobs: tend_fhir_service::Settings {
+                workers: usize::from(self.fhir_export_workers),
+                per_tenant: i64::from(self.fhir_exports_per_tenant),
+                retention: Duration::from_secs(u64::from(self.fhir_export_retention_hours) * 3600),
+                ..Default::default()
+            },
+        });
         Ok(Serve {
             listen: self.listen,
             health_listen: self.health_listen,
+            fhir,
             migrate: self.migrate,
             tokens,
             dev_token,

@@ -202,7 +202,7 @@ async fn run(
     );
     let exports = InterceptedService::new(
         ExportApi::new(database.pool.clone(), options.recipients.clone()).into_server(),
-        auth,
+        auth.clone(),
     );
     let deliverer = match options.webhooks {
         None => None,
@@ -287,21 +287,48 @@ async fn run(
             }
         )
     });
+    // The TLS configuration as it is now, reloaded when its files change:
+    // for the gRPC port and the FHIR port alike.
+    let tls_config = options.tls.map(|(files, loaded)| {
+        let (publish, current) = tokio::sync::watch::channel(loaded.config.clone());
+        tokio::spawn(tls::reload(files, loaded, publish, shutdown.clone()));
+        current
+    });
+    let fhir_endpoint = match options.fhir {
+        None => None,
+        Some(fhir) => {
+            let listener = TcpListener::bind(fhir.listen).await.map_err(|e| {
+                format!(
+                    "cannot serve FHIR on {} (TEND_FHIR_LISTEN): {e}",
+                    fhir.listen
+                )
+            })?;
+            let addr = listener.local_addr()?;
+            let jobs =
+                tend_fhir_service::Jobs::new(database.pool.clone(), directory.clone(), fhir.jobs);
+            tokio::spawn(jobs.clone().run(shutdown.clone()));
+            let endpoint = Arc::new(tend_fhir_service::Fhir::new(jobs, auth, fhir.base_url));
+            tokio::spawn(serve_fhir(
+                listener,
+                endpoint,
+                tls_config.clone(),
+                shutdown.clone(),
+            ));
+            tracing::info!(%addr, "serving FHIR at /fhir");
+            Some(addr)
+        }
+    };
     let server: std::pin::Pin<
         Box<dyn Future<Output = std::result::Result<(), tonic::transport::Error>> + Send>,
-    > = match options.tls {
+    > = match tls_config {
         None => Box::pin(router.serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             stopped,
         )),
-        Some((files, loaded)) => {
-            let (publish, current) = tokio::sync::watch::channel(loaded.config.clone());
-            tokio::spawn(tls::reload(files, loaded, publish, shutdown.clone()));
-            Box::pin(router.serve_with_incoming_shutdown(
-                tls::incoming(listener, current, shutdown.clone()),
-                stopped,
-            ))
-        }
+        Some(current) => Box::pin(router.serve_with_incoming_shutdown(
+            tls::incoming(listener, current, false, shutdown.clone()),
+            stopped,
+        )),
     };
     if tls_line.is_none() && database.embedded.is_none() {
         tracing::warn!(
@@ -310,11 +337,14 @@ async fn run(
     }
     tracing::info!(%addr, "serving gRPC");
     print_banner(
-        addr,
-        health_endpoint,
+        Endpoints {
+            grpc: addr,
+            health: health_endpoint,
+            fhir: fhir_endpoint.map(|a| (a, tls_line.is_some())),
+            metrics: metrics_endpoint,
+        },
         tls_line.as_deref(),
         options.webhook_development,
-        metrics_endpoint,
         database,
         options.dev_token.as_deref(),
     );
@@ -360,6 +390,59 @@ async fn run(
     Ok(())
 }
 
+/// Accepts FHIR connections until `shutdown`, each served on a task of its
+/// own; over TLS when the gRPC port has it (HTTP/1.1 only).
+async fn serve_fhir(
+    listener: TcpListener,
+    endpoint: Arc<tend_fhir_service::Fhir>,
+    tls_config: Option<tokio::sync::watch::Receiver<Arc<rustls::ServerConfig>>>,
+    shutdown: CancellationToken,
+) {
+    use tend_fhir_service::Connection;
+    use tokio_stream::StreamExt;
+    match tls_config {
+        None => loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((tcp, _)) => {
+                    let _ = tcp.set_nodelay(true);
+                    tokio::spawn(endpoint.clone().serve_connection(
+                        tcp,
+                        Connection::default(),
+                        shutdown.clone(),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a FHIR connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        },
+        Some(current) => {
+            let mut incoming = tls::incoming(listener, current, true, shutdown.clone());
+            while let Some(Ok(tls)) = incoming.next().await {
+                let certificate = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| c.as_ref().to_vec());
+                tokio::spawn(endpoint.clone().serve_connection(
+                    tls,
+                    Connection {
+                        tls: true,
+                        certificate,
+                    },
+                    shutdown.clone(),
+                ));
+            }
+        }
+    }
+}
+
 /// Sets every entry of `HEALTH` to `status`.
 pub(crate) async fn set_health(health: &HealthReporter, status: ServingStatus) {
     for service in HEALTH {
@@ -391,15 +474,28 @@ async fn serve_metrics(
     Ok(Some(addr))
 }
 
-fn print_banner(
-    addr: SocketAddr,
+/// Where the server listens.
+struct Endpoints {
+    grpc: SocketAddr,
     health: Option<SocketAddr>,
+    /// With whether it speaks TLS.
+    fhir: Option<(SocketAddr, bool)>,
+    metrics: Option<SocketAddr>,
+}
+
+fn print_banner(
+    endpoints: Endpoints,
     tls: Option<&str>,
     webhook_development: bool,
-    metrics: Option<SocketAddr>,
     database: &Database,
     dev_token: Option<&str>,
 ) {
+    let Endpoints {
+        grpc: addr,
+        health,
+        fhir,
+        metrics,
+    } = endpoints;
     println!("Tend is serving gRPC on {addr}");
     match tls {
         Some(tls) => println!("  {tls}"),
@@ -413,6 +509,10 @@ fn print_banner(
     }
     if let Some(health) = health {
         println!("  health for probes (plain gRPC): {health}");
+    }
+    if let Some((fhir, tls)) = fhir {
+        let scheme = if tls { "https" } else { "http" };
+        println!("  FHIR R4: {scheme}://{fhir}/fhir (Bulk Data $export, reads)");
     }
     if webhook_development {
         println!(

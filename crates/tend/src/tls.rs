@@ -201,6 +201,7 @@ pub(crate) async fn reload(
 pub(crate) fn incoming(
     listener: TcpListener,
     config: watch::Receiver<Arc<ServerConfig>>,
+    http1_only: bool,
     shutdown: CancellationToken,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<TlsStream<TcpStream>>> {
     let (tx, rx) = mpsc::channel(64);
@@ -220,7 +221,16 @@ pub(crate) fn incoming(
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = tokio_rustls::TlsAcceptor::from(config.borrow().clone());
+            let current = config.borrow().clone();
+            let acceptor = tokio_rustls::TlsAcceptor::from(if http1_only {
+                // The FHIR port speaks HTTP/1.1 only: offering h2 would
+                // let a client choose what it cannot get.
+                let mut only = (*current).clone();
+                only.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Arc::new(only)
+            } else {
+                current
+            });
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
