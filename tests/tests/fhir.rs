@@ -799,7 +799,14 @@ async fn an_export_survives_its_server_being_killed_and_one_that_cannot_finish_i
 
     // Another server on the database takes it over (the first one's lock
     // went with its connection) and answers for it.
-    let server = serve(&db.url);
+    let server = TendProcess::start(&[
+        ("TEND_DATABASE_URL", &db.url),
+        ("TEND_AUTH_TOKENS", &tokens()),
+        ("TEND_FHIR_LISTEN", "127.0.0.1:0"),
+        ("OTEL_METRICS_EXPORTER", "prometheus"),
+        ("OTEL_EXPORTER_PROMETHEUS_HOST", "127.0.0.1"),
+        ("OTEL_EXPORTER_PROMETHEUS_PORT", "0"),
+    ]);
     let base = fhir_base(&server);
     let mut bulk = Bulk::new(&base, TOKEN);
     let manifest = bulk.wait(&format!("{base}/{path}")).await;
@@ -832,4 +839,33 @@ async fn an_export_survives_its_server_being_killed_and_one_that_cannot_finish_i
         assert!(text.contains("started 3 times"), "{text}");
         break;
     }
+
+    // Operators see both on the metrics: finished and failed exports, and
+    // requests by route (never by id).
+    let metrics = tend_tests::scrape(&tend_tests::metrics_addr(&server));
+    let value = |series: &str, label: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series) && l.contains(label))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} with {label} in:\n{metrics}"))
+    };
+    assert!(value("tend_fhir_exports_total", "tend_outcome=\"ok\"") >= 1.0);
+    assert_eq!(
+        value("tend_fhir_exports_total", "tend_outcome=\"error\""),
+        1.0
+    );
+    assert!(value("tend_fhir_export_resources_total", "") > 200.0);
+    assert!(value("tend_fhir_export_duration_seconds_count", "") >= 2.0);
+    assert!(
+        value(
+            "tend_fhir_request_duration_seconds_count",
+            "http_route=\"export-status\""
+        ) >= 2.0
+    );
+    assert!(
+        !metrics.contains(&id.to_string()),
+        "an export id in the metrics"
+    );
 }

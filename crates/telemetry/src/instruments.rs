@@ -47,6 +47,14 @@ pub struct Instruments {
     pub webhook_position: Gauge<u64>,
     /// 1 while an endpoint's current delivery fails and is being retried.
     pub webhook_failing: Gauge<u64>,
+    /// FHIR HTTP requests served, by route and status code.
+    pub fhir_request_duration: Histogram<f64>,
+    /// FHIR exports this server finished, by outcome.
+    pub fhir_exports: Counter<u64>,
+    /// One FHIR export's build, from its claim to its last file.
+    pub fhir_export_duration: Histogram<f64>,
+    /// Resources written by FHIR exports on this server.
+    pub fhir_export_resources: Counter<u64>,
 }
 
 /// How an operation ended, as a low-cardinality attribute.
@@ -183,6 +191,24 @@ impl Instruments {
             webhook_failing: meter
                 .u64_gauge("tend.webhook.failing")
                 .with_description("1 while an endpoint's current delivery is failing and retried")
+                .build(),
+            fhir_request_duration: seconds(
+                "tend.fhir.request.duration",
+                "Duration of FHIR HTTP requests served, by route and status code",
+            ),
+            fhir_exports: meter
+                .u64_counter("tend.fhir.exports")
+                .with_unit("{export}")
+                .with_description("FHIR exports this server finished, by outcome")
+                .build(),
+            fhir_export_duration: seconds(
+                "tend.fhir.export.duration",
+                "Duration of one FHIR export's build, from its claim to its last file",
+            ),
+            fhir_export_resources: meter
+                .u64_counter("tend.fhir.export.resources")
+                .with_unit("{resource}")
+                .with_description("Resources written by FHIR exports on this server")
                 .build(),
         }
     }

@@ -34,10 +34,23 @@ impl Fhir {
         request: Request<Incoming>,
         connection: &Connection,
     ) -> Response<Body> {
-        match self.route(request, connection).await {
+        let started = std::time::Instant::now();
+        let route = route_name(request.uri().path());
+        let response = match self.route(request, connection).await {
             Ok(r) => r,
             Err(p) => p.response(),
-        }
+        };
+        tend_telemetry::instruments().fhir_request_duration.record(
+            started.elapsed().as_secs_f64(),
+            &[
+                opentelemetry::KeyValue::new("http.route", route),
+                opentelemetry::KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(response.status().as_u16()),
+                ),
+            ],
+        );
+        response
     }
 
     async fn route(
@@ -426,6 +439,20 @@ impl Fhir {
     }
 }
 
+/// A request's route, as a low-cardinality attribute (never an id).
+fn route_name(path: &str) -> &'static str {
+    let rest = path.strip_prefix(BASE_PATH).unwrap_or(path);
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    match segments.as_slice() {
+        ["metadata"] => "metadata",
+        [.., last] if last.ends_with("$export") || last.ends_with("%24export") => "export",
+        [status, ..] if status.contains("export-status") => "export-status",
+        [file, ..] if file.contains("export-file") => "export-file",
+        [kind, _] if Kind::parse(kind).is_some() => "read",
+        _ => "other",
+    }
+}
+
 fn no_export() -> Problem {
     Problem::not_found("no such export (deleted, or never kicked off by this tenant)")
 }
@@ -570,6 +597,18 @@ mod tests {
         assert_eq!(s, "2026-03-01T09:30:00.123456Z");
         let back = parse_instant(&s).unwrap();
         assert_eq!(tend_service_kit::instants::to_chrono(back), t);
+    }
+
+    #[test]
+    fn routes_are_named_without_ids() {
+        assert_eq!(route_name("/fhir/metadata"), "metadata");
+        assert_eq!(route_name("/fhir/$export"), "export");
+        assert_eq!(route_name("/fhir/Group/arc/$export"), "export");
+        assert_eq!(route_name("/fhir/$export-status/abc"), "export-status");
+        assert_eq!(route_name("/fhir/$export-file/abc/1.ndjson"), "export-file");
+        assert_eq!(route_name("/fhir/Task/abc.def"), "read");
+        assert_eq!(route_name("/fhir/Nope/abc"), "other");
+        assert_eq!(route_name("/elsewhere"), "other");
     }
 
     #[test]

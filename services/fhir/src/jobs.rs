@@ -428,6 +428,7 @@ impl Jobs {
                 .fetch_one(&mut *connection)
                 .await
                 .unwrap_or(1);
+        let started = std::time::Instant::now();
         let outcome = if attempts > MAX_ATTEMPTS {
             Err(format!(
                 "the export was started {MAX_ATTEMPTS} times and did not finish (its server stopped each time); kick it off again"
@@ -443,8 +444,23 @@ impl Jobs {
                 }
             }
         };
+        let instruments = tend_telemetry::instruments();
+        let ended = match &outcome {
+            Ok(Some(_)) => "ok",
+            Ok(None) => "deleted",
+            Err(_) => "error",
+        };
+        instruments
+            .fhir_exports
+            .add(1, &[opentelemetry::KeyValue::new("tend.outcome", ended)]);
+        if let Ok(Some(resources)) = &outcome {
+            instruments
+                .fhir_export_duration
+                .record(started.elapsed().as_secs_f64(), &[]);
+            instruments.fhir_export_resources.add(*resources, &[]);
+        }
         let finished = match outcome {
-            Ok(true) => sqlx::query(
+            Ok(Some(_)) => sqlx::query(
                 "UPDATE fhir_exports SET status = 'complete', finished_at = now(),
                         expires_at = now() + make_interval(secs => $2)
                  WHERE export_id = $1 AND status = 'running'",
@@ -455,7 +471,7 @@ impl Jobs {
             .await
             .map(|_| ()),
             // Deleted while it ran.
-            Ok(false) => Ok(()),
+            Ok(None) => Ok(()),
             Err(reason) => {
                 tracing::warn!(export = %id, %reason, "a FHIR export failed");
                 sqlx::query(
@@ -481,12 +497,13 @@ impl Jobs {
         }
     }
 
-    /// Builds the export's files; `Ok(false)` when it was deleted meanwhile.
+    /// Builds the export's files: how many resources it wrote, or `None`
+    /// when it was deleted meanwhile.
     async fn build(
         &self,
         connection: &mut PoolConnection<Postgres>,
         job: &Job,
-    ) -> Result<bool, String> {
+    ) -> Result<Option<u64>, String> {
         let id = job.export_id;
         let request = request_of(&job.tenant, job.position, &job.request)
             .ok_or("the stored request cannot be read by this version")?;
@@ -500,7 +517,7 @@ impl Jobs {
         if job.position == 0 {
             // The log was empty at kick-off: so is the export (a snapshot
             // at position 0 would be taken at the head).
-            return Ok(true);
+            return Ok(Some(0));
         }
         let export = Export::open(&self.pool, request)
             .await
@@ -511,8 +528,10 @@ impl Jobs {
         let producer = AbortOnDrop(tokio::spawn(produce(export, self.directory.clone(), tx)));
         let mut files = Files::default();
         let mut gone: Vec<(Kind, String)> = Vec::new();
+        let mut resources = 0;
         while let Some(item) = rx.recv().await {
             let (batch, progress) = item.map_err(|e| failed(&e))?;
+            resources += batch.counts.values().sum::<u64>();
             for (kind, lines) in batch.lines {
                 files.append(kind, &lines, batch.counts.get(&kind).copied().unwrap_or(0));
             }
@@ -537,7 +556,7 @@ impl Jobs {
             .await
             .map_err(|e| failed(&e))?;
             if still.is_none() {
-                return Ok(false);
+                return Ok(None);
             }
         }
         drop(producer);
@@ -572,7 +591,7 @@ impl Jobs {
                 .await
                 .map_err(|e| failed(&e))?;
         }
-        Ok(true)
+        Ok(Some(resources))
     }
 }
 
