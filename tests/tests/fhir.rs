@@ -706,7 +706,41 @@ async fn an_export_since_a_transaction_time_holds_exactly_what_changed() {
         ))
         .await
         .unwrap();
-    PrivacyServiceClient::new(grpc)
+    // A questionnaire nobody answered before: its definition is new to the
+    // reader too.
+    AssessmentServiceClient::new(grpc.clone())
+        .submit_responses(tend_tests::bearer(
+            TOKEN,
+            apb::SubmitResponsesRequest {
+                participant_ref: patients[0].clone(),
+                request_id: uuid::Uuid::new_v4().to_string(),
+                instrument_id: "gad-7".into(),
+                instrument_version: 0,
+                answers: (1..=7)
+                    .map(|item| apb::Answer { item, answer: 1 })
+                    .collect(),
+                administered_at: Some(prost_types::Timestamp {
+                    seconds: jiff::Timestamp::now().as_second() - 60,
+                    nanos: 0,
+                }),
+                occurrence_id: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    let mut privacy = PrivacyServiceClient::new(grpc);
+    privacy
+        .erase_participant(tend_tests::bearer(
+            TOKEN,
+            ppb::EraseParticipantRequest {
+                participant_ref: patients[2].clone(),
+                request_id: uuid::Uuid::new_v4().to_string(),
+                reason: ppb::ErasureReason::ParticipantRequest as i32,
+            },
+        ))
+        .await
+        .unwrap();
+    privacy
         .withdraw_consent(tend_tests::bearer(
             TOKEN,
             ppb::WithdrawConsentRequest {
@@ -746,13 +780,19 @@ async fn an_export_since_a_transaction_time_holds_exactly_what_changed() {
         got.keys().any(|(t, _)| t == "Observation"),
         "the new practice is there"
     );
+    assert!(
+        got.keys()
+            .any(|(t, id)| t == "Questionnaire" && id == "gad-7.1"),
+        "the newly named questionnaire is there"
+    );
     let gone: BTreeSet<String> = first
         .resources
         .keys()
         .filter(|k| !full.resources.contains_key(*k))
         .map(|(t, id)| format!("{t}/{id}"))
         .collect();
-    assert!(gone.iter().any(|g| g.starts_with("Patient/")));
+    // Both the one who stopped sharing and the one erased.
+    assert_eq!(gone.iter().filter(|g| g.starts_with("Patient/")).count(), 2);
     assert_eq!(changed.deleted, gone);
 
     // An instant that is not a transaction time: everything recorded after
@@ -868,4 +908,92 @@ async fn an_export_survives_its_server_being_killed_and_one_that_cannot_finish_i
         !metrics.contains(&id.to_string()),
         "an export id in the metrics"
     );
+}
+
+/// An HTTPS client trusting the test CA, with a client certificate for
+/// `name` if one is given.
+fn tls_client(pki: &tend_tests::pki::Pki, name: Option<&str>) -> reqwest::Client {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match name {
+        None => builder.with_no_client_auth(),
+        Some(name) => {
+            let (cert, key, _) = pki.leaf(&[name], rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+            builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap()
+        }
+    };
+    reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn fhir_speaks_the_grpc_ports_tls_and_binds_tenants_to_their_client_certificates() {
+    let db = fresh_database().await;
+    let pki = tend_tests::pki::Pki::new();
+    pki.write_server();
+    let (cert, key, ca) = (pki.path("tls.crt"), pki.path("tls.key"), pki.path("ca.crt"));
+    let server = TendProcess::start(&[
+        ("TEND_DATABASE_URL", &db.url),
+        ("TEND_AUTH_TOKENS", &tokens()),
+        ("TEND_FHIR_LISTEN", "127.0.0.1:0"),
+        ("TEND_TLS_CERT", cert.to_str().unwrap()),
+        ("TEND_TLS_KEY", key.to_str().unwrap()),
+        ("TEND_TLS_CLIENT_CA", ca.to_str().unwrap()),
+        ("TEND_TLS_CLIENT_TENANTS", "clinic=portal.clinic.example"),
+    ]);
+    let base = fhir_base(&server);
+    assert!(base.starts_with("https://127.0.0.1:"), "{base}");
+    let base = base.replace("127.0.0.1", "localhost");
+    let kick = |client: &reqwest::Client, token: &str| {
+        client
+            .get(format!("{base}/$export"))
+            .bearer_auth(token)
+            .header("prefer", "respond-async")
+            .send()
+    };
+
+    // No client certificate: no connection at all.
+    let none = tls_client(&pki, None);
+    assert!(none.get(format!("{base}/metadata")).send().await.is_err());
+
+    // The clinic's certificate and token: served, over HTTP/1.1, with
+    // links under https.
+    let portal = tls_client(&pki, Some("portal.clinic.example"));
+    let r = portal.get(format!("{base}/metadata")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    let r = kick(&portal, TOKEN).await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert!(
+        r.headers()["content-location"]
+            .to_str()
+            .unwrap()
+            .starts_with(&format!("{base}/$export-status/"))
+    );
+
+    // The clinic's token on someone else's certificate: refused, as gRPC
+    // refuses it; the other tenant is not bound.
+    let stranger = tls_client(&pki, Some("stranger.example"));
+    let r = kick(&stranger, TOKEN).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("bound to its client certificates"), "{text}");
+    let r = kick(&stranger, OTHER_TOKEN).await.unwrap();
+    assert_eq!(r.status(), 202);
 }

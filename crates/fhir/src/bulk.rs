@@ -16,7 +16,7 @@ use tend_export::rows::InstrumentSet;
 use tend_privacy::Directory;
 use uuid::Uuid;
 
-use crate::participant::{self, Context};
+use crate::participant::{self, Context, Membership};
 use crate::{Error, Kind, Resource, definitions};
 
 /// Participants read per statement (as in the analysts' exports).
@@ -182,7 +182,7 @@ impl Export {
         let (request, as_of) = (self.request.clone(), self.snapshot.as_of);
         let histories = decoded.histories;
         let participants = histories.len();
-        type Used = Vec<(BTreeSet<(String, u32)>, BTreeSet<(String, u32)>, bool)>;
+        type Used = Vec<(BTreeMap<(String, u32), bool>, BTreeMap<(String, u32), bool>)>;
         let folding = tokio::task::spawn_blocking(move || {
             let ctx = Context {
                 protocols: &protocols,
@@ -193,13 +193,21 @@ impl Export {
             let mut batch = Batch::default();
             let mut used = Vec::new();
             for h in &histories {
-                if let Scope::Group(protocol) = &request.scope
-                    && !follows(h, protocol)
-                {
+                // A Group's members now and at `since`: who joins gets all
+                // their resources, who leaves is listed as gone.
+                let membership = match &request.scope {
+                    Scope::Group(protocol) => Membership {
+                        now: follows(h, protocol, u64::MAX),
+                        then: follows(h, protocol, request.since_position),
+                    },
+                    _ => Membership::ALWAYS,
+                };
+                let was_in = membership.then && request.since_position > 0;
+                if !(membership.now || was_in) {
                     continue;
                 }
                 let reference = references.get(&h.key).map(String::as_str);
-                let outcome = participant::resources(h, reference, &ctx);
+                let outcome = participant::resources(h, reference, &ctx, membership);
                 for r in outcome.resources.iter().filter(|r| request.wants(r.kind)) {
                     batch.push(r)?;
                 }
@@ -209,7 +217,7 @@ impl Export {
                         .into_iter()
                         .filter(|(kind, _)| request.wants(*kind)),
                 );
-                used.push((outcome.plans, outcome.questionnaires, outcome.new));
+                used.push((outcome.plans, outcome.questionnaires));
             }
             Ok::<_, Error>((batch, used))
         });
@@ -220,11 +228,11 @@ impl Export {
             .map_err(|e| Error::Stopped(format!("folding: {e}")))??;
         self.ahead = ahead?;
         self.folded += participants;
-        for (plans, questionnaires, new) in used {
-            for p in plans {
+        for (plans, questionnaires) in used {
+            for (p, new) in plans {
                 *self.plans.entry(p).or_default() |= new;
             }
-            for q in questionnaires {
+            for (q, new) in questionnaires {
                 *self.questionnaires.entry(q).or_default() |= new;
             }
         }
@@ -253,6 +261,9 @@ impl Export {
                 .into_iter()
                 .map(|(p, at)| ((p.id.clone(), p.version), (p, at)))
                 .collect();
+            // Instruments the protocols' activities name (any version: an
+            // ActivityDefinition depends on the Questionnaire's URL).
+            let mut named: BTreeMap<String, bool> = BTreeMap::new();
             for ((id, version), new) in &self.plans {
                 let found = match protocol::built_in(id) {
                     Some(p) if p.version == *version => Some((p.clone(), 0)),
@@ -260,6 +271,11 @@ impl Export {
                     None => published.remove(&(id.clone(), *version)),
                 };
                 let Some((p, at)) = found else { continue };
+                for a in &p.activities {
+                    if let protocol::ActivityKind::Assessment { instrument } = &a.kind {
+                        *named.entry(instrument.clone()).or_default() |= *new || at > since;
+                    }
+                }
                 if *new || at > since {
                     for r in definitions::protocol(&p, at) {
                         if self.request.wants(r.kind) {
@@ -272,6 +288,7 @@ impl Export {
                 .questionnaires
                 .keys()
                 .map(|(id, _)| id.clone())
+                .chain(named.keys().cloned())
                 .filter(|id| assessment::built_in(id).is_none())
                 .collect::<BTreeSet<_>>()
                 .into_iter()
@@ -283,6 +300,19 @@ impl Export {
                 .into_iter()
                 .map(|(i, at)| ((i.id.clone(), i.version), (i, at)))
                 .collect();
+            for (id, new) in named {
+                let versions: Vec<u32> = match assessment::built_in(&id) {
+                    Some(i) => vec![i.version],
+                    None => defined
+                        .keys()
+                        .filter(|(i, _)| *i == id)
+                        .map(|(_, v)| *v)
+                        .collect(),
+                };
+                for v in versions {
+                    *self.questionnaires.entry((id.clone(), v)).or_default() |= new;
+                }
+            }
             for ((id, version), new) in &self.questionnaires {
                 let found = match assessment::built_in(id) {
                     Some(i) if i.version == *version => Some((i.clone(), 0)),
@@ -301,10 +331,11 @@ impl Export {
     }
 }
 
-/// Whether the participant's current enrollment follows `protocol`.
-fn follows(h: &tend_export::rows::History, protocol: &str) -> bool {
+/// Whether the participant's current enrollment follows `protocol`, as the
+/// log stood at `upto`.
+fn follows(h: &tend_export::rows::History, protocol: &str, upto: u64) -> bool {
     let mut latest: Option<(jiff::Timestamp, Uuid, &str)> = None;
-    for (_, e) in &h.participant {
+    for (_, e) in h.participant.iter().filter(|(p, _)| *p <= upto) {
         if let EnrollmentEvent::Enrolled(x) = e {
             let candidate = (x.enrolled_at, x.enrollment_id, x.protocol_id.as_str());
             if latest.is_none_or(|l| (l.0, l.1) < (candidate.0, candidate.1)) {

@@ -46,12 +46,11 @@ pub struct Outcome {
     pub resources: Vec<Resource>,
     /// Resources they had at `since` that are no longer there.
     pub gone: Vec<(Kind, String)>,
-    /// Whether they are in this export and were not in the one at `since`
-    /// (so every definition they use is new to the reader).
-    pub new: bool,
-    /// Protocol and instrument versions the resources name.
-    pub plans: BTreeSet<(String, u32)>,
-    pub questionnaires: BTreeSet<(String, u32)>,
+    /// Protocol and instrument versions the resources name, each with
+    /// whether it is new to a reader of the export at `since` (the
+    /// participant's resources did not name it then).
+    pub plans: BTreeMap<(String, u32), bool>,
+    pub questionnaires: BTreeMap<(String, u32), bool>,
 }
 
 /// Whether clinicians may see the participant: they share with them, and
@@ -60,11 +59,38 @@ fn shared(p: &Participant) -> bool {
     p.erased.is_none() && p.consent.grants(Purpose::ClinicianSharing)
 }
 
+/// Which of the participant's log an outcome compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Membership {
+    /// Whether they are in the export now (beside sharing: a Group's
+    /// membership).
+    pub now: bool,
+    /// Whether they were in it at `since`.
+    pub then: bool,
+}
+
+impl Membership {
+    pub const ALWAYS: Membership = Membership {
+        now: true,
+        then: true,
+    };
+}
+
 /// The participant's resources; `reference` is the partner's reference of
-/// them (absent once erased).
-pub fn resources(history: &History, reference: Option<&str>, ctx: &Context<'_>) -> Outcome {
-    let now = build(history, reference, ctx, u64::MAX);
-    let then = (ctx.since > 0)
+/// them, absent once erased: a participant erased after the export's
+/// position is left out all the same (and listed as gone).
+pub fn resources(
+    history: &History,
+    reference: Option<&str>,
+    ctx: &Context<'_>,
+    membership: Membership,
+) -> Outcome {
+    let now = if membership.now && reference.is_some() {
+        build(history, reference, ctx, u64::MAX)
+    } else {
+        None
+    };
+    let then = (ctx.since > 0 && membership.then)
         .then(|| build(history, reference, ctx, ctx.since))
         .flatten();
     let then_ids: BTreeSet<(Kind, String)> = then
@@ -82,18 +108,27 @@ pub fn resources(history: &History, reference: Option<&str>, ctx: &Context<'_>) 
         .iter()
         .map(|r| (r.kind, r.id.clone()))
         .collect();
-    let new = then.is_none();
-    let since = if new { 0 } else { ctx.since };
+    let since = if then.is_none() { 0 } else { ctx.since };
+    let named_then = |set: &dyn Fn(&Built) -> &BTreeSet<(String, u32)>, key: &(String, u32)| {
+        then.as_ref().is_some_and(|t| set(t).contains(key))
+    };
     Outcome {
+        gone: then_ids.difference(&now_ids).cloned().collect(),
+        plans: now
+            .plans
+            .iter()
+            .map(|k| (k.clone(), !named_then(&|b| &b.plans, k)))
+            .collect(),
+        questionnaires: now
+            .questionnaires
+            .iter()
+            .map(|k| (k.clone(), !named_then(&|b| &b.questionnaires, k)))
+            .collect(),
         resources: now
             .resources
             .into_iter()
             .filter(|r| r.changed > since)
             .collect(),
-        gone: then_ids.difference(&now_ids).cloned().collect(),
-        new,
-        plans: now.plans,
-        questionnaires: now.questionnaires,
     }
 }
 
@@ -124,18 +159,23 @@ fn build(
     let mut linked_pos: HashMap<Uuid, u64> = HashMap::new();
     let mut occurrence_enrollment: HashMap<Uuid, Uuid> = HashMap::new();
     let mut consent_pos = 0;
+    // When each enrollment's zone was last set: the current one's is the
+    // offset of every instant not local to something of its own.
+    let mut zone_pos: HashMap<Uuid, u64> = HashMap::new();
     for (pos, e) in history.participant.iter().filter(|(p, _)| upto_filter(p)) {
         use enrollment::Event as E;
         first.get_or_insert(*pos);
         match e {
             E::Enrolled(x) => {
                 enrollment_pos.insert(x.enrollment_id, *pos);
+                zone_pos.insert(x.enrollment_id, *pos);
             }
             E::SessionRescheduled(x) => {
                 enrollment_pos.insert(x.enrollment_id, *pos);
             }
             E::TimeZoneChanged(x) => {
                 enrollment_pos.insert(x.enrollment_id, *pos);
+                zone_pos.insert(x.enrollment_id, *pos);
             }
             E::Migrated(x) => {
                 enrollment_pos.insert(x.enrollment_id, *pos);
@@ -191,6 +231,11 @@ fn build(
     let timing_pos = enrollment_pos.values().copied().max().unwrap_or(0);
     let current: Option<&Enrollment> = p.enrollments.iter().max_by_key(|e| (e.enrolled_at, e.id));
     let zone: Option<Zone> = current.map(|e| e.current().zone.clone());
+    // Instants written in the participant's zone change with it.
+    let zone_changed = current
+        .and_then(|e| zone_pos.get(&e.id))
+        .copied()
+        .unwrap_or(0);
     let offset_of =
         |at: Timestamp| -> i32 { zone.as_ref().map_or(0, |z| zoned(z, at).offset().seconds()) };
     let at = |t: Timestamp| instant(t, offset_of(t));
@@ -233,7 +278,7 @@ fn build(
         push(
             Kind::Consent,
             id.clone(),
-            consent_pos,
+            consent_pos.max(zone_changed),
             json!({
                 "resourceType": "Consent",
                 "id": id,
@@ -279,8 +324,13 @@ fn build(
     // Assessments are folded first: their responses are tasks' outputs.
     let assessed = assessed(history, upto);
     let (record, submitted_pos) = (&assessed.record, &assessed.submitted_pos);
+    // A task's output changes when a response names its occurrence.
+    let mut output_pos: HashMap<Uuid, u64> = HashMap::new();
     for a in record.assessments.values() {
         if let Some(o) = a.occurrence_id {
+            let at = submitted_pos.get(&a.assessment_id).copied().unwrap_or(0);
+            let p = output_pos.entry(o).or_default();
+            *p = (*p).max(at);
             outputs.entry(o).or_default().push(json!({
                 "type": {"coding": [{"system": codes::ACTIVITY_KIND.url(), "code": "assessment"}]},
                 "valueReference": link(Kind::QuestionnaireResponse, &ids::of(key, a.assessment_id)),
@@ -304,7 +354,7 @@ fn build(
         push(
             Kind::CarePlan,
             id.clone(),
-            pos,
+            pos.max(zone_changed),
             json!({
                 "resourceType": "CarePlan",
                 "id": id,
@@ -344,7 +394,7 @@ fn build(
             push(
                 Kind::ResearchSubject,
                 research_id.clone(),
-                pos.max(consent_pos),
+                pos.max(consent_pos).max(zone_changed),
                 json!({
                     "resourceType": "ResearchSubject",
                     "id": research_id,
@@ -366,7 +416,12 @@ fn build(
             .iter()
             .filter(|o| o.due_recorded || o.completed_at.is_some())
         {
-            let changed = occurrence_pos.get(&o.id).copied().unwrap_or(0).max(pos);
+            let changed = occurrence_pos
+                .get(&o.id)
+                .copied()
+                .unwrap_or(0)
+                .max(pos)
+                .max(output_pos.get(&o.id).copied().unwrap_or(0));
             // Statuses from recorded events only: an occurrence whose window
             // closed is open until the scheduler records it missed.
             let (status, business) = match o.status {
@@ -461,13 +516,21 @@ fn build(
                 .occurrence_id
                 .and_then(|o| occurrence_enrollment.get(&o))
                 .map(|e| json!([care_plan(*e)]));
+            // Its CarePlan comes from the scheduler's events for its
+            // occurrence, and its times from the participant's zone.
+            let response_pos = a
+                .occurrence_id
+                .and_then(|o| occurrence_pos.get(&o))
+                .copied()
+                .unwrap_or(0)
+                .max(zone_changed);
             let response_id = ids::of(key, a.assessment_id);
             out.questionnaires
                 .insert((a.instrument_id.clone(), a.instrument_version));
             push(
                 Kind::QuestionnaireResponse,
                 response_id.clone(),
-                submitted_pos.get(&a.assessment_id).copied().unwrap_or(0),
+                response_pos.max(submitted_pos.get(&a.assessment_id).copied().unwrap_or(0)),
                 json!({
                     "resourceType": "QuestionnaireResponse",
                     "id": response_id,
@@ -486,7 +549,7 @@ fn build(
                 push(
                     Kind::Observation,
                     ids::derived(key, a.assessment_id, "score"),
-                    scores_pos,
+                    scores_pos.max(response_pos),
                     body,
                 );
             }
@@ -524,7 +587,7 @@ fn build(
         push(
             Kind::Flag,
             id.clone(),
-            f.pos,
+            f.pos.max(zone_changed),
             json!({
                 "resourceType": "Flag",
                 "id": id,

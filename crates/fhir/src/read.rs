@@ -69,11 +69,16 @@ async fn of_participant(
         since: 0,
     };
     Ok(decoded.histories.first().and_then(|h| {
-        participant::resources(h, references.get(&key).map(String::as_str), &ctx)
-            .resources
-            .into_iter()
-            .find(|r| r.kind == kind && r.id == id)
-            .map(|r| r.body)
+        participant::resources(
+            h,
+            references.get(&key).map(String::as_str),
+            &ctx,
+            participant::Membership::ALWAYS,
+        )
+        .resources
+        .into_iter()
+        .find(|r| r.kind == kind && r.id == id)
+        .map(|r| r.body)
     }))
 }
 

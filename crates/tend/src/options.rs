@@ -168,6 +168,19 @@ impl ServeOptions {
                 .into());
             }
         }
+        // Each export holds two connections (its lock and its snapshot):
+        // the exports must leave most of the pool to calls.
+        if self.fhir_listen.is_some()
+            && u32::from(self.fhir_export_workers) * 2 > self.database.db_max_connections / 2
+        {
+            return Err(format!(
+                "TEND_FHIR_EXPORT_WORKERS={} needs {} database connections, more than half of TEND_DB_MAX_CONNECTIONS={}: lower it, or raise TEND_DB_MAX_CONNECTIONS",
+                self.fhir_export_workers,
+                u32::from(self.fhir_export_workers) * 2,
+                self.database.db_max_connections
+            )
+            .into());
+        }
         let fhir = self.fhir_listen.map(|listen| Fhir {
             listen,
             base_url: self.fhir_base_url.clone(),

@@ -98,6 +98,7 @@ impl Fhir {
                 if self.jobs.delete(tenant.as_str(), id).await? {
                     let mut r = fhir_json(StatusCode::ACCEPTED, &Value::Null);
                     *r.body_mut() = Default::default();
+                    r.headers_mut().remove(header::CONTENT_TYPE);
                     Ok(r)
                 } else {
                     Err(no_export())
@@ -482,6 +483,17 @@ fn accepts(accept: &str, wanted: &str) -> bool {
 /// A FHIR instant: a date, a time to the second (a fraction allowed) and a
 /// zone (`Z` or an offset), nothing less.
 fn parse_instant(s: &str) -> Option<jiff::Timestamp> {
+    if !s.is_ascii() {
+        return None;
+    }
+    // A `+` left unescaped in a query arrives as a space.
+    let fixed;
+    let s = if s.len() > 6 && s.as_bytes()[s.len() - 6] == b' ' {
+        fixed = format!("{}+{}", &s[..s.len() - 6], &s[s.len() - 5..]);
+        fixed.as_str()
+    } else {
+        s
+    };
     let b = s.as_bytes();
     let shape = b.len() >= 20
         && b[4] == b'-'
@@ -505,7 +517,13 @@ async fn body_parameters(request: Request<Incoming>) -> Result<Vec<(String, Stri
     let bytes = limited
         .collect()
         .await
-        .map_err(|_| Problem::invalid(format!("the body must be at most {MAX_BODY} bytes")))?
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-long",
+                format!("the body must be at most {MAX_BODY} bytes"),
+            )
+        })?
         .to_bytes();
     if bytes.is_empty() {
         return Ok(vec![]);
@@ -575,9 +593,16 @@ mod tests {
     fn instants_must_be_whole() {
         assert!(parse_instant("2026-03-01T09:30:00Z").is_some());
         assert!(parse_instant("2026-03-01T10:30:00.25+01:00").is_some());
+        // An unescaped `+` in the query, decoded as a space.
+        assert_eq!(
+            parse_instant("2026-03-01T10:30:00 01:00"),
+            parse_instant("2026-03-01T09:30:00Z")
+        );
         for bad in [
             "2026-03-01",
             "2026-03-01T09:30Z",
+            "2026-03-01T09:30:0\u{1f600}\u{1f600}",
+            "\u{e9}026-03-01T09:30:00+01:00",
             "2026-03-01T09:30:00",
             "2026-03-01 09:30:00Z",
             "2026-13-01T09:30:00Z",

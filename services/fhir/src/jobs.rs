@@ -375,6 +375,14 @@ impl Jobs {
                 .execute(&mut *tx)
                 .await?;
         }
+        // Belt and braces: no file outlives an export that is not complete
+        // or being built.
+        sqlx::query(
+            "DELETE FROM fhir_export_files f USING fhir_exports e
+             WHERE f.export_id = e.export_id AND e.status IN ('failed', 'deleted', 'expired')",
+        )
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await
     }
 
@@ -383,7 +391,7 @@ impl Jobs {
         let mut connection = self.pool.acquire().await?;
         let candidates: Vec<Uuid> = sqlx::query_scalar(
             "SELECT export_id FROM fhir_exports WHERE status IN ('queued', 'running')
-             ORDER BY created_at LIMIT 32",
+             ORDER BY status = 'running', created_at LIMIT 32",
         )
         .fetch_all(&mut *connection)
         .await?;
@@ -398,7 +406,7 @@ impl Jobs {
             }
             // Under the lock: the row as it is now (it may have finished
             // between the list and the lock).
-            let row: Option<JobRow> = sqlx::query_as(
+            let row: Result<Option<JobRow>, sqlx::Error> = sqlx::query_as(
                 "UPDATE fhir_exports SET status = 'running', attempts = attempts + 1, done = 0
                  WHERE export_id = $1 AND status IN ('queued', 'running')
                  RETURNING export_id, tenant_id, request, position, transaction_time, status,
@@ -406,10 +414,21 @@ impl Jobs {
             )
             .bind(id)
             .fetch_optional(&mut *connection)
-            .await?;
+            .await;
+            // A connection that may still hold the lock never goes back to
+            // the pool: closed, its session (and lock) ends.
             match row {
-                Some(row) => return Ok(Some((connection, job(row)))),
-                None => unlock(&mut connection, id).await?,
+                Ok(Some(row)) => return Ok(Some((connection, job(row)))),
+                Ok(None) => {
+                    if let Err(e) = unlock(&mut connection, id).await {
+                        let _ = connection.close().await;
+                        return Err(e);
+                    }
+                }
+                Err(e) => {
+                    let _ = connection.close().await;
+                    return Err(e);
+                }
             }
         }
         Ok(None)
@@ -438,53 +457,43 @@ impl Jobs {
                 r = self.build(&mut connection, &job) => r,
                 _ = shutdown.cancelled() => {
                     // Left running and unlocked: another server, or this one
-                    // restarted, takes it over.
-                    let _ = unlock(&mut connection, id).await;
+                    // restarted, takes it over. A clean stop is not a failed
+                    // attempt.
+                    let given_back = sqlx::query(
+                        "UPDATE fhir_exports SET attempts = greatest(attempts - 1, 0)
+                         WHERE export_id = $1 AND status = 'running'",
+                    )
+                    .bind(id)
+                    .execute(&mut *connection)
+                    .await;
+                    if given_back.is_err() || unlock(&mut connection, id).await.is_err() {
+                        let _ = connection.close().await;
+                    }
                     return;
                 }
             }
         };
-        let instruments = tend_telemetry::instruments();
-        let ended = match &outcome {
-            Ok(Some(_)) => "ok",
-            Ok(None) => "deleted",
-            Err(_) => "error",
+        // Only a build that finished while its export was still wanted is
+        // complete; every other end removes whatever files it wrote.
+        let finished = self.finish(&mut connection, id, &outcome).await;
+        let ended = match (&outcome, &finished) {
+            (_, Err(_)) => None,
+            (Ok(Some(_)), Ok(true)) => Some("ok"),
+            (Ok(_), Ok(_)) => Some("deleted"),
+            (Err(_), Ok(_)) => Some("error"),
         };
-        instruments
-            .fhir_exports
-            .add(1, &[opentelemetry::KeyValue::new("tend.outcome", ended)]);
-        if let Ok(Some(resources)) = &outcome {
+        let instruments = tend_telemetry::instruments();
+        if let Some(ended) = ended {
+            instruments
+                .fhir_exports
+                .add(1, &[opentelemetry::KeyValue::new("tend.outcome", ended)]);
+        }
+        if let (Ok(Some(resources)), Some("ok")) = (&outcome, ended) {
             instruments
                 .fhir_export_duration
                 .record(started.elapsed().as_secs_f64(), &[]);
             instruments.fhir_export_resources.add(*resources, &[]);
         }
-        let finished = match outcome {
-            Ok(Some(_)) => sqlx::query(
-                "UPDATE fhir_exports SET status = 'complete', finished_at = now(),
-                        expires_at = now() + make_interval(secs => $2)
-                 WHERE export_id = $1 AND status = 'running'",
-            )
-            .bind(id)
-            .bind(self.settings.retention.as_secs_f64())
-            .execute(&mut *connection)
-            .await
-            .map(|_| ()),
-            // Deleted while it ran.
-            Ok(None) => Ok(()),
-            Err(reason) => {
-                tracing::warn!(export = %id, %reason, "a FHIR export failed");
-                sqlx::query(
-                    "UPDATE fhir_exports SET status = 'failed', error = $2, finished_at = now()
-                     WHERE export_id = $1 AND status = 'running'",
-                )
-                .bind(id)
-                .bind(&reason)
-                .execute(&mut *connection)
-                .await
-                .map(|_| ())
-            }
-        };
         if let Err(e) = finished {
             // Still locked on a connection that may be broken: closing it
             // frees the lock, and the job is taken over.
@@ -495,6 +504,54 @@ impl Jobs {
         if unlock(&mut connection, id).await.is_err() {
             let _ = connection.close().await;
         }
+    }
+
+    /// Records how a build ended, in one transaction on the locked
+    /// connection: complete (whether it was), or failed or deleted with its
+    /// files removed.
+    async fn finish(
+        &self,
+        connection: &mut PoolConnection<Postgres>,
+        id: Uuid,
+        outcome: &Result<Option<u64>, String>,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tx = sqlx::Connection::begin(&mut **connection).await?;
+        let complete = match outcome {
+            Ok(Some(_)) => {
+                sqlx::query(
+                    "UPDATE fhir_exports SET status = 'complete', finished_at = now(),
+                            expires_at = now() + make_interval(secs => $2)
+                     WHERE export_id = $1 AND status = 'running'",
+                )
+                .bind(id)
+                .bind(self.settings.retention.as_secs_f64())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    > 0
+            }
+            Ok(None) => false,
+            Err(reason) => {
+                tracing::warn!(export = %id, %reason, "a FHIR export failed");
+                sqlx::query(
+                    "UPDATE fhir_exports SET status = 'failed', error = $2, finished_at = now()
+                     WHERE export_id = $1 AND status = 'running'",
+                )
+                .bind(id)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await?;
+                false
+            }
+        };
+        if !complete {
+            sqlx::query("DELETE FROM fhir_export_files WHERE export_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(complete)
     }
 
     /// Builds the export's files: how many resources it wrote, or `None`
@@ -529,18 +586,23 @@ impl Jobs {
         let mut files = Files::default();
         let mut gone: Vec<(Kind, String)> = Vec::new();
         let mut resources = 0;
+        let mut whole = false;
         while let Some(item) = rx.recv().await {
             let (batch, progress) = item.map_err(|e| failed(&e))?;
+            whole |= progress.is_none();
             resources += batch.counts.values().sum::<u64>();
             for (kind, lines) in batch.lines {
                 files.append(kind, &lines, batch.counts.get(&kind).copied().unwrap_or(0));
             }
             gone.extend(batch.gone);
             for (kind, data, count) in files.full() {
-                files
+                if !files
                     .store(connection, id, kind.name(), "output", count, &data)
                     .await
-                    .map_err(|e| failed(&e))?;
+                    .map_err(|e| failed(&e))?
+                {
+                    return Ok(None);
+                }
             }
             let Some((done, total)) = progress else {
                 continue;
@@ -560,11 +622,17 @@ impl Jobs {
             }
         }
         drop(producer);
+        if !whole {
+            return Err("the export's reader stopped before the end".to_owned());
+        }
         for (kind, data, count) in files.rest() {
-            files
+            if !files
                 .store(connection, id, kind.name(), "output", count, &data)
                 .await
-                .map_err(|e| failed(&e))?;
+                .map_err(|e| failed(&e))?
+            {
+                return Ok(None);
+            }
         }
         // What readers of the export `_since` must remove: one Bundle of
         // deletions per line, as Bulk Data's `deleted` asks.
@@ -684,11 +752,14 @@ impl Files {
         part: &str,
         count: i64,
         data: &[u8],
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<bool, sqlx::Error> {
         self.next_no += 1;
-        sqlx::query(
+        // Only while the export is still wanted: a file stored after a
+        // delete would outlive it.
+        let stored = sqlx::query(
             "INSERT INTO fhir_export_files (export_id, file_no, resource_type, part, count, data)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+             SELECT $1, $2, $3, $4, $5, $6
+             WHERE EXISTS (SELECT 1 FROM fhir_exports WHERE export_id = $1 AND status = 'running')",
         )
         .bind(id)
         .bind(self.next_no)
@@ -697,7 +768,9 @@ impl Files {
         .bind(count)
         .bind(data)
         .execute(&mut **connection)
-        .await
-        .map(|_| ())
+        .await?
+        .rows_affected()
+            > 0;
+        Ok(stored)
     }
 }
