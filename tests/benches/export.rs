@@ -23,9 +23,13 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use sqlx::postgres::PgPoolCopyExt;
-use tend_event_store::{EventStore, Filter, TenantId};
+use tend_event_store::{Filter, TenantId};
 use tend_testkit::bench::{BenchServer, Result, env_number, read_by_position};
 use tend_tests::tend_binary;
+
+#[path = "common/demo_log.rs"]
+mod demo_log;
+use demo_log::DemoLog;
 
 const TENANT: &str = "bench";
 
@@ -98,31 +102,8 @@ async fn main() -> Result<()> {
     let participants: usize = env_number("TEND_BENCH_PARTICIPANTS", 5_000);
     let server = BenchServer::start().await?;
     let db = server.database(16).await?;
-    let store = EventStore::open(db.pool.clone(), Default::default()).await?;
-    let master = tend_privacy::MasterKeys::generate_entry("bench").map_err(|e| e.to_string())?;
-    let directory = tend_privacy::Directory::open(db.pool.clone(), master.parse()?).await?;
     let tenant = TenantId::new(TENANT)?;
-
-    let started = Instant::now();
-    let report = tend_demo::generate(
-        &store,
-        &directory,
-        &tend_demo::Options {
-            tenant: tenant.clone(),
-            participants,
-            seed: 1,
-            now: jiff::Timestamp::now(),
-            concurrency: 32,
-        },
-    )
-    .await?;
-    eprintln!(
-        "generated {} events, {} participants in {:.0} s",
-        report.events,
-        report.participants,
-        started.elapsed().as_secs_f64()
-    );
-    sqlx::query("VACUUM ANALYZE").execute(&db.pool).await?;
+    let DemoLog { store, report, .. } = demo_log::generate(&db, &tenant, participants).await?;
     let head: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
         .fetch_one(&db.pool)
         .await?;
@@ -153,7 +134,6 @@ async fn main() -> Result<()> {
     let copy_seconds = copy_started.elapsed().as_secs_f64();
     let copy = rows as f64 / copy_seconds;
     store.shutdown().await;
-    directory.close().await;
 
     let keys = tend_privacy::Recipients::generate_entry(TENANT, "analysts", "k1")
         .map_err(|e| e.to_string())?;

@@ -20,10 +20,14 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tend_event_store::{EventStore, TenantId};
+use tend_event_store::TenantId;
 use tend_testkit::bench::{BenchServer, Result, env_number};
 use tend_tests::load::cpu_seconds;
 use tend_tests::{TendProcess, tend_binary};
+
+#[path = "common/demo_log.rs"]
+mod demo_log;
+use demo_log::DemoLog;
 
 const TENANT: &str = "bench";
 const TOKEN: &str = "tend_bench_token_for_fhir";
@@ -37,31 +41,12 @@ async fn main() -> Result<()> {
     let participants: usize = env_number("TEND_BENCH_PARTICIPANTS", 2_000);
     let server = BenchServer::start().await?;
     let db = server.database(16).await?;
-    let store = EventStore::open(db.pool.clone(), Default::default()).await?;
-    let master = tend_privacy::MasterKeys::generate_entry("bench").map_err(|e| e.to_string())?;
-    let directory = tend_privacy::Directory::open(db.pool.clone(), master.parse()?).await?;
-    let started = Instant::now();
-    let report = tend_demo::generate(
-        &store,
-        &directory,
-        &tend_demo::Options {
-            tenant: TenantId::new(TENANT)?,
-            participants,
-            seed: 1,
-            now: jiff::Timestamp::now(),
-            concurrency: 32,
-        },
-    )
-    .await?;
-    eprintln!(
-        "generated {} events, {} participants in {:.0} s",
-        report.events,
-        report.participants,
-        started.elapsed().as_secs_f64()
-    );
+    let DemoLog {
+        store,
+        master,
+        report,
+    } = demo_log::generate(&db, &TenantId::new(TENANT)?, participants).await?;
     store.shutdown().await;
-    directory.close().await;
-    sqlx::query("VACUUM ANALYZE").execute(&db.pool).await?;
 
     let tend = TendProcess::start(&[
         ("TEND_DATABASE_URL", &db.url),

@@ -13,7 +13,7 @@ use tend_domain::consent::Purpose;
 use tend_domain::enrollment::{self, Enrollment, Participant};
 use tend_domain::practice;
 use tend_domain::protocol::{ActivityKind, ProtocolSet, arc_week};
-use tend_domain::schedule::{self, Status};
+use tend_domain::schedule::{self, Occurrence, Status};
 use tend_domain::time::{Zone, zoned};
 use uuid::Uuid;
 
@@ -197,6 +197,43 @@ pub fn verdict(v: Verdict) -> &'static str {
         Verdict::NoReliableChange => "no_reliable_change",
         Verdict::ReliablyWorse => "reliably_worse",
     }
+}
+
+/// An occurrence's status as the log recorded it. A window that closed
+/// stays open until the scheduler records it missed, so that outputs at a
+/// position do not depend on when they are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    Open,
+    Done,
+    Late,
+    Missed,
+    Cancelled,
+}
+
+impl Recorded {
+    pub fn of(o: &Occurrence) -> Self {
+        match o.status {
+            Status::Done => Self::Done,
+            Status::Late => Self::Late,
+            Status::Cancelled => Self::Cancelled,
+            Status::Missed if o.missed_recorded => Self::Missed,
+            Status::Missed | Status::Due | Status::Upcoming => Self::Open,
+        }
+    }
+}
+
+/// An enrollment's occurrences that the log recorded due or completed
+/// (exactly what the arc's adherence counts), placed as of `as_of`; `None`
+/// when the log does not hold its protocol version.
+pub fn recorded_occurrences(
+    e: &Enrollment,
+    protocols: &ProtocolSet,
+    as_of: Timestamp,
+) -> Option<Vec<Occurrence>> {
+    let mut all = schedule::occurrences(e, protocols, as_of)?;
+    all.retain(|o| o.due_recorded || o.completed_at.is_some());
+    Some(all)
 }
 
 /// A participant's practice log up to a position, with the position that
@@ -416,14 +453,11 @@ pub fn rows(history: &History, ctx: &Context<'_>) -> Option<Rows> {
         // current enrollment: the arc's own rule).
         let session = e.current().session.date();
         let day_of = |date: Date| session.until(date).map_or(0, |span| span.get_days());
-        let Some(schedule) = schedule::occurrences(e, ctx.protocols, ctx.as_of) else {
+        let Some(recorded) = recorded_occurrences(e, ctx.protocols, ctx.as_of) else {
             // A protocol version the log does not hold: nothing to place.
             continue;
         };
-        for o in schedule
-            .iter()
-            .filter(|o| o.due_recorded || o.completed_at.is_some())
-        {
+        for o in &recorded {
             let pos = occurrence_pos
                 .get(&o.id)
                 .copied()
@@ -432,12 +466,12 @@ pub fn rows(history: &History, ctx: &Context<'_>) -> Option<Rows> {
             if !changed(pos) {
                 continue;
             }
-            let status = match o.status {
-                Status::Done => "done",
-                Status::Late => "late",
-                Status::Cancelled => "cancelled",
-                Status::Missed if o.missed_recorded => "missed",
-                Status::Missed | Status::Due | Status::Upcoming => "open",
+            let status = match Recorded::of(o) {
+                Recorded::Done => "done",
+                Recorded::Late => "late",
+                Recorded::Cancelled => "cancelled",
+                Recorded::Missed => "missed",
+                Recorded::Open => "open",
             };
             let (kind, detail) = match &o.kind {
                 ActivityKind::Practice { practice } => ("practice", Some(practice.clone())),

@@ -3,7 +3,6 @@
 //! do not. `docs/fhir.md` lists each, and a test holds it to this file.
 
 use tend_domain::arc::FlagKind;
-use tend_domain::consent::Purpose;
 
 /// Tend's canonical base: its code systems, extensions and definitions'
 /// canonical URLs live under it.
@@ -100,10 +99,6 @@ pub fn participant_ref_system() -> String {
     format!("{BASE}/sid/participant-ref")
 }
 
-pub fn purpose(p: Purpose) -> &'static str {
-    p.as_str()
-}
-
 pub fn flag_category(kind: FlagKind) -> &'static str {
     match kind {
         FlagKind::SafetySignal => "safety",
@@ -114,12 +109,14 @@ pub fn flag_category(kind: FlagKind) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use tend_domain::consent::Purpose;
+
     use super::*;
 
     #[test]
     fn the_domain_codes_are_in_their_systems() {
         for p in Purpose::ALL {
-            assert!(CONSENT_PURPOSE.codes.contains(&purpose(p)), "{p:?}");
+            assert!(CONSENT_PURPOSE.codes.contains(&p.as_str()), "{p:?}");
         }
         for k in FlagKind::ALL {
             assert!(EARLY_WARNING.codes.contains(&k.name()), "{k:?}");

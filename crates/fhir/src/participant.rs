@@ -15,10 +15,10 @@ use tend_domain::assessment::{self, Assessment};
 use tend_domain::consent::Purpose;
 use tend_domain::enrollment::{self, Enrollment, Participant};
 use tend_domain::protocol::{ActivityKind, ProtocolSet};
-use tend_domain::schedule::{self, Status};
 use tend_domain::time::{Zone, zoned};
 use tend_export::rows::{
-    History, InstrumentSet, Practised, arc_enrollment, assessed, practised, verdict,
+    History, InstrumentSet, Practised, Recorded, arc_enrollment, assessed, practised,
+    recorded_occurrences, verdict,
 };
 use uuid::Uuid;
 
@@ -271,7 +271,7 @@ fn build(
         let coding = |ps: &[Purpose]| -> Value {
             ps.iter()
                 .map(|purpose| {
-                    json!({"system": codes::CONSENT_PURPOSE.url(), "code": codes::purpose(*purpose)})
+                    json!({"system": codes::CONSENT_PURPOSE.url(), "code": purpose.as_str()})
                 })
                 .collect()
         };
@@ -408,28 +408,23 @@ fn build(
         }
         out.plans.insert(plan);
 
-        let Some(occurrences) = schedule::occurrences(e, ctx.protocols, ctx.as_of) else {
+        let Some(recorded) = recorded_occurrences(e, ctx.protocols, ctx.as_of) else {
             // A protocol version the log does not hold: nothing to place.
             continue;
         };
-        for o in occurrences
-            .iter()
-            .filter(|o| o.due_recorded || o.completed_at.is_some())
-        {
+        for o in &recorded {
             let changed = occurrence_pos
                 .get(&o.id)
                 .copied()
                 .unwrap_or(0)
                 .max(pos)
                 .max(output_pos.get(&o.id).copied().unwrap_or(0));
-            // Statuses from recorded events only: an occurrence whose window
-            // closed is open until the scheduler records it missed.
-            let (status, business) = match o.status {
-                Status::Done => ("completed", "on-time"),
-                Status::Late => ("completed", "late"),
-                Status::Cancelled => ("cancelled", "cancelled"),
-                Status::Missed if o.missed_recorded => ("failed", "missed"),
-                Status::Missed | Status::Due | Status::Upcoming => ("ready", "open"),
+            let (status, business) = match Recorded::of(o) {
+                Recorded::Done => ("completed", "on-time"),
+                Recorded::Late => ("completed", "late"),
+                Recorded::Cancelled => ("cancelled", "cancelled"),
+                Recorded::Missed => ("failed", "missed"),
+                Recorded::Open => ("ready", "open"),
             };
             let (kind, detail) = activity_codes(&o.kind);
             out.plans

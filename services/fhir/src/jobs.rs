@@ -28,6 +28,8 @@ use uuid::Uuid;
 const LOCK_CLASS: i32 = 0x4648_4952; // "FHIR"
 /// How many times a job may be taken over before it is failed.
 const MAX_ATTEMPTS: i32 = 3;
+/// How often expired files are looked for.
+const EXPIRY_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// A file is cut at this size; a type may have several.
 const FILE_BYTES: usize = 8 << 20;
 
@@ -68,6 +70,8 @@ pub struct Job {
     pub total: i32,
     pub error: Option<String>,
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// How many times a server began building it.
+    pub attempts: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -134,6 +138,7 @@ type JobRow = (
     i32,
     Option<String>,
     Option<chrono::DateTime<chrono::Utc>>,
+    i32,
 );
 
 fn job(r: JobRow) -> Job {
@@ -148,6 +153,7 @@ fn job(r: JobRow) -> Job {
         total: r.7,
         error: r.8,
         expires_at: r.9,
+        attempts: r.10,
     }
 }
 
@@ -224,7 +230,7 @@ impl Jobs {
     pub async fn get(&self, tenant: &str, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
         let row: Option<JobRow> = sqlx::query_as(
             "SELECT export_id, tenant_id, request, position, transaction_time, status, done, total,
-                    error, expires_at
+                    error, expires_at, attempts
              FROM fhir_exports WHERE export_id = $1 AND tenant_id = $2",
         )
         .bind(id)
@@ -327,14 +333,20 @@ impl Jobs {
         let slots = Arc::new(Semaphore::new(self.settings.workers.max(1)));
         let mut tick = tokio::time::interval(self.settings.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Expiry is by the hour: a look a minute is plenty, and keeps an
+        // idle server's rounds to the claim alone.
+        let mut expired_at: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
                 _ = self.wake.notified() => {}
             }
-            if let Err(e) = self.expire().await {
-                tracing::debug!(error = %e, "expiring FHIR exports failed");
+            if expired_at.is_none_or(|at| at.elapsed() >= EXPIRY_EVERY) {
+                expired_at = Some(std::time::Instant::now());
+                if let Err(e) = self.expire().await {
+                    tracing::debug!(error = %e, "expiring FHIR exports failed");
+                }
             }
             // Claim while there are free slots and jobs to claim.
             loop {
@@ -410,7 +422,7 @@ impl Jobs {
                 "UPDATE fhir_exports SET status = 'running', attempts = attempts + 1, done = 0
                  WHERE export_id = $1 AND status IN ('queued', 'running')
                  RETURNING export_id, tenant_id, request, position, transaction_time, status,
-                           done, total, error, expires_at",
+                           done, total, error, expires_at, attempts",
             )
             .bind(id)
             .fetch_optional(&mut *connection)
@@ -441,14 +453,8 @@ impl Jobs {
         shutdown: CancellationToken,
     ) {
         let id = job.export_id;
-        let attempts: i32 =
-            sqlx::query_scalar("SELECT attempts FROM fhir_exports WHERE export_id = $1")
-                .bind(id)
-                .fetch_one(&mut *connection)
-                .await
-                .unwrap_or(1);
         let started = std::time::Instant::now();
-        let outcome = if attempts > MAX_ATTEMPTS {
+        let outcome = if job.attempts > MAX_ATTEMPTS {
             Err(format!(
                 "the export was started {MAX_ATTEMPTS} times and did not finish (its server stopped each time); kick it off again"
             ))
