@@ -35,8 +35,12 @@ async fn harness(start: &str) -> Harness {
 
 impl Harness {
     fn worker(&self, lease_ttl: Duration) -> Worker {
+        self.worker_on(self.store.clone(), lease_ttl)
+    }
+
+    fn worker_on(&self, store: EventStore, lease_ttl: Duration) -> Worker {
         Worker::new(
-            self.store.clone(),
+            store,
             Arc::new(self.clock.clone()),
             WorkerOptions {
                 tick_interval: Duration::from_millis(20),
@@ -443,7 +447,19 @@ async fn a_dead_schedulers_lease_passes_on_and_a_stopped_one_hands_it_over() {
             .unwrap()
     };
     let ttl = Duration::from_millis(500);
-    let a = tokio::spawn(h.worker(ttl).run(CancellationToken::new()));
+    // A runs on connections of its own, so that it can die as a process
+    // does: its sessions end, and with them any transaction it had open
+    // (and the fence's lock on the lease row). An aborted task alone would
+    // leave such a transaction on a pooled connection until its next use.
+    let a_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap();
+    let a_store = EventStore::open(a_pool.clone(), Default::default())
+        .await
+        .unwrap();
+    let a = tokio::spawn(h.worker_on(a_store, ttl).run(CancellationToken::new()));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while holder().await.is_none() {
         assert!(
@@ -454,6 +470,8 @@ async fn a_dead_schedulers_lease_passes_on_and_a_stopped_one_hands_it_over() {
     }
     let first = holder().await;
     a.abort(); // dies: the lease is left behind
+    let _ = a.await;
+    a_pool.close().await;
     let stop = CancellationToken::new();
     let b = tokio::spawn(h.worker(ttl).run(stop.clone()));
     // 08:00 UTC on day -7 falls due; only B can record it.
