@@ -200,18 +200,34 @@ pub async fn publish_protocol(
 
 /// A practice entry for `participant`, an hour ago in UTC, with a fresh id.
 pub fn practice_request(participant: &str) -> tend_api::practice::v1::LogPracticeRequest {
+    practice_request_at(
+        participant,
+        jiff::SignedDuration::from_hours(1),
+        "soothing-touch",
+        5,
+    )
+}
+
+/// A practice entry of `kind` for `participant`, started `ago` in UTC,
+/// lasting `minutes`, with a fresh id.
+pub fn practice_request_at(
+    participant: &str,
+    ago: jiff::SignedDuration,
+    kind: &str,
+    minutes: u32,
+) -> tend_api::practice::v1::LogPracticeRequest {
     use tend_api::practice::v1 as pb;
-    let started = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1))
+    let started = (jiff::Timestamp::now() - ago)
         .strftime("%Y-%m-%dT%H:%M:%S")
         .to_string();
     pb::LogPracticeRequest {
         participant_ref: participant.into(),
         entry_id: uuid::Uuid::new_v4().to_string(),
         practice: Some(pb::PracticeDetails {
-            kind: "soothing-touch".into(),
+            kind: kind.into(),
             started_at: started,
             time_zone: "UTC".into(),
-            minutes: 5,
+            minutes,
             ..Default::default()
         }),
     }

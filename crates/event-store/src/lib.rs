@@ -11,6 +11,7 @@
 //! authenticate; callers pass the tenant they have already established.
 
 mod error;
+mod folds;
 mod lease;
 mod model;
 mod plan;
@@ -30,6 +31,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 pub use error::Error;
+pub use folds::Folds;
 pub use lease::Lease;
 pub use model::{
     Appended, Direction, ExpectedVersion, Filter, LogPage, Metadata, NewEvent, RecordedEvent,
@@ -89,6 +91,11 @@ pub fn migrator() -> Migrator {
             "FHIR bulk exports",
             include_str!("../../../migrations/0008_fhir.sql"),
         ),
+        (
+            9,
+            "occurrence row digests",
+            include_str!("../../../migrations/0009_occurrence_row_digests.sql"),
+        ),
     ];
     Migrator::with_migrations(
         migrations
@@ -111,6 +118,10 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     migrator().run(pool).await
 }
 
+/// The default of [`Options::fold_cache_events`]: a practice entry folded
+/// costs a few hundred bytes, so about 100 MB.
+pub const DEFAULT_FOLD_CACHE_EVENTS: usize = 250_000;
+
 /// Tuning knobs; the defaults suit a small server.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -124,6 +135,9 @@ pub struct Options {
     /// Events a subscription reads from the database at a time. This bounds
     /// its memory, however slowly its consumer reads.
     pub page_size: usize,
+    /// Events folded into the states kept in memory ([`Folds`]), least
+    /// recently used dropped first; 0 keeps none.
+    pub fold_cache_events: usize,
 }
 
 impl Default for Options {
@@ -133,6 +147,7 @@ impl Default for Options {
             max_batch_events: 2000,
             poll_interval: Duration::from_millis(500),
             page_size: 500,
+            fold_cache_events: DEFAULT_FOLD_CACHE_EVENTS,
         }
     }
 }
@@ -150,6 +165,7 @@ struct Inner {
     queue: Mutex<Option<mpsc::Sender<writer::Job>>>,
     head: watch::Receiver<u64>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    folds: Folds,
 }
 
 impl EventStore {
@@ -174,12 +190,18 @@ impl EventStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                folds: Folds::new(options.fold_cache_events),
                 options,
                 queue: Mutex::new(Some(queue_tx)),
                 head: head_rx,
                 tasks: Mutex::new(vec![writer, watcher]),
             }),
         })
+    }
+
+    /// The states folded from this store's streams, kept in memory.
+    pub fn folds(&self) -> &Folds {
+        &self.inner.folds
     }
 
     /// Appends `events` to `stream`, atomically: all are stored or none.

@@ -201,10 +201,24 @@ impl EventStore {
         tenant: &TenantId,
         stream: &StreamId,
     ) -> Result<(Vec<RecordedEvent>, Option<u64>), Error> {
+        self.read_stream_after(tenant, stream, None).await
+    }
+
+    /// The stream's events after version `after` (all of them for `None`),
+    /// and its version: what a state kept at `after` is missing.
+    pub async fn read_stream_after(
+        &self,
+        tenant: &TenantId,
+        stream: &StreamId,
+        after: Option<u64>,
+    ) -> Result<(Vec<RecordedEvent>, Option<u64>), Error> {
         const PAGE: usize = 2000;
-        let mut events = Vec::new();
+        let mut events: Vec<RecordedEvent> = Vec::new();
         loop {
-            let from = events.last().map(|e: &RecordedEvent| e.stream_version + 1);
+            let from = match events.last() {
+                Some(e) => Some(e.stream_version + 1),
+                None => after.map(|v| v + 1),
+            };
             let slice = self
                 .read_stream(tenant, stream, Direction::Forwards, from, PAGE)
                 .await?;

@@ -97,14 +97,41 @@ pub fn new_events<E: DomainEvent>(
 
 /// The stream folded with `D`, and the version it was read at (`None`:
 /// empty).
-pub async fn load<D: Decider>(
+///
+/// The state this process last folded of the stream, if it kept one
+/// (`EventStore::folds`), is taken up where it left off: only the events
+/// after its version are read and folded, so the cost follows what is new,
+/// not the stream's length. It is then kept again at the version read.
+pub async fn load<D>(
     store: &EventStore,
     tenant: &TenantId,
     stream: &StreamId,
-) -> Result<(D::State, Option<u64>), Error> {
-    let (events, version) = store.read_whole_stream(tenant, stream).await?;
-    let events: Vec<D::Event> = decode(&events)?;
-    Ok((D::fold(D::State::default(), &events), version))
+) -> Result<(D::State, Option<u64>), Error>
+where
+    D: Decider + 'static,
+    D::State: Send + Sync + 'static,
+{
+    let folds = store.folds();
+    let (state, after) = match folds.take::<D, D::State>(tenant, stream) {
+        Some((state, version)) => (state, Some(version)),
+        None => (D::State::default(), None),
+    };
+    let (events, version) = store.read_stream_after(tenant, stream, after).await?;
+    let (state, version) = if version < after {
+        // Shorter than the state kept: never for a log whose events are
+        // never deleted, but if so, the kept state is not to be trusted.
+        let (events, version) = store.read_whole_stream(tenant, stream).await?;
+        (
+            D::fold(D::State::default(), &decode::<D::Event>(&events)?),
+            version,
+        )
+    } else {
+        (D::fold(state, &decode::<D::Event>(&events)?), version)
+    };
+    if let Some(v) = version {
+        folds.keep::<D, _>(tenant, stream, v, state.clone());
+    }
+    Ok((state, version))
 }
 
 /// What a decision needs beyond its stream, read after the stream (the
@@ -135,8 +162,8 @@ pub async fn execute<D, E>(
     mut command: impl FnMut(&D::State) -> Result<D::Command, E>,
 ) -> Result<Executed<D::State, D::Event>, E>
 where
-    D: Decider,
-    D::State: Sync,
+    D: Decider + 'static,
+    D::State: Send + Sync + 'static,
     E: From<Error>,
 {
     execute_prepared::<D, E, ()>(
@@ -166,7 +193,8 @@ pub async fn execute_prepared<D, E, P>(
     command: impl FnMut(&D::State, P::Output) -> Result<D::Command, E>,
 ) -> Result<Executed<D::State, D::Event>, E>
 where
-    D: Decider,
+    D: Decider + 'static,
+    D::State: Send + Sync + 'static,
     E: From<Error>,
     P: Prepare<D::State>,
 {
@@ -194,7 +222,8 @@ pub async fn execute_from<D, E, P>(
     mut command: impl FnMut(&D::State, P::Output) -> Result<D::Command, E>,
 ) -> Result<Executed<D::State, D::Event>, E>
 where
-    D: Decider,
+    D: Decider + 'static,
+    D::State: Send + Sync + 'static,
     E: From<Error>,
     P: Prepare<D::State>,
 {

@@ -390,6 +390,14 @@ pub(crate) struct ServeOptions {
           value_parser = clap::value_parser!(u64).range(0..=300))]
     pub shutdown_drain_seconds: u64,
 
+    /// Events folded into the participants' states this server keeps in
+    /// memory, so that their next command or scheduler round reads only
+    /// what is new (least recently used dropped first; 0 keeps none).
+    #[arg(long, env = "TEND_FOLD_CACHE_EVENTS",
+          default_value_t = tend_event_store::DEFAULT_FOLD_CACHE_EVENTS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=100_000_000))]
+    pub fold_cache_events: usize,
+
     /// Milliseconds between scheduler rounds: how promptly due and missed
     /// events follow the clock.
     #[arg(long, env = "TEND_SCHEDULER_TICK_MS", default_value_t = 1000,

@@ -47,6 +47,8 @@ pub(crate) struct Serve {
     /// FHIR over HTTP: where, and how its exports run; `None`: not served.
     pub fhir: Option<Fhir>,
     pub migrate: bool,
+    /// Events folded into the states kept in memory.
+    pub fold_cache_events: usize,
     pub tokens: Tokens,
     /// Tenants whose tokens work only with a client certificate of theirs.
     pub bindings: tend_auth::CertificateBindings,
@@ -196,6 +198,7 @@ impl ServeOptions {
             health_listen: self.health_listen,
             fhir,
             migrate: self.migrate,
+            fold_cache_events: self.fold_cache_events,
             tokens,
             dev_token,
             master_keys,

@@ -96,7 +96,14 @@ async fn run(
                 "references written by an earlier release moved out of the event log"
             );
         }
-        let store = EventStore::open(database.pool.clone(), Default::default()).await?;
+        let store = EventStore::open(
+            database.pool.clone(),
+            tend_event_store::Options {
+                fold_cache_events: options.fold_cache_events,
+                ..Default::default()
+            },
+        )
+        .await?;
         crate::Result::Ok((directory, store))
     };
     let (directory, store) = tokio::select! {

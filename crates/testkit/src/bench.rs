@@ -58,6 +58,14 @@ impl BenchServer {
     /// A new, migrated database of the bench's own, so that the baseline's
     /// table and ours never mix.
     pub async fn database(&self, max_connections: u32) -> Result<BenchDatabase> {
+        let db = self.empty_database(max_connections).await?;
+        tend_event_store::migrate(&db.pool).await?;
+        Ok(db)
+    }
+
+    /// A new database with nothing in it, for a `tend` server under test
+    /// to migrate itself (as deployed, whatever build it is).
+    pub async fn empty_database(&self, max_connections: u32) -> Result<BenchDatabase> {
         let admin = PgConnectOptions::from_str(&self.admin_url)?;
         let name = format!("tend_bench_{}", uuid::Uuid::new_v4().simple());
         let mut conn = admin.connect().await?;
@@ -68,7 +76,6 @@ impl BenchServer {
             .max_connections(max_connections)
             .connect_with(admin.database(&name))
             .await?;
-        tend_event_store::migrate(&pool).await?;
         let (base, query) = match self.admin_url.split_once('?') {
             Some((b, q)) => (b, format!("?{q}")),
             None => (self.admin_url.as_str(), String::new()),

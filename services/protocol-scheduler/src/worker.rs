@@ -8,7 +8,7 @@
 //! 2. *process*: every stream seen past the version its schedule was built
 //!    from, or whose next window opens or closes by now, is loaded, ticked
 //!    (the domain decides which due and missed events time has caused), and
-//!    its occurrences rewritten.
+//!    those of its occurrence rows that changed are written.
 //!
 //! Exactly once: due and missed events carry ids derived from the
 //! occurrence and its instant, and are appended at the stream version they
@@ -467,7 +467,20 @@ impl Worker {
                 .unwrap_or_default(),
             );
         }
-        let digest = digest(&ids, &at, &closes, &completed, &cancelled, &details);
+        let row_digests: Vec<i64> = (0..rows.len())
+            .map(|i| {
+                row_digest(
+                    ids[i],
+                    enrollments[i],
+                    at[i],
+                    closes[i],
+                    completed[i],
+                    cancelled[i],
+                    &details[i],
+                )
+            })
+            .collect();
+        let digest = rows_digest(&ids, &row_digests);
         let mut tx = self.fenced().await?;
         let previous: Option<i64> = sqlx::query_scalar(
             "SELECT rows_digest FROM scheduler_streams WHERE tenant_id = $1 AND stream_id = $2",
@@ -479,7 +492,7 @@ impl Worker {
         .map_err(store_error)?
         .flatten();
         if previous != Some(digest) {
-            self.replace_rows(
+            self.update_rows(
                 &mut tx,
                 tenant,
                 stream,
@@ -491,6 +504,7 @@ impl Worker {
                     completed: &completed,
                     cancelled: &cancelled,
                     details: &details,
+                    digests: &row_digests,
                 },
             )
             .await?;
@@ -518,35 +532,77 @@ impl Worker {
         Ok(())
     }
 
-    async fn replace_rows(
+    /// Brings the stream's stored occurrence rows to `rows`, writing only
+    /// those whose digest differs and deleting those no longer there.
+    async fn update_rows(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         tenant: &TenantId,
         stream: &StreamId,
         rows: Rows<'_>,
     ) -> Result<(), Error> {
-        sqlx::query("DELETE FROM scheduler_occurrences WHERE tenant_id = $1 AND stream_id = $2")
-            .bind(tenant.as_str())
-            .bind(stream.as_str())
-            .execute(&mut **tx)
-            .await
-            .map_err(store_error)?;
-        sqlx::query(
-            "INSERT INTO scheduler_occurrences
-                (tenant_id, stream_id, occurrence_id, enrollment_id, scheduled_at, closes_at,
-                 completed_at, cancelled, detail)
-             SELECT $1, $2, * FROM unnest($3::uuid[], $4::uuid[], $5::timestamptz[],
-                 $6::timestamptz[], $7::timestamptz[], $8::bool[], $9::jsonb[])",
+        let stored: Vec<(Uuid, Option<i64>)> = sqlx::query_as(
+            "SELECT occurrence_id, row_digest FROM scheduler_occurrences
+             WHERE tenant_id = $1 AND stream_id = $2",
         )
         .bind(tenant.as_str())
         .bind(stream.as_str())
-        .bind(rows.ids)
-        .bind(rows.enrollments)
-        .bind(rows.at)
-        .bind(rows.closes)
-        .bind(rows.completed)
-        .bind(rows.cancelled)
-        .bind(rows.details)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(store_error)?;
+        let stored: std::collections::HashMap<Uuid, Option<i64>> = stored.into_iter().collect();
+        let wanted: std::collections::HashSet<Uuid> = rows.ids.iter().copied().collect();
+        let gone: Vec<Uuid> = stored
+            .keys()
+            .filter(|id| !wanted.contains(id))
+            .copied()
+            .collect();
+        let changed: Vec<usize> = (0..rows.ids.len())
+            .filter(|&i| stored.get(&rows.ids[i]) != Some(&Some(rows.digests[i])))
+            .collect();
+        if !gone.is_empty() {
+            sqlx::query(
+                "DELETE FROM scheduler_occurrences
+                 WHERE tenant_id = $1 AND stream_id = $2 AND occurrence_id = ANY($3)",
+            )
+            .bind(tenant.as_str())
+            .bind(stream.as_str())
+            .bind(&gone)
+            .execute(&mut **tx)
+            .await
+            .map_err(store_error)?;
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        fn pick<T: Clone>(values: &[T], changed: &[usize]) -> Vec<T> {
+            changed.iter().map(|&i| values[i].clone()).collect()
+        }
+        // An occurrence id is the stream's own (derived from its
+        // enrollment); a conflict with another stream's row is left alone.
+        sqlx::query(
+            "INSERT INTO scheduler_occurrences
+                (tenant_id, stream_id, occurrence_id, enrollment_id, scheduled_at, closes_at,
+                 completed_at, cancelled, detail, row_digest)
+             SELECT $1, $2, * FROM unnest($3::uuid[], $4::uuid[], $5::timestamptz[],
+                 $6::timestamptz[], $7::timestamptz[], $8::bool[], $9::jsonb[], $10::bigint[])
+             ON CONFLICT (tenant_id, occurrence_id) DO UPDATE
+                SET enrollment_id = EXCLUDED.enrollment_id, scheduled_at = EXCLUDED.scheduled_at,
+                    closes_at = EXCLUDED.closes_at, completed_at = EXCLUDED.completed_at,
+                    cancelled = EXCLUDED.cancelled, detail = EXCLUDED.detail,
+                    row_digest = EXCLUDED.row_digest
+                WHERE scheduler_occurrences.stream_id = EXCLUDED.stream_id",
+        )
+        .bind(tenant.as_str())
+        .bind(stream.as_str())
+        .bind(pick(rows.ids, &changed))
+        .bind(pick(rows.enrollments, &changed))
+        .bind(pick(rows.at, &changed))
+        .bind(pick(rows.closes, &changed))
+        .bind(pick(rows.completed, &changed))
+        .bind(pick(rows.cancelled, &changed))
+        .bind(pick(rows.details, &changed))
+        .bind(pick(rows.digests, &changed))
         .execute(&mut **tx)
         .await
         .map_err(store_error)?;
@@ -588,29 +644,35 @@ struct Rows<'a> {
     completed: &'a [Option<DateTime<Utc>>],
     cancelled: &'a [bool],
     details: &'a [serde_json::Value],
+    digests: &'a [i64],
 }
 
-/// A digest of the rows: equal digests mean nothing to rewrite. Only ever
-/// compared with digests this same code wrote; a different build at worst
-/// rewrites the rows once.
-fn digest(
-    ids: &[Uuid],
-    at: &[DateTime<Utc>],
-    closes: &[DateTime<Utc>],
-    completed: &[Option<DateTime<Utc>>],
-    cancelled: &[bool],
-    details: &[serde_json::Value],
+/// A digest of one occurrence row: equal digests mean nothing to rewrite.
+/// Only ever compared with digests this same code wrote; a different build
+/// at worst rewrites each row once.
+fn row_digest(
+    id: Uuid,
+    enrollment: Uuid,
+    at: DateTime<Utc>,
+    closes: DateTime<Utc>,
+    completed: Option<DateTime<Utc>>,
+    cancelled: bool,
+    detail: &serde_json::Value,
 ) -> i64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
+    (id, enrollment, at, closes, completed, cancelled).hash(&mut h);
+    detail.to_string().hash(&mut h);
+    h.finish() as i64
+}
+
+/// A digest of a stream's rows, from theirs: equal digests mean no row to
+/// rewrite and none to delete.
+fn rows_digest(ids: &[Uuid], digests: &[i64]) -> i64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
     ids.hash(&mut h);
-    at.hash(&mut h);
-    closes.hash(&mut h);
-    completed.hash(&mut h);
-    cancelled.hash(&mut h);
-    for d in details {
-        d.to_string().hash(&mut h);
-    }
+    digests.hash(&mut h);
     h.finish() as i64
 }
 

@@ -131,6 +131,23 @@ impl Harness {
             .occurrences
     }
 
+    /// The tenant's occurrence rows that `ListDue` reads: id to (scheduled
+    /// at, in seconds; completed; the transaction that last wrote the row).
+    async fn stored_rows(&self, tenant: &str) -> BTreeMap<String, (i64, bool, String)> {
+        sqlx::query_as::<_, (Uuid, i64, bool, String)>(
+            "SELECT occurrence_id, extract(epoch FROM scheduled_at)::bigint,
+                    completed_at IS NOT NULL, xmin::text
+             FROM scheduler_occurrences WHERE tenant_id = $1",
+        )
+        .bind(tenant)
+        .fetch_all(self.store.pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, at, done, xmin)| (id.to_string(), (at, done, xmin)))
+        .collect()
+    }
+
     /// Due and missed events per occurrence id, from the whole log.
     async fn time_driven_events(&self) -> HashMap<String, (usize, usize)> {
         let filter = Filter {
@@ -557,6 +574,9 @@ async fn migrating_reports_the_change_and_a_dry_run_writes_nothing() {
 
     // Three days in: days -7..-5 are history, days -4..7 change.
     h.clock.set(ts("2026-06-03T21:00:00Z"));
+    let worker = h.worker(Duration::from_secs(10));
+    worker.run_once().await.unwrap();
+    assert_eq!(h.stored_rows("clinic").await.len(), 30);
     let before = h.schedule("clinic", &e.enrollment_id).await;
     let stream_version = || async {
         let filter = Filter::tenant(TenantId::new("clinic").unwrap());
@@ -606,6 +626,93 @@ async fn migrating_reports_the_change_and_a_dry_run_writes_nothing() {
             .all(|o| o.local_time == "09:00" && o.protocol_version == 2)
     );
     assert!(after[..6].iter().all(|o| o.protocol_version == 1));
+
+    // The next round brings the stored rows along: the removed ones are
+    // deleted, the moved ones rewritten, the history left as it was.
+    let rows_before = h.stored_rows("clinic").await;
+    worker.run_once().await.unwrap();
+    let rows = h.stored_rows("clinic").await;
+    let stored: BTreeMap<&str, i64> = rows.iter().map(|(id, r)| (id.as_str(), r.0)).collect();
+    let scheduled: BTreeMap<&str, i64> = after
+        .iter()
+        .map(|o| (o.occurrence_id.as_str(), o.scheduled_at.unwrap().seconds))
+        .collect();
+    assert_eq!(stored, scheduled);
+    let rewritten = rows
+        .iter()
+        .filter(|(id, r)| rows_before.get(*id).map(|b| &b.2) != Some(&r.2))
+        .count();
+    assert_eq!(rewritten, 12, "only the moved rows are written");
+}
+
+#[tokio::test]
+async fn a_round_rewrites_only_the_occurrence_rows_that_changed() {
+    let h = harness("2026-05-31T00:00:00Z").await;
+    h.twice_daily("clinic").await;
+    let e = h.enroll("clinic", "P-1", "UTC").await;
+    let worker = h.worker(Duration::from_secs(10));
+    worker.run_once().await.unwrap();
+    let first = h.stored_rows("clinic").await;
+    assert_eq!(first.len(), 30);
+
+    // Time passes: due and missed events, and no row changes.
+    h.clock.set(ts("2026-06-05T12:30:00Z"));
+    assert!(worker.run_once().await.unwrap().events > 0);
+    assert_eq!(h.stored_rows("clinic").await, first);
+
+    // One occurrence completed: that row alone is written.
+    let done = h
+        .schedule("clinic", &e.enrollment_id)
+        .await
+        .into_iter()
+        .find(|o| o.local_date == "2026-06-05" && o.local_time == "08:00")
+        .unwrap();
+    h.api
+        .complete_occurrence(req(
+            "clinic",
+            pb::CompleteOccurrenceRequest {
+                enrollment_id: e.enrollment_id.clone(),
+                occurrence_id: done.occurrence_id.clone(),
+                completed_at: None,
+            },
+        ))
+        .await
+        .unwrap();
+    worker.run_once().await.unwrap();
+    let rows = h.stored_rows("clinic").await;
+    let changed: Vec<(&String, &(i64, bool, String))> = rows
+        .iter()
+        .filter(|(id, r)| first.get(*id) != Some(*r))
+        .collect();
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(changed[0].0, &done.occurrence_id);
+    assert!(changed[0].1.1, "it is stored as completed");
+
+    // Rows the scheduler did not write itself (another build's, with no
+    // digest) are rewritten once, then left alone.
+    sqlx::query("UPDATE scheduler_occurrences SET row_digest = NULL, detail = '{}'")
+        .execute(h.store.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE scheduler_streams SET rows_digest = NULL, processed_version = -1")
+        .execute(h.store.pool())
+        .await
+        .unwrap();
+    worker.run_once().await.unwrap();
+    let emptied: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM scheduler_occurrences WHERE detail = '{}'")
+            .fetch_one(h.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(emptied, 0, "every row is written again");
+    let mended = h.stored_rows("clinic").await;
+    assert_eq!(mended.len(), 30);
+    sqlx::query("UPDATE scheduler_streams SET processed_version = -1")
+        .execute(h.store.pool())
+        .await
+        .unwrap();
+    worker.run_once().await.unwrap();
+    assert_eq!(h.stored_rows("clinic").await, mended);
 }
 
 #[tokio::test]
