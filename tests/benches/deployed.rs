@@ -371,41 +371,26 @@ async fn open_loop(
     })
 }
 
-/// Enrolls each of `participants` on the built-in arc, its session a week
-/// ago (so that its windows are open now), from 32 callers.
-async fn enroll(endpoint: &str, participants: &[String]) -> Result<()> {
-    let session = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * 7))
-        .strftime("%Y-%m-%dT%H:%M")
-        .to_string();
+/// `total` calls from 32 callers, each on its own connection; call `k`
+/// is `call(channel, k)`.
+async fn from_callers<F, Fut>(endpoint: &str, total: u64, call: F) -> Result<()>
+where
+    F: Fn(Channel, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = std::result::Result<(), tonic::Status>> + Send,
+{
     let channels = channels(endpoint, 32).await?;
     let next = Arc::new(AtomicU64::new(0));
-    let participants = Arc::new(participants.to_vec());
     let tasks: Vec<_> = channels
         .into_iter()
         .map(|channel| {
-            let (next, participants, session) =
-                (next.clone(), participants.clone(), session.clone());
+            let (next, call) = (next.clone(), call.clone());
             tokio::spawn(async move {
-                let mut client = ProtocolSchedulerServiceClient::new(channel);
                 loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    let Some(who) = participants.get(i) else {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= total {
                         return Ok::<_, String>(());
-                    };
-                    client
-                        .enroll(bearer(
-                            TOKEN,
-                            spb::EnrollRequest {
-                                request_id: uuid::Uuid::new_v4().to_string(),
-                                participant_ref: who.clone(),
-                                protocol_id: ARC.into(),
-                                protocol_version: 0,
-                                session_local_time: session.clone(),
-                                time_zone: "UTC".into(),
-                            },
-                        ))
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    }
+                    call(channel.clone(), k).await.map_err(|e| e.to_string())?;
                 }
             })
         })
@@ -416,40 +401,50 @@ async fn enroll(endpoint: &str, participants: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Logs `entries` practices for each of `participants` (spread over the
-/// past days), from 32 callers: their history.
-async fn history(endpoint: &str, participants: &[String], entries: u64) -> Result<()> {
-    let channels = channels(endpoint, 32).await?;
-    let next = Arc::new(AtomicU64::new(0));
-    let total = participants.len() as u64 * entries;
+/// Enrolls each of `participants` on the built-in arc, its session a week
+/// ago (so that its windows are open now).
+async fn enroll(endpoint: &str, participants: &[String]) -> Result<()> {
+    let session = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24 * 7))
+        .strftime("%Y-%m-%dT%H:%M")
+        .to_string();
     let participants = Arc::new(participants.to_vec());
-    let tasks: Vec<_> = channels
-        .into_iter()
-        .map(|channel| {
-            let (next, participants) = (next.clone(), participants.clone());
-            tokio::spawn(async move {
-                let mut client = PracticeLogServiceClient::new(channel);
-                loop {
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    if k >= total {
-                        return Ok::<_, String>(());
-                    }
-                    let who = &participants[(k % participants.len() as u64) as usize];
-                    let nth = k / participants.len() as u64;
-                    // Oldest first, ten minutes apart, within the backdating limit.
-                    let ago = 10 + (entries - nth) * 10;
-                    client
-                        .log_practice(bearer(TOKEN, practice(who, ago, k)))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await??;
-    }
-    Ok(())
+    let total = participants.len() as u64;
+    from_callers(endpoint, total, move |channel, k| {
+        let request = spb::EnrollRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            participant_ref: participants[k as usize].clone(),
+            protocol_id: ARC.into(),
+            protocol_version: 0,
+            session_local_time: session.clone(),
+            time_zone: "UTC".into(),
+        };
+        async move {
+            ProtocolSchedulerServiceClient::new(channel)
+                .enroll(bearer(TOKEN, request))
+                .await
+                .map(|_| ())
+        }
+    })
+    .await
+}
+
+/// Logs `entries` practices for each of `participants`, oldest first, ten
+/// minutes apart (within the backdating limit): their history.
+async fn history(endpoint: &str, participants: &[String], entries: u64) -> Result<()> {
+    let participants = Arc::new(participants.to_vec());
+    let n = participants.len() as u64;
+    from_callers(endpoint, n * entries, move |channel, k| {
+        let who = &participants[(k % n) as usize];
+        let ago = 10 + (entries - k / n) * 10;
+        let request = practice(who, ago, k);
+        async move {
+            PracticeLogServiceClient::new(channel)
+                .log_practice(bearer(TOKEN, request))
+                .await
+                .map(|_| ())
+        }
+    })
+    .await
 }
 
 /// pgbench against Tend's own `events` table: one row per transaction
