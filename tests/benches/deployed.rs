@@ -343,7 +343,8 @@ async fn open_loop(
     let mut sent = 0u64;
     while sent < total {
         tick.tick().await;
-        let due = ((started.elapsed().as_secs_f64() * rate) as u64).min(total);
+        // Call k is due at k / rate: every call due by now, the first at 0.
+        let due = ((started.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
         while sent < due {
             let intended = started + Duration::from_secs_f64(sent as f64 / rate);
             let mut client =
