@@ -42,7 +42,7 @@ use tend_api::practice::v1::practice_log_service_client::PracticeLogServiceClien
 use tend_api::scheduler::v1 as spb;
 use tend_api::scheduler::v1::protocol_scheduler_service_client::ProtocolSchedulerServiceClient;
 use tend_testkit::bench::{BenchServer, Result, env_number, pg_baseline, quantile};
-use tend_tests::load::cpu_seconds;
+use tend_tests::load::{cpu_seconds, stat_fields, ticks_per_second};
 use tend_tests::{TendProcess, bearer, practice_request_at};
 use tonic::transport::Channel;
 
@@ -70,18 +70,10 @@ impl std::ops::Sub for Cpu {
     }
 }
 
-/// The fields of /proc/<pid>/stat after the command name.
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    Some(rest.split_whitespace().map(str::to_owned).collect())
-}
-
 /// The cluster: its postmaster, which reaps every backend (so their time
 /// moves to its children's fields when they exit), and its live children.
 struct Postgres {
     postmaster: u32,
-    ticks: f64,
 }
 
 impl Postgres {
@@ -91,11 +83,9 @@ impl Postgres {
             .await?;
         let fields = stat_fields(backend as u32).ok_or("the database is not on this machine")?;
         let postmaster: u32 = fields[1].parse()?;
-        let out = std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()?;
-        let ticks = String::from_utf8(out.stdout)?.trim().parse()?;
-        Ok(Self { postmaster, ticks })
+        // Asked now, so that a failure shows here; then it is kept.
+        ticks_per_second()?;
+        Ok(Self { postmaster })
     }
 
     fn cpu_seconds(&self) -> f64 {
@@ -127,7 +117,7 @@ impl Postgres {
                 }
             }
         }
-        ticks / self.ticks
+        ticks / ticks_per_second().unwrap_or(100.0)
     }
 }
 

@@ -24,21 +24,33 @@ pub struct Figures {
 
 /// User plus system CPU seconds a process has used, from /proc.
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start at ')'.
-    let rest = stat.rsplit_once(')').ok_or("malformed stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let fields = stat_fields(pid).ok_or("no such process, or a malformed stat")?;
     // utime and stime are fields 14 and 15 of the line: 12 and 13 here.
     let utime: f64 = fields.get(11).ok_or("no utime")?.parse()?;
     let stime: f64 = fields.get(12).ok_or("no stime")?.parse()?;
     Ok((utime + stime) / ticks_per_second()?)
 }
 
-fn ticks_per_second() -> Result<f64> {
+/// The fields of /proc/<pid>/stat after the command name (which may hold
+/// spaces, so they start after its last ')'): the state first, then the
+/// parent's pid, and utime at index 11.
+pub fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The clock ticks /proc counts CPU time in, per second (asked once).
+pub fn ticks_per_second() -> Result<f64> {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    if let Some(t) = TICKS.get() {
+        return Ok(*t);
+    }
     let out = std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()?;
-    Ok(String::from_utf8(out.stdout)?.trim().parse()?)
+    let ticks: f64 = String::from_utf8(out.stdout)?.trim().parse()?;
+    Ok(*TICKS.get_or_init(|| ticks))
 }
 
 /// `clients` concurrent callers of `LogPractice` for `seconds`, each a new
