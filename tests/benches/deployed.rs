@@ -136,15 +136,16 @@ impl Probe {
         }
     }
 
-    /// Blocks of the `events` indexes read from outside shared buffers so
+    /// Blocks of each `events` index read from outside shared buffers so
     /// far (from the OS cache or the disk).
-    async fn index_reads(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT coalesce(sum(idx_blks_read), 0)::bigint FROM pg_statio_user_indexes
-             WHERE relname = 'events'",
+    async fn index_reads(&self) -> Result<BTreeMap<String, i64>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT indexrelname::text, coalesce(idx_blks_read, 0)::bigint
+             FROM pg_statio_user_indexes WHERE relname = 'events'",
         )
-        .fetch_one(&self.pool)
-        .await?)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Waits until the scheduler and the arc projection have read the whole
@@ -203,6 +204,8 @@ struct Figure {
     tend_us: f64,
     pg_us: f64,
     index_reads_per_event: f64,
+    /// The same, by index.
+    index_reads_by_index: BTreeMap<String, f64>,
 }
 
 impl Figure {
@@ -232,7 +235,16 @@ where
     probe.idle().await?;
     let elapsed = started.elapsed().as_secs_f64();
     let used = probe.cpu() - cpu;
-    let reads = probe.index_reads().await? - reads;
+    let by_index: BTreeMap<String, i64> = probe
+        .index_reads()
+        .await?
+        .into_iter()
+        .map(|(index, n)| {
+            let before = reads.get(&index).copied().unwrap_or(0);
+            (index, n - before)
+        })
+        .collect();
+    let reads: i64 = by_index.values().sum();
     run.latencies.sort_by(f64::total_cmp);
     let events = run.events.max(1) as f64;
     Ok(Figure {
@@ -242,6 +254,10 @@ where
         tend_us: (used.tend - idle.tend * elapsed).max(0.0) * 1e6 / events,
         pg_us: (used.pg - idle.pg * elapsed).max(0.0) * 1e6 / events,
         index_reads_per_event: reads as f64 / events,
+        index_reads_by_index: by_index
+            .into_iter()
+            .map(|(index, n)| (index, n as f64 / events))
+            .collect(),
     })
 }
 
@@ -630,6 +646,21 @@ fn print(out: &BTreeMap<String, Figure>) {
             cell(f.pg_us, 0),
             cell(f.total_us(), 0),
             cell(f.index_reads_per_event, 3)
+        );
+    }
+    // Where index reads are more than a few per hundred events: which
+    // index they were of, so that the one outgrowing memory shows.
+    for (k, f) in out.iter().filter(|(_, f)| f.index_reads_per_event > 0.05) {
+        let by: Vec<String> = f
+            .index_reads_by_index
+            .iter()
+            .filter(|(_, n)| **n > 0.0)
+            .map(|(index, n)| format!("{index} {n:.3}"))
+            .collect();
+        println!(
+            "index blocks read per event, {}: {}",
+            k.trim(),
+            by.join(", ")
         );
     }
 }

@@ -21,7 +21,9 @@ mod warnings;
 pub use cohort::{Cohort, CohortMember, MSC_BENCHMARK_PERCENT, WeekSpread, cohort};
 pub use flags::{ArcFlagCleared, ArcFlagRaised, ClearReason, Evidence, FlagEvent, FlagKind, Rise};
 pub use fold::{Input, SlotCache};
-pub use state::{Administered, ArcEnrollment, ArcState, Bounds, Occ, OccState, Phase, Practised};
+pub use state::{
+    Administered, ArcEnrollment, ArcState, Bounds, Occ, OccState, Phase, PracticeDay, Practised,
+};
 pub use stats::{MeanCi, mean_ci, quantile, t_975};
 pub use view::{
     Adherence, ArcView, AssessmentView, Delta, EnrollmentView, SCS_INSTRUMENTS, ScoreChange,

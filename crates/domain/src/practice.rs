@@ -6,6 +6,7 @@
 //! only that there is one, so nothing in this module can leak it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use jiff::civil::Date;
 use jiff::tz::Offset;
@@ -163,7 +164,10 @@ pub fn validate(
 /// One participant's practice log.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Log {
-    pub entries: BTreeMap<Uuid, Entry>,
+    /// Shared, so that a copy of the log (a kept fold handed out while a
+    /// copy stays kept) copies pointers, not every entry; an entry changed
+    /// is copied then.
+    pub entries: BTreeMap<Uuid, Arc<Entry>>,
     /// When the participant's notes were erased, if they were.
     pub notes_erased_at: Option<Timestamp>,
 }
@@ -191,7 +195,12 @@ impl Entry {
 impl Log {
     /// Entries not retracted, in the order they started.
     pub fn live(&self) -> Vec<&Entry> {
-        let mut live: Vec<&Entry> = self.entries.values().filter(|e| e.is_live()).collect();
+        let mut live: Vec<&Entry> = self
+            .entries
+            .values()
+            .map(Arc::as_ref)
+            .filter(|e| e.is_live())
+            .collect();
         live.sort_by_key(|e| (e.current.started_at, e.entry_id));
         live
     }
@@ -265,17 +274,20 @@ pub fn catalogue() -> Vec<crate::catalogue::EventType> {
 pub fn evolve(mut log: Log, event: &Event) -> Log {
     match event {
         Event::Logged(e) => {
-            log.entries.entry(e.entry_id).or_insert_with(|| Entry {
-                entry_id: e.entry_id,
-                logged: e.content.clone(),
-                current: e.content.clone(),
-                revision: 1,
-                corrections: BTreeMap::new(),
-                retracted_at: None,
+            log.entries.entry(e.entry_id).or_insert_with(|| {
+                Arc::new(Entry {
+                    entry_id: e.entry_id,
+                    logged: e.content.clone(),
+                    current: e.content.clone(),
+                    revision: 1,
+                    corrections: BTreeMap::new(),
+                    retracted_at: None,
+                })
             });
         }
         Event::Corrected(e) => {
             if let Some(entry) = log.entries.get_mut(&e.entry_id) {
+                let entry = Arc::make_mut(entry);
                 entry.current = e.content.clone();
                 entry.revision += 1;
                 entry.corrections.insert(e.request_id, e.content.clone());
@@ -283,6 +295,7 @@ pub fn evolve(mut log: Log, event: &Event) -> Log {
         }
         Event::Retracted(e) => {
             if let Some(entry) = log.entries.get_mut(&e.entry_id) {
+                let entry = Arc::make_mut(entry);
                 entry.retracted_at.get_or_insert(e.retracted_at);
                 entry.revision += 1;
             }
@@ -427,7 +440,6 @@ fn erased() -> Error {
 /// `schedules` holds each enrollment with its occurrences at `now`.
 pub fn link(log: &Log, schedules: &[(&Enrollment, Vec<Occurrence>)]) -> Vec<enrollment::Event> {
     let live: Vec<&Entry> = log.live();
-    let by_id: BTreeMap<Uuid, &Entry> = live.iter().map(|e| (e.entry_id, *e)).collect();
     let mut events = Vec::new();
     let mut used: BTreeSet<Uuid> = BTreeSet::new();
     let mut taken: BTreeSet<Uuid> = BTreeSet::new();
@@ -441,8 +453,9 @@ pub fn link(log: &Log, schedules: &[(&Enrollment, Vec<Occurrence>)]) -> Vec<enro
                 }
                 continue;
             };
-            let holds = by_id.get(&entry_id).is_some_and(|entry| {
-                !used.contains(&entry_id)
+            let holds = log.entries.get(&entry_id).is_some_and(|entry| {
+                entry.is_live()
+                    && !used.contains(&entry_id)
                     && match entry.current.occurrence_id {
                         Some(named) => named == o.id && fits_named(entry, o),
                         None => fits_window(entry, o),
@@ -476,6 +489,26 @@ pub fn link(log: &Log, schedules: &[(&Enrollment, Vec<Occurrence>)]) -> Vec<enro
         })
     };
 
+    // The occurrences by id, and those practice can complete by when
+    // their windows open (then id: the order candidates are chosen in),
+    // so that each entry looks only at the windows that could hold it
+    // rather than the whole schedule.
+    let by_id: BTreeMap<Uuid, (&Enrollment, &Occurrence)> = schedules
+        .iter()
+        .flat_map(|(enrollment, schedule)| schedule.iter().map(move |o| (o.id, (*enrollment, o))))
+        .collect();
+    let mut windows: Vec<(&Enrollment, &Occurrence)> = schedules
+        .iter()
+        .flat_map(|(enrollment, schedule)| schedule.iter().map(move |o| (*enrollment, o)))
+        .filter(|(_, o)| o.status != Status::Cancelled && kind_of_activity(&o.kind).is_some())
+        .collect();
+    windows.sort_by_key(|(_, o)| (o.at, o.id));
+    let widest = windows
+        .iter()
+        .map(|(_, o)| o.closes_at.duration_since(o.at))
+        .max()
+        .unwrap_or_default();
+
     // Entries that name their occurrence come first: they say what they
     // are for.
     for entry in &live {
@@ -485,15 +518,13 @@ pub fn link(log: &Log, schedules: &[(&Enrollment, Vec<Occurrence>)]) -> Vec<enro
         if used.contains(&entry.entry_id) {
             continue;
         }
-        for (enrollment, schedule) in schedules {
-            if let Some(o) = schedule.iter().find(|o| o.id == named)
-                && !taken.contains(&o.id)
-                && fits_named(entry, o)
-            {
-                events.push(complete(enrollment, o, entry));
-                used.insert(entry.entry_id);
-                taken.insert(o.id);
-            }
+        if let Some(&(enrollment, o)) = by_id.get(&named)
+            && !taken.contains(&o.id)
+            && fits_named(entry, o)
+        {
+            events.push(complete(enrollment, o, entry));
+            used.insert(entry.entry_id);
+            taken.insert(o.id);
         }
     }
 
@@ -501,11 +532,15 @@ pub fn link(log: &Log, schedules: &[(&Enrollment, Vec<Occurrence>)]) -> Vec<enro
         if entry.current.occurrence_id.is_some() || used.contains(&entry.entry_id) {
             continue;
         }
-        let candidate = schedules
+        // Only a window that opened by the start, and at most the widest
+        // window before it, can hold it; the first that does is the one.
+        let start = entry.current.started_at;
+        let from = windows.partition_point(|(_, o)| o.at.duration_since(start) < -widest);
+        let to = windows.partition_point(|(_, o)| o.at <= start);
+        let candidate = windows[from..to.max(from)]
             .iter()
-            .flat_map(|(enrollment, schedule)| schedule.iter().map(move |o| (*enrollment, o)))
-            .filter(|(_, o)| !taken.contains(&o.id) && fits_window(entry, o))
-            .min_by_key(|(_, o)| (o.at, o.id));
+            .copied()
+            .find(|(_, o)| !taken.contains(&o.id) && fits_window(entry, o));
         if let Some((enrollment, o)) = candidate {
             events.push(complete(enrollment, o, entry));
             used.insert(entry.entry_id);

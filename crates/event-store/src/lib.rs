@@ -96,6 +96,11 @@ pub fn migrator() -> Migrator {
             "occurrence row digests",
             include_str!("../../../migrations/0009_occurrence_row_digests.sql"),
         ),
+        (
+            10,
+            "arc practice entries apart from the state",
+            include_str!("../../../migrations/0010_arc_practice.sql"),
+        ),
     ];
     Migrator::with_migrations(
         migrations

@@ -512,7 +512,7 @@ pub fn rows(history: &History, ctx: &Context<'_>) -> Option<Rows> {
 
     // practice: entries as they stand.
     let Practised { log, entry_pos } = practised(history, u64::MAX);
-    let mut entries: Vec<&practice::Entry> = log.entries.values().collect();
+    let mut entries: Vec<&practice::Entry> = log.entries.values().map(|e| &**e).collect();
     entries.sort_by_key(|e| (e.current.started_at, e.entry_id));
     for entry in entries {
         let retracted = entry.retracted_at.is_some();

@@ -107,6 +107,14 @@ pub trait Projection: Send {
     /// memory); the next fold reads rows again.
     fn reset(&mut self);
 
+    /// Called after each committed batch. The working set then holds
+    /// exactly what was written, and the lease is still this runner's, so
+    /// a projection may keep it for the next batch (folding only new
+    /// events onto it); by default it forgets it.
+    fn batch_done(&mut self) {
+        self.reset();
+    }
+
     /// Tells the projection that `generation` holds no rows yet, so that
     /// its first folds need not look for any (a rebuild from scratch).
     fn starting_empty(&mut self) {}

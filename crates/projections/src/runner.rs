@@ -56,6 +56,10 @@ pub struct Runner<P> {
     options: RunnerOptions,
     lease: Lease,
     generation: Option<i32>,
+    /// The checkpoint this runner last wrote: the working set it kept is
+    /// folded to there, and to be forgotten if the checkpoint is elsewhere
+    /// (another server held the lease meanwhile).
+    written_to: Option<u64>,
     last_sweep: Option<Instant>,
 }
 
@@ -71,6 +75,7 @@ impl<P: Projection> Runner<P> {
             projection,
             options,
             generation: None,
+            written_to: None,
             last_sweep: None,
         }
     }
@@ -131,6 +136,9 @@ impl<P: Projection> Runner<P> {
             self.generation = Some(generation);
         }
         let checkpoint = checkpoint(&pool, name, generation).await?.unwrap_or(0);
+        if self.written_to.is_some_and(|w| w != checkpoint) {
+            self.projection.reset();
+        }
         let page = self
             .store
             .read_log(&self.projection.filter(), checkpoint, self.options.batch)
@@ -204,7 +212,8 @@ impl<P: Projection> Runner<P> {
         metrics
             .projection_batch_duration
             .record(started.elapsed().as_secs_f64(), &attributes);
-        self.projection.reset();
+        self.projection.batch_done();
+        self.written_to = Some(page.scanned_through);
         step.events = page.events.len();
         step.position = page.scanned_through;
         step.advanced = true;

@@ -366,9 +366,13 @@ impl ArcService for ArcApi {
 /// A stored state; the decoder's reason is left out, since it may quote
 /// stored values.
 fn decode_state(state: &[u8]) -> Result<ArcState, Error> {
-    serde_json::from_slice(state).map_err(|_| {
+    let mut state: ArcState = serde_json::from_slice(state).map_err(|_| {
         Error::Corrupt("a stored arc state does not decode: rebuild the arc projection".into())
-    })
+    })?;
+    // An older build's state, not folded again since: its entries are
+    // summed here as the projection would.
+    state.settle_stored();
+    Ok(state)
 }
 
 pub(crate) fn phase_pb(p: Phase) -> pb::Phase {

@@ -2,9 +2,10 @@
 //! participant, practice, assessment and arc streams (which all share the
 //! participant's key).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{PgConnection, PgPool};
 use tend_domain::arc::{self, ArcState, FlagEvent, FlagKind, Input, Rules, SlotCache};
 use tend_domain::protocol::ProtocolSet;
@@ -25,6 +26,11 @@ const CATEGORIES: [&str; 4] = [
 ];
 /// Rows read or written per statement.
 const CHUNK: usize = 1000;
+/// Participants' states kept between batches. Past this many, the working
+/// set is forgotten after a batch and read again as needed: each state is
+/// tens of kilobytes (its occurrences), so this bounds it to a few hundred
+/// megabytes while any realistic set of active participants stays in it.
+const KEPT_PARTICIPANTS: usize = 10_000;
 
 /// One event, decoded.
 #[derive(Debug)]
@@ -39,7 +45,13 @@ enum Decoded {
 struct Cached {
     state: ArcState,
     dirty: bool,
+    /// Practice entries changed since the last flush (in `state.practice`).
+    entries: BTreeSet<Uuid>,
 }
+
+/// A stored practice entry: (tenant, participant key, entry id, started
+/// at and its nanoseconds, local date, minutes, live).
+type EntryRow = (String, Uuid, Uuid, DateTime<Utc>, i32, NaiveDate, i32, bool);
 
 type Key = (TenantId, Uuid);
 
@@ -109,17 +121,121 @@ impl ArcProjection {
             .await?;
             for (tenant, key, state) in rows {
                 // The decoder's reason may quote stored values.
-                let state: ArcState = serde_json::from_slice(&state).map_err(|_| {
+                let mut state: ArcState = serde_json::from_slice(&state).map_err(|_| {
                     format!("a stored arc state of generation {generation} does not decode")
                 })?;
+                // An older build's state holds every entry: they move to
+                // their own rows at the next flush.
+                let moved = state.settle_stored();
+                let entries = if moved {
+                    state.practice.keys().copied().collect()
+                } else {
+                    BTreeSet::new()
+                };
                 self.cache.insert(
                     (TenantId::new(tenant)?, key),
                     Cached {
                         state,
-                        dirty: false,
+                        dirty: moved,
+                        entries,
                     },
                 );
             }
+        }
+        Ok(())
+    }
+
+    /// Reads into the working set the stored entries that this batch's
+    /// corrections and retractions need: the entries they name and every
+    /// other entry on those entries' dates, old and new, so that a day's
+    /// totals are summed again from all of its entries.
+    async fn entries_for(
+        &mut self,
+        pool: &PgPool,
+        generation: i32,
+        decoded: &[(Key, u64, Decoded)],
+    ) -> Result<(), BoxError> {
+        let (mut tenants, mut keys, mut ids, mut dates) = (vec![], vec![], vec![], vec![]);
+        // The date each entry has reached within this batch, for an entry
+        // logged or corrected earlier in it: neither stored nor held yet.
+        let mut in_batch: HashMap<(&Key, Uuid), NaiveDate> = HashMap::new();
+        for (k, _, event) in decoded {
+            let (entry_id, new_date) = match event {
+                Decoded::Practice(practice::Event::Logged(e)) => {
+                    let date = instants::date_to_chrono(e.content.local_date());
+                    in_batch.insert((k, e.entry_id), date);
+                    continue;
+                }
+                Decoded::Practice(practice::Event::Corrected(e)) => (
+                    e.entry_id,
+                    Some(instants::date_to_chrono(e.content.local_date())),
+                ),
+                Decoded::Practice(practice::Event::Retracted(e)) => (e.entry_id, None),
+                _ => continue,
+            };
+            let held = self
+                .cache
+                .get(k)
+                .and_then(|c| c.state.practice.get(&entry_id))
+                .map(|p| instants::date_to_chrono(p.local_date));
+            let earlier = in_batch.get(&(k, entry_id)).copied();
+            // The stored row's date comes from the entry id (a NULL date).
+            for date in [None, new_date, held, earlier] {
+                tenants.push(k.0.as_str().to_owned());
+                keys.push(k.1);
+                ids.push(entry_id);
+                dates.push(date);
+            }
+            if let Some(date) = new_date {
+                in_batch.insert((k, entry_id), date);
+            }
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<EntryRow> = sqlx::query_as(
+            "WITH named AS (
+                 SELECT * FROM unnest($2::text[], $3::uuid[], $4::uuid[], $5::date[])
+                     AS n(t, k, e, d)
+             ), wanted AS (
+                 SELECT p.tenant_id AS t, p.participant_key AS k, p.local_date AS d
+                 FROM arc_practice p
+                 JOIN named n ON p.tenant_id = n.t AND p.participant_key = n.k
+                     AND p.entry_id = n.e
+                 WHERE p.generation = $1
+                 UNION
+                 SELECT t, k, d FROM named WHERE d IS NOT NULL
+             )
+             SELECT p.tenant_id, p.participant_key, p.entry_id, p.started_at,
+                    p.started_nanos, p.local_date, p.minutes, p.live
+             FROM arc_practice p
+             JOIN wanted w ON p.tenant_id = w.t AND p.participant_key = w.k
+                 AND p.local_date = w.d
+             WHERE p.generation = $1",
+        )
+        .bind(generation)
+        .bind(&tenants)
+        .bind(&keys)
+        .bind(&ids)
+        .bind(&dates)
+        .fetch_all(pool)
+        .await?;
+        for (tenant, key, entry_id, started_at, nanos, date, minutes, live) in rows {
+            let practised = arc::Practised {
+                started_at: instants::from_chrono_exact(started_at, nanos),
+                local_date: instants::date_from_chrono(date)
+                    .ok_or("a stored practice date is out of range")?,
+                minutes: u32::try_from(minutes)?,
+                live,
+            };
+            // What the working set holds is newer than any stored row.
+            self.cache
+                .entry((TenantId::new(tenant)?, key))
+                .or_default()
+                .state
+                .practice
+                .entry(entry_id)
+                .or_insert(practised);
         }
         Ok(())
     }
@@ -202,6 +318,79 @@ impl ArcProjection {
             }
         }
         Ok(())
+    }
+}
+
+impl ArcProjection {
+    /// Writes the changed practice entries of these participants.
+    async fn flush_entries(
+        &self,
+        tx: &mut PgConnection,
+        generation: i32,
+        dirty: &[Key],
+    ) -> Result<(), BoxError> {
+        let mut rows: Vec<(&Key, Uuid, &arc::Practised)> = Vec::new();
+        for key in dirty {
+            let cached = &self.cache[key];
+            for id in &cached.entries {
+                if let Some(p) = cached.state.practice.get(id) {
+                    rows.push((key, *id, p));
+                }
+            }
+        }
+        for chunk in rows.chunks(CHUNK) {
+            let tenants: Vec<&str> = chunk.iter().map(|(k, _, _)| k.0.as_str()).collect();
+            let keys: Vec<Uuid> = chunk.iter().map(|(k, _, _)| k.1).collect();
+            let ids: Vec<Uuid> = chunk.iter().map(|(_, id, _)| *id).collect();
+            let (starts, nanos): (Vec<DateTime<Utc>>, Vec<i32>) = chunk
+                .iter()
+                .map(|(_, _, p)| instants::to_chrono_exact(p.started_at))
+                .unzip();
+            let dates: Vec<NaiveDate> = chunk
+                .iter()
+                .map(|(_, _, p)| instants::date_to_chrono(p.local_date))
+                .collect();
+            let minutes: Vec<i32> = chunk
+                .iter()
+                .map(|(_, _, p)| i32::try_from(p.minutes).unwrap_or(i32::MAX))
+                .collect();
+            let live: Vec<bool> = chunk.iter().map(|(_, _, p)| p.live).collect();
+            sqlx::query(
+                "INSERT INTO arc_practice
+                    (generation, tenant_id, participant_key, entry_id, started_at,
+                     started_nanos, local_date, minutes, live)
+                 SELECT $1, * FROM unnest($2::text[], $3::uuid[], $4::uuid[],
+                     $5::timestamptz[], $6::int[], $7::date[], $8::int[], $9::bool[])
+                 ON CONFLICT (generation, tenant_id, participant_key, entry_id) DO UPDATE SET
+                    started_at = EXCLUDED.started_at,
+                    started_nanos = EXCLUDED.started_nanos,
+                    local_date = EXCLUDED.local_date,
+                    minutes = EXCLUDED.minutes,
+                    live = EXCLUDED.live",
+            )
+            .bind(generation)
+            .bind(&tenants)
+            .bind(&keys)
+            .bind(&ids)
+            .bind(&starts)
+            .bind(&nanos)
+            .bind(&dates)
+            .bind(&minutes)
+            .bind(&live)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The entry a practice event is about.
+fn entry_of(e: &practice::Event) -> Option<Uuid> {
+    match e {
+        practice::Event::Logged(e) => Some(e.entry_id),
+        practice::Event::Corrected(e) => Some(e.entry_id),
+        practice::Event::Retracted(e) => Some(e.entry_id),
+        practice::Event::NotesErased(_) => None,
     }
 }
 
@@ -335,6 +524,7 @@ impl Projection for ArcProjection {
             })
             .collect::<Vec<_>>();
         self.protocols_for(wanted).await?;
+        self.entries_for(pool, generation, &decoded).await?;
         // Migrations name only the new version: look it up by the
         // enrollment's protocol, once the enrollment is folded.
         let empty = ProtocolSet::default();
@@ -354,7 +544,12 @@ impl Projection for ArcProjection {
             let cached = self.cache.entry(key.clone()).or_default();
             let input = match event {
                 Decoded::Enrollment(e) => Input::Enrollment(e),
-                Decoded::Practice(e) => Input::Practice(e),
+                Decoded::Practice(e) => {
+                    if let Some(id) = entry_of(e) {
+                        cached.entries.insert(id);
+                    }
+                    Input::Practice(e)
+                }
                 Decoded::Assessment(e) => Input::Assessment(e),
                 Decoded::Flag(e) => {
                     cached.state.arc_version = Some(*version);
@@ -444,13 +639,23 @@ impl Projection for ArcProjection {
             .execute(&mut *tx)
             .await?;
         }
+        self.flush_entries(tx, generation, &dirty).await?;
         for key in &dirty {
             if let Some(c) = self.cache.get_mut(key) {
                 c.dirty = false;
+                // Stored: the next correction reads them back.
+                c.entries.clear();
+                c.state.practice.clear();
             }
         }
         self.flushed = dirty;
         Ok(())
+    }
+
+    fn batch_done(&mut self) {
+        if self.cache.len() > KEPT_PARTICIPANTS {
+            self.reset();
+        }
     }
 
     async fn committed(&mut self, caught_up: bool) -> Result<(), BoxError> {
@@ -517,6 +722,10 @@ impl Projection for ArcProjection {
         generation: i32,
     ) -> Result<(), BoxError> {
         sqlx::query("DELETE FROM arc_participants WHERE generation = $1")
+            .bind(generation)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM arc_practice WHERE generation = $1")
             .bind(generation)
             .execute(&mut *tx)
             .await?;

@@ -3,16 +3,21 @@
 //! runner at a time, and another takes over from one that stops; a rebuild
 //! beside a running projection never shows queries a half-built model.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use sqlx::PgPool;
 use tend_arc::ArcProjection;
-use tend_domain::arc::ArcState;
-use tend_event_store::{EventStore, TenantId};
+use tend_domain::arc::{ArcState, Input, SlotCache};
+use tend_domain::practice;
+use tend_domain::protocol::ProtocolSet;
+use tend_event_store::{EventStore, ExpectedVersion, Metadata, TenantId};
 use tend_projections::{RebuildOptions, Runner, RunnerOptions, rebuild, status};
-use tend_service_kit::ManualClock;
+use tend_service_kit::execute::new_events;
+use tend_service_kit::{ManualClock, streams};
+use uuid::Uuid;
 
 const NOW: &str = "2026-06-01T12:00:00Z";
 
@@ -425,4 +430,306 @@ async fn cleared_since(pool: &PgPool, before: i64) -> i64 {
     .fetch_one(pool)
     .await
     .unwrap()
+}
+
+/// Practice logged, corrected (across dates, in minutes and in start) and
+/// retracted at random, one event per append.
+fn practice_script(seed: u64, entries: usize) -> Vec<practice::Event> {
+    let mut rng = seed;
+    let mut next = move |n: u64| {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng >> 33) % n
+    };
+    let base: Timestamp = "2026-05-20T00:00:00Z".parse().unwrap();
+    let content = |next: &mut dyn FnMut(u64) -> u64| practice::Content {
+        kind: "formal-meditation".into(),
+        // Four local dates, so that entries share them; some starts fall
+        // on the same second.
+        started_at: base
+            .checked_add(jiff::SignedDuration::from_secs(
+                (next(4) * 86_400 + next(8) * 3_600) as i64,
+            ))
+            .unwrap()
+            .checked_add(jiff::SignedDuration::from_nanos(next(3) as i64 * 1_500))
+            .unwrap(),
+        utc_offset_seconds: 2 * 3_600,
+        time_zone: None,
+        minutes: 1 + next(60) as u32,
+        occurrence_id: None,
+        note: None,
+    };
+    let mut ids: Vec<(Uuid, bool)> = Vec::new();
+    let mut events = Vec::new();
+    while events.len() < entries {
+        match next(10) {
+            0..=4 => {
+                let entry_id =
+                    Uuid::from_u128(u128::from(next(u64::MAX)) << 64 | ids.len() as u128);
+                ids.push((entry_id, true));
+                events.push(practice::Event::Logged(practice::PracticeLogged {
+                    entry_id,
+                    content: content(&mut next),
+                }));
+            }
+            5..=7 if !ids.is_empty() => {
+                // Half the time one of the latest: often in the same batch
+                // as its logging.
+                let i = match next(2) {
+                    0 => ids.len() - 1 - next(ids.len().min(3) as u64) as usize,
+                    _ => next(ids.len() as u64) as usize,
+                };
+                let (entry_id, _) = ids[i];
+                events.push(practice::Event::Corrected(practice::PracticeCorrected {
+                    entry_id,
+                    request_id: Uuid::from_u128(u128::from(next(u64::MAX))),
+                    content: content(&mut next),
+                }));
+            }
+            8..=9 => {
+                let live: Vec<usize> = (0..ids.len()).filter(|&i| ids[i].1).collect();
+                if live.is_empty() {
+                    continue;
+                }
+                let i = match next(2) {
+                    0 => live[live.len() - 1 - next(live.len().min(3) as u64) as usize],
+                    _ => live[next(live.len() as u64) as usize],
+                };
+                ids[i].1 = false;
+                events.push(practice::Event::Retracted(practice::PracticeRetracted {
+                    entry_id: ids[i].0,
+                    retracted_at: now(),
+                }));
+            }
+            _ => {}
+        }
+    }
+    events
+}
+
+/// Each participant's state folded from the start by the domain alone, as
+/// a from-scratch fold stores it.
+fn folded(script: &[(Uuid, Vec<practice::Event>)]) -> BTreeMap<Uuid, ArcState> {
+    script
+        .iter()
+        .map(|(key, events)| {
+            let mut state = ArcState::default();
+            for e in events {
+                state.apply(
+                    Input::Practice(e),
+                    &ProtocolSet::default(),
+                    &mut SlotCache::default(),
+                );
+            }
+            (*key, state)
+        })
+        .collect()
+}
+
+/// A generation's practice entries: (participant, entry, started at,
+/// nanos, date, minutes, live).
+type EntryRow = (
+    Uuid,
+    Uuid,
+    chrono::DateTime<chrono::Utc>,
+    i32,
+    chrono::NaiveDate,
+    i32,
+    bool,
+);
+
+async fn entry_rows(pool: &PgPool, generation: i32) -> Vec<EntryRow> {
+    sqlx::query_as(
+        "SELECT participant_key, entry_id, started_at, started_nanos, local_date, minutes, live
+         FROM arc_practice WHERE generation = $1 ORDER BY participant_key, entry_id",
+    )
+    .bind(generation)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+async fn stored_state(pool: &PgPool, generation: i32, key: Uuid) -> serde_json::Value {
+    let state: Vec<u8> = sqlx::query_scalar(
+        "SELECT state FROM arc_participants WHERE generation = $1 AND participant_key = $2",
+    )
+    .bind(generation)
+    .bind(key)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    serde_json::from_slice(&state).unwrap()
+}
+
+/// The snapshot equivalence of the arc: a state kept between small batches,
+/// with entries stored apart and read back only for corrections and
+/// retractions, is what a fold from the start gives, byte for byte; so is a
+/// state an older build stored with every entry in it, once folded again.
+#[tokio::test]
+async fn a_kept_state_with_entries_stored_apart_folds_as_from_the_start() {
+    let (store, pool) = open().await;
+    let tenant = TenantId::new("clinic-a").unwrap();
+    let script: Vec<(Uuid, Vec<practice::Event>)> = (0..4)
+        .map(|i| (Uuid::from_u128(0xA0 + i), practice_script(i as u64 + 7, 60)))
+        .collect();
+    let corrections = script
+        .iter()
+        .flat_map(|(_, e)| e)
+        .filter(|e| matches!(e, practice::Event::Corrected(_)))
+        .count();
+    let retractions = script
+        .iter()
+        .flat_map(|(_, e)| e)
+        .filter(|e| matches!(e, practice::Event::Retracted(_)))
+        .count();
+    assert!(
+        corrections > 20 && retractions > 10,
+        "{corrections}, {retractions}"
+    );
+    // Batches of five events, the steps taken as the events arrive, three
+    // of a participant's at a time: an entry is often logged and then
+    // corrected or retracted in one batch, and the state is kept from one
+    // step to the next.
+    let mut live = Runner::new(
+        store.clone(),
+        projection(&store, false),
+        RunnerOptions {
+            batch: 5,
+            lease_ttl: Duration::from_secs(10),
+            idle: Duration::from_millis(20),
+            sweep: Duration::from_secs(60),
+        },
+    );
+    for round in 0..20 {
+        for (key, events) in &script {
+            for e in &events[round * 3..round * 3 + 3] {
+                let new = new_events(
+                    std::slice::from_ref(e),
+                    |_| Uuid::now_v7(),
+                    &Metadata::default(),
+                )
+                .unwrap();
+                store
+                    .append(&tenant, &streams::practice(*key), ExpectedVersion::Any, new)
+                    .await
+                    .unwrap();
+            }
+        }
+        if round % 2 == 0 {
+            catch_up(&mut live).await;
+        }
+    }
+    catch_up(&mut live).await;
+    let expected = folded(&script);
+    for (key, state) in &expected {
+        assert!(
+            state.practice_days.len() > 1,
+            "the script spans several dates"
+        );
+        assert_eq!(
+            stored_state(&pool, 1, *key).await,
+            serde_json::to_value(state).unwrap(),
+            "participant {key}: the kept state differs from a fold from the start"
+        );
+    }
+    let live_entries = entry_rows(&pool, 1).await;
+    let all: usize = expected.values().map(|s| s.practice.len()).sum();
+    assert_eq!(live_entries.len(), all);
+    for (key, entry, start, nanos, date, minutes, alive) in &live_entries {
+        let p = &expected[key].practice[entry];
+        assert_eq!(
+            tend_service_kit::instants::from_chrono_exact(*start, *nanos),
+            p.started_at
+        );
+        assert_eq!(
+            tend_service_kit::instants::date_from_chrono(*date),
+            Some(p.local_date)
+        );
+        assert_eq!((*minutes as u32, *alive), (p.minutes, p.live));
+    }
+
+    // A fold from the start in one batch stores the same rows and entries.
+    let live_rows = rows(&pool, 1).await;
+    assert_eq!(live_rows.len(), 4);
+    rebuild(&store, projection(&store, false), RebuildOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(rows(&pool, 2).await, live_rows);
+    assert_eq!(entry_rows(&pool, 2).await, live_entries);
+
+    // An older build stored every entry in the state and no day totals.
+    let (old_key, old_events) = &script[0];
+    let mut old = serde_json::to_value(&expected[old_key]).unwrap();
+    let map = old.as_object_mut().unwrap();
+    map.remove("days");
+    map.insert(
+        "practice".into(),
+        serde_json::to_value(&expected[old_key].practice).unwrap(),
+    );
+    sqlx::query(
+        "UPDATE arc_participants SET state = $1 WHERE generation = 2 AND participant_key = $2",
+    )
+    .bind(serde_json::to_vec(&old).unwrap())
+    .bind(old_key)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("DELETE FROM arc_practice WHERE generation = 2 AND participant_key = $1")
+        .bind(old_key)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut read: ArcState = serde_json::from_slice(&serde_json::to_vec(&old).unwrap()).unwrap();
+    assert!(read.settle_stored(), "an old state is recognised");
+    assert_eq!(
+        serde_json::to_value(&read).unwrap(),
+        serde_json::to_value(&expected[old_key]).unwrap()
+    );
+    assert_eq!(read.view(now()), expected[old_key].view(now()));
+    // Folded again, its entries move to their rows and its state is the
+    // new form.
+    let retract = old_events
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            practice::Event::Logged(l) if expected[old_key].practice[&l.entry_id].live => {
+                Some(l.entry_id)
+            }
+            _ => None,
+        })
+        .unwrap();
+    let last = practice::Event::Retracted(practice::PracticeRetracted {
+        entry_id: retract,
+        retracted_at: now(),
+    });
+    let new = new_events(
+        std::slice::from_ref(&last),
+        |_| Uuid::now_v7(),
+        &Metadata::default(),
+    )
+    .unwrap();
+    store
+        .append(
+            &tenant,
+            &streams::practice(*old_key),
+            ExpectedVersion::Any,
+            new,
+        )
+        .await
+        .unwrap();
+    catch_up(&mut live).await;
+    let mut with_last = script.clone();
+    with_last[0].1.push(last);
+    let expected = folded(&with_last);
+    assert_eq!(
+        stored_state(&pool, 2, *old_key).await,
+        serde_json::to_value(&expected[old_key]).unwrap()
+    );
+    let moved = entry_rows(&pool, 2)
+        .await
+        .into_iter()
+        .filter(|r| r.0 == *old_key)
+        .count();
+    assert_eq!(moved, expected[old_key].practice.len());
 }

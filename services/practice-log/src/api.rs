@@ -502,6 +502,7 @@ impl PracticeLogService for PracticeLogApi {
         let mut entries: Vec<&Entry> = log
             .entries
             .values()
+            .map(|e| &**e)
             .filter(|e| r.include_retracted || e.is_live())
             .filter(|e| from.is_none_or(|f| e.current.started_at >= f))
             .filter(|e| to.is_none_or(|t| e.current.started_at < t))

@@ -18,6 +18,7 @@
 //! decides again, without a missed event. After downtime, the first round
 //! finds every stream whose windows opened or closed meanwhile.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -191,17 +192,18 @@ impl Worker {
             let batch = pending.len();
             let results: Vec<_> = futures::stream::iter(pending)
                 .map(|(tenant, stream)| async move {
-                    let result = self.process(&tenant, &stream, now).await;
+                    let result = self.plan(&tenant, &stream, now).await;
                     (tenant, stream, result)
                 })
                 .buffer_unordered(CONCURRENCY)
                 .collect()
                 .await;
+            let mut plans = Vec::with_capacity(results.len());
             for (tenant, stream, result) in results {
                 match result {
-                    Ok(events) => {
-                        round.streams += 1;
+                    Ok((plan, events)) => {
                         round.events += events;
+                        plans.push(plan);
                     }
                     Err(Error::Kit(tend_service_kit::Error::Store(
                         tend_event_store::Error::WrongExpectedVersion { .. },
@@ -234,6 +236,14 @@ impl Worker {
                         self.defer(&tenant, &stream, now).await?;
                     }
                 }
+            }
+            match self.write(&plans, now).await {
+                Ok(written) => round.streams += written,
+                Err(e) if is_lease_lost(&e) => return Ok(round),
+                Err(Error::Kit(tend_service_kit::Error::Store(e))) if e.is_unavailable() => {
+                    tracing::warn!(error = %e, "database unavailable; retrying next round");
+                }
+                Err(e) => return Err(e),
             }
             if batch < self.options.batch_size {
                 break;
@@ -371,14 +381,15 @@ impl Worker {
             .collect()
     }
 
-    /// Ticks one participant and rewrites their occurrences. Returns how
-    /// many events it appended.
-    async fn process(
+    /// Ticks one participant, and returns their occurrence rows as they
+    /// now stand and how many events it appended. A batch's rows are then
+    /// written together.
+    async fn plan(
         &self,
         tenant: &TenantId,
         stream: &StreamId,
         now: Timestamp,
-    ) -> Result<usize, Error> {
+    ) -> Result<(Plan, usize), Error> {
         let mut loaded: Loaded = self.repo.load_participant(tenant, stream).await?;
         let (log, practice_version) = self.repo.load_practice(tenant, stream).await?;
         // Practice completes occurrences first, so that a practised one is
@@ -419,112 +430,110 @@ impl Worker {
             };
             rows.extend(schedule);
         }
-        self.write(
+        let plan = Plan::new(
             tenant,
             stream,
             (loaded.version, practice_version),
             next,
             &rows,
-        )
-        .await?;
-        Ok(events.len())
+        );
+        Ok((plan, events.len()))
     }
 
-    async fn write(
-        &self,
-        tenant: &TenantId,
-        stream: &StreamId,
-        (version, practice_version): (Option<u64>, Option<u64>),
-        next: Option<Timestamp>,
-        rows: &[Occurrence],
-    ) -> Result<(), Error> {
-        let mut ids = Vec::with_capacity(rows.len());
-        let mut enrollments = Vec::with_capacity(rows.len());
-        let mut at = Vec::with_capacity(rows.len());
-        let mut closes = Vec::with_capacity(rows.len());
-        let mut completed = Vec::with_capacity(rows.len());
-        let mut cancelled = Vec::with_capacity(rows.len());
-        let mut details = Vec::with_capacity(rows.len());
-        for o in rows {
-            ids.push(o.id);
-            enrollments.push(o.enrollment_id);
-            at.push(instants::to_chrono(o.at));
-            closes.push(instants::to_chrono(o.closes_at));
-            completed.push(o.completed_at.map(instants::to_chrono));
-            cancelled.push(o.status == Status::Cancelled);
-            details.push(
-                serde_json::to_value(OccurrenceDetail {
-                    activity_key: o.activity_key.clone(),
-                    kind: o.kind.clone(),
-                    day: o.day,
-                    arc_week: o.arc_week,
-                    local_date: o.local_date.to_string(),
-                    local_time: o.local_time.to_string(),
-                    time_zone: o.zone.name().to_owned(),
-                    target_minutes: o.target_minutes,
-                    protocol_version: o.protocol_version,
-                })
-                .unwrap_or_default(),
-            );
+    /// Writes a batch's plans in one fenced transaction: each stream's
+    /// progress, and those of its occurrence rows that changed. A batch
+    /// that cannot be written (for a reason other than the lease or the
+    /// database being away) is written stream by stream, so that a stream
+    /// that cannot be is parked and the others go on.
+    /// Returns how many streams it wrote.
+    async fn write(&self, plans: &[Plan], now: Timestamp) -> Result<usize, Error> {
+        if plans.is_empty() {
+            return Ok(0);
         }
-        let row_digests: Vec<i64> = (0..rows.len())
-            .map(|i| {
-                row_digest(
-                    ids[i],
-                    enrollments[i],
-                    at[i],
-                    closes[i],
-                    completed[i],
-                    cancelled[i],
-                    &details[i],
-                )
+        match self.write_together(plans).await {
+            Ok(()) => Ok(plans.len()),
+            Err(e) if is_lease_lost(&e) || is_unavailable(&e) => Err(e),
+            Err(e) if plans.len() == 1 => {
+                self.park(&plans[0], &e, now).await?;
+                Ok(0)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, streams = plans.len(), "could not write a scheduler batch; writing its streams one by one");
+                let mut written = 0;
+                for plan in plans {
+                    match self.write_together(std::slice::from_ref(plan)).await {
+                        Ok(()) => written += 1,
+                        Err(e) if is_lease_lost(&e) || is_unavailable(&e) => return Err(e),
+                        Err(e) => self.park(plan, &e, now).await?,
+                    }
+                }
+                Ok(written)
+            }
+        }
+    }
+
+    async fn park(&self, plan: &Plan, e: &Error, now: Timestamp) -> Result<(), Error> {
+        tracing::error!(error = %e, tenant = %plan.tenant, "cannot write a participant's occurrences; retrying in a minute");
+        self.defer(&plan.tenant, &plan.stream, now).await
+    }
+
+    async fn write_together(&self, plans: &[Plan]) -> Result<(), Error> {
+        let tenants: Vec<&str> = plans.iter().map(|p| p.tenant.as_str()).collect();
+        let streams: Vec<&str> = plans.iter().map(|p| p.stream.as_str()).collect();
+        let mut tx = self.fenced().await?;
+        let previous: Vec<(String, String, Option<i64>)> = sqlx::query_as(
+            "SELECT s.tenant_id, s.stream_id, s.rows_digest
+             FROM scheduler_streams s
+             JOIN unnest($1::text[], $2::text[]) AS k(t, s) ON s.tenant_id = k.t AND s.stream_id = k.s",
+        )
+        .bind(&tenants)
+        .bind(&streams)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        let previous: HashMap<(String, String), Option<i64>> =
+            previous.into_iter().map(|(t, s, d)| ((t, s), d)).collect();
+        let changed: Vec<&Plan> = plans
+            .iter()
+            .filter(|p| {
+                let key = (p.tenant.as_str().to_owned(), p.stream.as_str().to_owned());
+                previous.get(&key).copied().flatten() != Some(p.digest)
             })
             .collect();
-        let digest = rows_digest(&ids, &row_digests);
-        let mut tx = self.fenced().await?;
-        let previous: Option<i64> = sqlx::query_scalar(
-            "SELECT rows_digest FROM scheduler_streams WHERE tenant_id = $1 AND stream_id = $2",
-        )
-        .bind(tenant.as_str())
-        .bind(stream.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(store_error)?
-        .flatten();
-        if previous != Some(digest) {
-            self.update_rows(
-                &mut tx,
-                tenant,
-                stream,
-                Rows {
-                    ids: &ids,
-                    enrollments: &enrollments,
-                    at: &at,
-                    closes: &closes,
-                    completed: &completed,
-                    cancelled: &cancelled,
-                    details: &details,
-                    digests: &row_digests,
-                },
-            )
-            .await?;
+        if !changed.is_empty() {
+            self.update_rows(&mut tx, &changed).await?;
         }
+        let versions: Vec<i64> = plans
+            .iter()
+            .map(|p| p.version.map_or(-1, |v| v as i64))
+            .collect();
+        let practice_versions: Vec<i64> = plans
+            .iter()
+            .map(|p| p.practice_version.map_or(-1, |v| v as i64))
+            .collect();
+        let next: Vec<Option<DateTime<Utc>>> = plans
+            .iter()
+            .map(|p| p.next.map(instants::to_chrono))
+            .collect();
+        let digests: Vec<i64> = plans.iter().map(|p| p.digest).collect();
         sqlx::query(
             "INSERT INTO scheduler_streams
                 (tenant_id, stream_id, seen_version, processed_version, next_at, rows_digest,
                  practice_seen_version, practice_processed_version)
-             VALUES ($1, $2, $3, $3, $4, $5, $6, $6)
+             SELECT t, s, v, v, n, d, pv, pv
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bigint[],
+                 $6::bigint[]) AS u(t, s, v, n, d, pv)
              ON CONFLICT (tenant_id, stream_id) DO UPDATE
                 SET processed_version = EXCLUDED.processed_version, next_at = EXCLUDED.next_at,
                     rows_digest = EXCLUDED.rows_digest,
                     practice_processed_version = EXCLUDED.practice_processed_version",
         )
-        .bind(tenant.as_str())
-        .bind(stream.as_str())
-        .bind(version.map_or(-1, |v| v as i64))
-        .bind(next.map(instants::to_chrono))
-        .bind(digest)
-        .bind(practice_version.map_or(-1, |v| v as i64))
+        .bind(&tenants)
+        .bind(&streams)
+        .bind(&versions)
+        .bind(&next)
+        .bind(&digests)
+        .bind(&practice_versions)
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
@@ -532,80 +541,105 @@ impl Worker {
         Ok(())
     }
 
-    /// Brings the stream's stored occurrence rows to `rows`, writing only
-    /// those whose digest differs and deleting those no longer there.
+    /// Brings these streams' stored occurrence rows to their plans, writing
+    /// only the rows whose digest differs and deleting those no longer
+    /// there.
     async fn update_rows(
         &self,
         tx: &mut Transaction<'static, Postgres>,
-        tenant: &TenantId,
-        stream: &StreamId,
-        rows: Rows<'_>,
+        plans: &[&Plan],
     ) -> Result<(), Error> {
-        let stored: Vec<(Uuid, Option<i64>)> = sqlx::query_as(
-            "SELECT occurrence_id, row_digest FROM scheduler_occurrences
-             WHERE tenant_id = $1 AND stream_id = $2",
+        let tenants: Vec<&str> = plans.iter().map(|p| p.tenant.as_str()).collect();
+        let streams: Vec<&str> = plans.iter().map(|p| p.stream.as_str()).collect();
+        let stored: Vec<(String, String, Uuid, Option<i64>)> = sqlx::query_as(
+            "SELECT o.tenant_id, o.stream_id, o.occurrence_id, o.row_digest
+             FROM scheduler_occurrences o
+             JOIN unnest($1::text[], $2::text[]) AS k(t, s) ON o.tenant_id = k.t AND o.stream_id = k.s",
         )
-        .bind(tenant.as_str())
-        .bind(stream.as_str())
+        .bind(&tenants)
+        .bind(&streams)
         .fetch_all(&mut **tx)
         .await
         .map_err(store_error)?;
-        let stored: std::collections::HashMap<Uuid, Option<i64>> = stored.into_iter().collect();
-        let wanted: std::collections::HashSet<Uuid> = rows.ids.iter().copied().collect();
-        let gone: Vec<Uuid> = stored
-            .keys()
-            .filter(|id| !wanted.contains(id))
-            .copied()
-            .collect();
-        let changed: Vec<usize> = (0..rows.ids.len())
-            .filter(|&i| stored.get(&rows.ids[i]) != Some(&Some(rows.digests[i])))
-            .collect();
-        if !gone.is_empty() {
+        let mut stored_by: HashMap<(String, String), HashMap<Uuid, Option<i64>>> = HashMap::new();
+        for (t, s, id, digest) in stored {
+            stored_by.entry((t, s)).or_default().insert(id, digest);
+        }
+        let none = HashMap::new();
+        let mut gone = Columns::default();
+        // Rows to write, in groups: an occurrence id is its stream's own
+        // (derived from its enrollment), but should two streams of a batch
+        // name the same one, the later one's row goes in a statement of its
+        // own, as it would have had they been written one after the other.
+        let mut groups: Vec<Columns> = vec![Columns::default()];
+        let mut seen: HashMap<(&str, Uuid), usize> = HashMap::new();
+        for plan in plans {
+            let key = (
+                plan.tenant.as_str().to_owned(),
+                plan.stream.as_str().to_owned(),
+            );
+            let stored = stored_by.get(&key).unwrap_or(&none);
+            let wanted: HashSet<Uuid> = plan.rows.ids.iter().copied().collect();
+            for id in stored.keys().filter(|id| !wanted.contains(id)) {
+                gone.push_key(plan, *id);
+            }
+            for i in 0..plan.rows.ids.len() {
+                let id = plan.rows.ids[i];
+                if stored.get(&id) == Some(&Some(plan.rows.digests[i])) {
+                    continue;
+                }
+                let n = seen.entry((plan.tenant.as_str(), id)).or_insert(0);
+                if *n == groups.len() {
+                    groups.push(Columns::default());
+                }
+                groups[*n].push_row(plan, i);
+                *n += 1;
+            }
+        }
+        if !gone.rows.ids.is_empty() {
             sqlx::query(
-                "DELETE FROM scheduler_occurrences
-                 WHERE tenant_id = $1 AND stream_id = $2 AND occurrence_id = ANY($3)",
+                "DELETE FROM scheduler_occurrences o
+                 USING unnest($1::text[], $2::text[], $3::uuid[]) AS g(t, s, id)
+                 WHERE o.tenant_id = g.t AND o.stream_id = g.s AND o.occurrence_id = g.id",
             )
-            .bind(tenant.as_str())
-            .bind(stream.as_str())
-            .bind(&gone)
+            .bind(&gone.tenants)
+            .bind(&gone.streams)
+            .bind(&gone.rows.ids)
             .execute(&mut **tx)
             .await
             .map_err(store_error)?;
         }
-        if changed.is_empty() {
-            return Ok(());
+        for group in groups.iter().filter(|g| !g.rows.ids.is_empty()) {
+            // A conflict with another stream's row is left alone.
+            sqlx::query(
+                "INSERT INTO scheduler_occurrences
+                    (tenant_id, stream_id, occurrence_id, enrollment_id, scheduled_at, closes_at,
+                     completed_at, cancelled, detail, row_digest)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::uuid[],
+                     $5::timestamptz[], $6::timestamptz[], $7::timestamptz[], $8::bool[],
+                     $9::jsonb[], $10::bigint[])
+                 ON CONFLICT (tenant_id, occurrence_id) DO UPDATE
+                    SET enrollment_id = EXCLUDED.enrollment_id,
+                        scheduled_at = EXCLUDED.scheduled_at,
+                        closes_at = EXCLUDED.closes_at, completed_at = EXCLUDED.completed_at,
+                        cancelled = EXCLUDED.cancelled, detail = EXCLUDED.detail,
+                        row_digest = EXCLUDED.row_digest
+                    WHERE scheduler_occurrences.stream_id = EXCLUDED.stream_id",
+            )
+            .bind(&group.tenants)
+            .bind(&group.streams)
+            .bind(&group.rows.ids)
+            .bind(&group.rows.enrollments)
+            .bind(&group.rows.at)
+            .bind(&group.rows.closes)
+            .bind(&group.rows.completed)
+            .bind(&group.rows.cancelled)
+            .bind(&group.rows.details)
+            .bind(&group.rows.digests)
+            .execute(&mut **tx)
+            .await
+            .map_err(store_error)?;
         }
-        fn pick<T: Clone>(values: &[T], changed: &[usize]) -> Vec<T> {
-            changed.iter().map(|&i| values[i].clone()).collect()
-        }
-        // An occurrence id is the stream's own (derived from its
-        // enrollment); a conflict with another stream's row is left alone.
-        sqlx::query(
-            "INSERT INTO scheduler_occurrences
-                (tenant_id, stream_id, occurrence_id, enrollment_id, scheduled_at, closes_at,
-                 completed_at, cancelled, detail, row_digest)
-             SELECT $1, $2, * FROM unnest($3::uuid[], $4::uuid[], $5::timestamptz[],
-                 $6::timestamptz[], $7::timestamptz[], $8::bool[], $9::jsonb[], $10::bigint[])
-             ON CONFLICT (tenant_id, occurrence_id) DO UPDATE
-                SET enrollment_id = EXCLUDED.enrollment_id, scheduled_at = EXCLUDED.scheduled_at,
-                    closes_at = EXCLUDED.closes_at, completed_at = EXCLUDED.completed_at,
-                    cancelled = EXCLUDED.cancelled, detail = EXCLUDED.detail,
-                    row_digest = EXCLUDED.row_digest
-                WHERE scheduler_occurrences.stream_id = EXCLUDED.stream_id",
-        )
-        .bind(tenant.as_str())
-        .bind(stream.as_str())
-        .bind(pick(rows.ids, &changed))
-        .bind(pick(rows.enrollments, &changed))
-        .bind(pick(rows.at, &changed))
-        .bind(pick(rows.closes, &changed))
-        .bind(pick(rows.completed, &changed))
-        .bind(pick(rows.cancelled, &changed))
-        .bind(pick(rows.details, &changed))
-        .bind(pick(rows.digests, &changed))
-        .execute(&mut **tx)
-        .await
-        .map_err(store_error)?;
         Ok(())
     }
 
@@ -635,16 +669,110 @@ impl Worker {
     }
 }
 
-/// One stream's occurrence rows, column by column.
-struct Rows<'a> {
-    ids: &'a [Uuid],
-    enrollments: &'a [Uuid],
-    at: &'a [DateTime<Utc>],
-    closes: &'a [DateTime<Utc>],
-    completed: &'a [Option<DateTime<Utc>>],
-    cancelled: &'a [bool],
-    details: &'a [serde_json::Value],
-    digests: &'a [i64],
+/// One stream's round, ready to write: its progress and its occurrence
+/// rows as they now stand.
+struct Plan {
+    tenant: TenantId,
+    stream: StreamId,
+    version: Option<u64>,
+    practice_version: Option<u64>,
+    next: Option<Timestamp>,
+    rows: Rows,
+    /// Of all its rows: equal to the stored one, nothing to rewrite.
+    digest: i64,
+}
+
+/// Occurrence rows, column by column.
+#[derive(Default)]
+struct Rows {
+    ids: Vec<Uuid>,
+    enrollments: Vec<Uuid>,
+    at: Vec<DateTime<Utc>>,
+    closes: Vec<DateTime<Utc>>,
+    completed: Vec<Option<DateTime<Utc>>>,
+    cancelled: Vec<bool>,
+    details: Vec<serde_json::Value>,
+    digests: Vec<i64>,
+}
+
+impl Plan {
+    fn new(
+        tenant: &TenantId,
+        stream: &StreamId,
+        (version, practice_version): (Option<u64>, Option<u64>),
+        next: Option<Timestamp>,
+        occurrences: &[Occurrence],
+    ) -> Plan {
+        let mut rows = Rows::default();
+        for o in occurrences {
+            let (id, enrollment) = (o.id, o.enrollment_id);
+            let (at, closes) = (instants::to_chrono(o.at), instants::to_chrono(o.closes_at));
+            let completed = o.completed_at.map(instants::to_chrono);
+            let cancelled = o.status == Status::Cancelled;
+            let detail = serde_json::to_value(OccurrenceDetail {
+                activity_key: o.activity_key.clone(),
+                kind: o.kind.clone(),
+                day: o.day,
+                arc_week: o.arc_week,
+                local_date: o.local_date.to_string(),
+                local_time: o.local_time.to_string(),
+                time_zone: o.zone.name().to_owned(),
+                target_minutes: o.target_minutes,
+                protocol_version: o.protocol_version,
+            })
+            .unwrap_or_default();
+            rows.digests.push(row_digest(
+                id, enrollment, at, closes, completed, cancelled, &detail,
+            ));
+            rows.ids.push(id);
+            rows.enrollments.push(enrollment);
+            rows.at.push(at);
+            rows.closes.push(closes);
+            rows.completed.push(completed);
+            rows.cancelled.push(cancelled);
+            rows.details.push(detail);
+        }
+        Plan {
+            tenant: tenant.clone(),
+            stream: stream.clone(),
+            version,
+            practice_version,
+            next,
+            digest: rows_digest(&rows.ids, &rows.digests),
+            rows,
+        }
+    }
+}
+
+/// Occurrence rows of several streams, for one statement.
+#[derive(Default)]
+struct Columns {
+    tenants: Vec<String>,
+    streams: Vec<String>,
+    rows: Rows,
+}
+
+impl Columns {
+    /// A row's key alone (a row to delete).
+    fn push_key(&mut self, plan: &Plan, id: Uuid) {
+        self.tenants.push(plan.tenant.as_str().to_owned());
+        self.streams.push(plan.stream.as_str().to_owned());
+        self.rows.ids.push(id);
+    }
+
+    fn push_row(&mut self, plan: &Plan, i: usize) {
+        let (from, to) = (&plan.rows, &mut self.rows);
+        self.tenants.push(plan.tenant.as_str().to_owned());
+        self.streams.push(plan.stream.as_str().to_owned());
+        to.ids.push(from.ids[i]);
+        to.enrollments.push(from.enrollments[i]);
+        to.at.push(from.at[i]);
+        to.closes.push(from.closes[i]);
+        to.completed.push(from.completed[i]);
+        to.cancelled.push(from.cancelled[i]);
+        to.details.push(from.details[i].clone());
+        to.digests.push(from.digests[i]);
+    }
 }
 
 /// A digest of one occurrence row: equal digests mean nothing to rewrite.
@@ -712,6 +840,10 @@ impl Worker {
 
 fn is_lease_lost(e: &Error) -> bool {
     matches!(e, Error::LeaseLost)
+}
+
+fn is_unavailable(e: &Error) -> bool {
+    matches!(e, Error::Kit(tend_service_kit::Error::Store(e)) if e.is_unavailable())
 }
 
 fn store_error(e: sqlx::Error) -> Error {

@@ -715,6 +715,79 @@ async fn a_round_rewrites_only_the_occurrence_rows_that_changed() {
     assert_eq!(h.stored_rows("clinic").await, mended);
 }
 
+/// A round writes its batch of participants in one transaction; when that
+/// fails, it writes them one by one, so that the participant whose rows
+/// cannot be written is parked for a minute and the others go on.
+#[tokio::test]
+async fn a_batch_that_cannot_be_written_is_written_stream_by_stream() {
+    let h = harness("2026-05-31T00:00:00Z").await;
+    h.twice_daily("clinic").await;
+    h.enroll("clinic", "P-1", "UTC").await;
+    let worker = h.worker(Duration::from_secs(10));
+    worker.run_once().await.unwrap();
+    let first: String = sqlx::query_scalar("SELECT DISTINCT stream_id FROM scheduler_occurrences")
+        .fetch_one(h.store.pool())
+        .await
+        .unwrap();
+    // Rows of any other participant fail to insert.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE FUNCTION refuse_others() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.stream_id <> '{first}' THEN RAISE EXCEPTION 'refused'; END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_others BEFORE INSERT OR UPDATE ON scheduler_occurrences
+             FOR EACH ROW EXECUTE FUNCTION refuse_others();"
+    )))
+    .execute(h.store.pool())
+    .await
+    .unwrap();
+    h.enroll("clinic", "P-2", "UTC").await;
+    // Both in the next round's batch: the first's rows are stored again.
+    sqlx::query("UPDATE scheduler_streams SET processed_version = -1, rows_digest = NULL")
+        .execute(h.store.pool())
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM scheduler_occurrences")
+        .execute(h.store.pool())
+        .await
+        .unwrap();
+    let round = worker.run_once().await.unwrap();
+    assert_eq!(round.streams, 1, "{round:?}");
+    let stored: Vec<(String, i64)> =
+        sqlx::query_as("SELECT stream_id, count(*) FROM scheduler_occurrences GROUP BY stream_id")
+            .fetch_all(h.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(stored, vec![(first.clone(), 30)]);
+    let parked: (String, bool, bool) = sqlx::query_as(
+        "SELECT stream_id, processed_version = seen_version, next_at > $1 + interval '59 s'
+         FROM scheduler_streams WHERE stream_id <> $2",
+    )
+    .bind(tend_service_kit::instants::to_chrono(ts(
+        "2026-05-31T00:00:00Z",
+    )))
+    .bind(&first)
+    .fetch_one(h.store.pool())
+    .await
+    .unwrap();
+    assert!(parked.1 && parked.2, "the other is parked: {parked:?}");
+    // Once it can be written, it is, a minute later.
+    sqlx::raw_sql("DROP TRIGGER refuse_others ON scheduler_occurrences")
+        .execute(h.store.pool())
+        .await
+        .unwrap();
+    h.clock.set(ts("2026-05-31T00:01:01Z"));
+    worker.run_once().await.unwrap();
+    let rows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM scheduler_occurrences WHERE stream_id = $1")
+            .bind(&parked.0)
+            .fetch_one(h.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(rows, 30);
+}
+
 #[tokio::test]
 async fn another_tenant_cannot_see_or_change_an_enrollment() {
     let h = harness("2026-05-31T00:00:00Z").await;

@@ -6,7 +6,7 @@ use jiff::{Timestamp, ToSpan};
 use uuid::Uuid;
 
 use super::flags::FlagEvent;
-use super::state::{Administered, ArcEnrollment, ArcState, Occ, OccState, Practised};
+use super::state::{Administered, ArcEnrollment, ArcState, Occ, OccState, PracticeDay, Practised};
 use crate::protocol::ActivityKind;
 use crate::protocol::Protocols;
 use crate::schedule::occurrence_id;
@@ -181,25 +181,51 @@ impl ArcState {
         };
         match event {
             E::Logged(e) => {
-                self.practice
-                    .entry(e.entry_id)
-                    .or_insert_with(|| practised(&e.content));
+                // An entry is logged once: its event's id derives from it,
+                // and the store keeps event ids unique. So one not in the
+                // working set is new.
+                if !self.practice.contains_key(&e.entry_id) {
+                    let p = practised(&e.content);
+                    self.add_to_day(&p);
+                    self.practice.insert(e.entry_id, p);
+                }
             }
             E::Corrected(e) => {
                 if let Some(p) = self.practice.get_mut(&e.entry_id) {
+                    let before = p.clone();
                     *p = Practised {
                         live: p.live,
                         ..practised(&e.content)
                     };
+                    let after = p.clone();
+                    if after.live {
+                        // The old date is whole in the working set; the
+                        // new one gains an entry.
+                        self.recount_day(before.local_date);
+                        if after.local_date != before.local_date {
+                            self.add_to_day(&after);
+                        }
+                    }
                 }
             }
             E::Retracted(e) => {
-                if let Some(p) = self.practice.get_mut(&e.entry_id) {
+                if let Some(p) = self.practice.get_mut(&e.entry_id)
+                    && p.live
+                {
                     p.live = false;
+                    let date = p.local_date;
+                    self.recount_day(date);
                 }
             }
             E::NotesErased(_) => {}
         }
+    }
+
+    fn add_to_day(&mut self, p: &Practised) {
+        self.practice_days
+            .entry(p.local_date)
+            .or_insert(PracticeDay::EMPTY)
+            .count(p);
     }
 
     fn apply_assessment(&mut self, event: &assessment::Event) {

@@ -1,6 +1,6 @@
 //! The arc's state, folded from events: enrollments, occurrences, practice, scores, phase.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::civil::{Date, DateTime, Time};
 use jiff::{Timestamp, ToSpan};
@@ -18,8 +18,19 @@ pub struct ArcState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub erased_at: Option<Timestamp>,
     pub enrollments: Vec<ArcEnrollment>,
-    /// Practice entries by entry id, as they stand after corrections.
+    /// Practice entries by entry id, as they stand after corrections: a
+    /// working set. Folded from the start it holds every entry; a kept
+    /// state holds only what its holder loaded, which must include the
+    /// entries that the events about to be folded correct or retract, and
+    /// every other entry on their local dates. Never stored with the state
+    /// (older states held them all, and are read back into it).
+    #[serde(default, skip_serializing)]
     pub practice: BTreeMap<Uuid, Practised>,
+    /// Live practice by local date: what every view and rule reads, so
+    /// that the stored state grows with the days practised, not the
+    /// entries.
+    #[serde(default, rename = "days", skip_serializing_if = "BTreeMap::is_empty")]
+    pub practice_days: BTreeMap<Date, PracticeDay>,
     pub assessments: Vec<Administered>,
     /// Designated baselines by instrument.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -104,6 +115,33 @@ pub struct Practised {
     pub live: bool,
 }
 
+/// The live entries of one local date, summed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PracticeDay {
+    #[serde(rename = "n")]
+    pub entries: u32,
+    #[serde(rename = "m")]
+    pub minutes: u64,
+    /// The latest start among them.
+    #[serde(rename = "t")]
+    pub last_started_at: Timestamp,
+}
+
+impl PracticeDay {
+    pub(super) const EMPTY: PracticeDay = PracticeDay {
+        entries: 0,
+        minutes: 0,
+        last_started_at: Timestamp::MIN,
+    };
+
+    /// Counts one more live entry in.
+    pub(super) fn count(&mut self, p: &Practised) {
+        self.entries += 1;
+        self.minutes += u64::from(p.minutes);
+        self.last_started_at = self.last_started_at.max(p.started_at);
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Administered {
     pub assessment_id: Uuid,
@@ -119,6 +157,38 @@ pub struct Administered {
 }
 
 impl ArcState {
+    /// Makes a state read back from storage whole: one stored by an older
+    /// build holds its entries and no day totals, which are summed from
+    /// them. Returns whether it was such a state (its entries are then
+    /// all in the working set, to be stored apart).
+    pub fn settle_stored(&mut self) -> bool {
+        if !self.practice_days.is_empty() || self.practice.is_empty() {
+            return false;
+        }
+        let dates: BTreeSet<Date> = self.practice.values().map(|p| p.local_date).collect();
+        for date in dates {
+            self.recount_day(date);
+        }
+        true
+    }
+
+    /// Sums one date's day from the working set (which holds every entry
+    /// on it).
+    pub(super) fn recount_day(&mut self, date: Date) {
+        let mut day: Option<PracticeDay> = None;
+        for p in self
+            .practice
+            .values()
+            .filter(|p| p.live && p.local_date == date)
+        {
+            PracticeDay::count(day.get_or_insert(PracticeDay::EMPTY), p);
+        }
+        match day {
+            Some(d) => self.practice_days.insert(date, d),
+            None => self.practice_days.remove(&date),
+        };
+    }
+
     /// The enrollment the arc follows: the latest one.
     pub fn current(&self) -> Option<&ArcEnrollment> {
         self.enrollments

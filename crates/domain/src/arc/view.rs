@@ -151,10 +151,10 @@ impl ArcState {
                 OccState::Open => {}
             }
         }
-        for p in self.practice.values().filter(|p| p.live) {
-            let week = arc_week(en.day_of_date(p.local_date));
+        for (date, day) in &self.practice_days {
+            let week = arc_week(en.day_of_date(*date));
             if let Some(w) = weeks.get_mut(&week) {
-                w.minutes_done += u64::from(p.minutes);
+                w.minutes_done += day.minutes;
             }
         }
         weeks
@@ -176,8 +176,7 @@ impl ArcState {
         let mut total = before.clone();
         total.add(&day0);
         total.add(&after);
-        let live = || self.practice.values().filter(|p| p.live);
-        let days: BTreeSet<Date> = live().map(|p| p.local_date).collect();
+        let days: BTreeSet<Date> = self.practice_days.keys().copied().collect();
         let today = match en {
             Some(en) => zoned(&en.zone, now).date(),
             // Without an enrollment, the zone of the latest entry's offset
@@ -240,7 +239,7 @@ impl ArcState {
             after_session: after,
             total,
             streak_days: practice::streak(&days, today),
-            last_practice_at: live().map(|p| p.started_at).max(),
+            last_practice_at: self.practice_days.values().map(|d| d.last_started_at).max(),
             assessments,
             flags: self.flags.values().cloned().collect(),
         }

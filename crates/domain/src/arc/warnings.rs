@@ -151,12 +151,12 @@ fn critic_returns(
     let pre_first = en.arc_days.0.min(-1);
     let pre_days = (-pre_first) as u32;
     let (mut pre, mut post) = (0u64, 0u64);
-    for p in state.practice.values().filter(|p| p.live) {
-        let day = en.day_of_date(p.local_date);
+    for (date, d) in &state.practice_days {
+        let day = en.day_of_date(*date);
         if (pre_first..=-1).contains(&day) {
-            pre += u64::from(p.minutes);
+            pre += d.minutes;
         } else if (8..=post_last).contains(&day) {
-            post += u64::from(p.minutes);
+            post += d.minutes;
         }
     }
     let pre_rate = pre as f64 / f64::from(pre_days.max(1));

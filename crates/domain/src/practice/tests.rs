@@ -795,3 +795,219 @@ fn a_completion_where_a_reschedule_moved_the_slot_stays_there_and_links_once() {
         0
     );
 }
+
+/// `link` as first written: every entry against the whole schedule. The
+/// indexed `link` must decide exactly what it decides.
+fn link_by_scan(log: &Log, schedules: &[(&Enrollment, Vec<Occurrence>)]) -> Vec<enrollment::Event> {
+    let live: Vec<&Entry> = log.live();
+    let by_id: BTreeMap<Uuid, &Entry> = live.iter().map(|e| (e.entry_id, *e)).collect();
+    let mut events = Vec::new();
+    let mut used: BTreeSet<Uuid> = BTreeSet::new();
+    let mut taken: BTreeSet<Uuid> = BTreeSet::new();
+    for (enrollment, schedule) in schedules {
+        for o in schedule {
+            let Some(&(entry_id, revision)) = enrollment.completed_by.get(&o.id) else {
+                if o.completed_at.is_some() {
+                    taken.insert(o.id);
+                }
+                continue;
+            };
+            let holds = by_id.get(&entry_id).is_some_and(|entry| {
+                !used.contains(&entry_id)
+                    && match entry.current.occurrence_id {
+                        Some(named) => named == o.id && fits_named(entry, o),
+                        None => fits_window(entry, o),
+                    }
+                    && entry.current.started_at == o.completed_at.unwrap_or(Timestamp::MIN)
+            });
+            if holds {
+                used.insert(entry_id);
+                taken.insert(o.id);
+            } else {
+                let entry_revision = log.entries.get(&entry_id).map_or(revision, |e| e.revision);
+                events.push(enrollment::Event::CompletionWithdrawn(
+                    OccurrenceCompletionWithdrawn {
+                        enrollment_id: enrollment.id,
+                        occurrence_id: o.id,
+                        entry_id,
+                        entry_revision,
+                    },
+                ));
+            }
+        }
+    }
+    let complete = |enrollment: &Enrollment, o: &Occurrence, entry: &Entry| {
+        enrollment::Event::Completed(OccurrenceCompleted {
+            enrollment_id: enrollment.id,
+            occurrence_id: o.id,
+            completed_at: entry.current.started_at,
+            entry_id: Some(entry.entry_id),
+            entry_revision: Some(entry.revision),
+        })
+    };
+    for entry in &live {
+        let Some(named) = entry.current.occurrence_id else {
+            continue;
+        };
+        if used.contains(&entry.entry_id) {
+            continue;
+        }
+        for (enrollment, schedule) in schedules {
+            if let Some(o) = schedule.iter().find(|o| o.id == named)
+                && !taken.contains(&o.id)
+                && fits_named(entry, o)
+            {
+                events.push(complete(enrollment, o, entry));
+                used.insert(entry.entry_id);
+                taken.insert(o.id);
+            }
+        }
+    }
+    for entry in &live {
+        if entry.current.occurrence_id.is_some() || used.contains(&entry.entry_id) {
+            continue;
+        }
+        let candidate = schedules
+            .iter()
+            .flat_map(|(enrollment, schedule)| schedule.iter().map(move |o| (*enrollment, o)))
+            .filter(|(_, o)| !taken.contains(&o.id) && fits_window(entry, o))
+            .min_by_key(|(_, o)| (o.at, o.id));
+        if let Some((enrollment, o)) = candidate {
+            events.push(complete(enrollment, o, entry));
+            used.insert(entry.entry_id);
+            taken.insert(o.id);
+        }
+    }
+    events
+}
+
+#[test]
+fn linking_through_the_window_index_decides_as_a_scan_of_every_window() {
+    // Overlapping windows of two lengths, twice a day, and a task.
+    let mut p = protocol();
+    p.activities[0].times = vec!["08:00".parse().unwrap(), "09:30".parse().unwrap()];
+    p.activities[0].window_minutes = 180;
+    p.activities.push(Activity {
+        key: "walk".into(),
+        kind: ActivityKind::Practice {
+            practice: "formal-meditation".into(),
+        },
+        span: DaySpan::days(-3, 3).unwrap(),
+        cadence: Cadence::Daily,
+        times: vec!["09:00".parse().unwrap()],
+        target_minutes: 20,
+        window_minutes: 45,
+    });
+    let mut protocols = ProtocolSet::default();
+    protocols.insert(p.clone());
+    let mut state = enrollment::decide(
+        &Participant::default(),
+        EnrollmentCommand::Enroll {
+            enrollment_id: ENROLLMENT,
+            protocol: p,
+            requested_version: 1,
+            session_at: crate::time::parse_local_date_time("s", "2026-06-05T10:00").unwrap(),
+            time_zone: Zone::new("UTC").unwrap(),
+            now: ts("2026-05-01T00:00:00Z"),
+        },
+        &protocols,
+    )
+    .unwrap()
+    .iter()
+    .fold(Participant::default(), enrollment::evolve);
+    let now = ts("2026-06-09T00:00:00Z");
+    let ids: Vec<Uuid> = state.enrollments[0]
+        .schedule(&protocols, now)
+        .unwrap()
+        .iter()
+        .map(|o| o.id)
+        .collect();
+    let mut rng = 17u64;
+    let mut next = move |n: u64| {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng >> 33) % n
+    };
+    let mut log = Log::default();
+    let (mut completed, mut withdrawn) = (0, 0);
+    for round in 0..40u128 {
+        for i in 0..6u128 {
+            let entry_id = Uuid::from_u128(round << 8 | i);
+            let start = ts("2026-06-02T00:00:00Z")
+                .checked_add(SignedDuration::from_mins(next(7 * 24 * 12) as i64 * 5))
+                .unwrap();
+            let mut c = Content {
+                started_at: start,
+                ..content(
+                    if next(5) == 0 {
+                        "soothing-touch"
+                    } else {
+                        "formal-meditation"
+                    },
+                    "2026-06-02T00:00:00Z",
+                    5 + next(30) as u32,
+                )
+            };
+            if next(6) == 0 {
+                c.occurrence_id = Some(ids[next(ids.len() as u64) as usize]);
+            }
+            let events = decide(
+                &log,
+                Command::Log {
+                    entry_id,
+                    content: c,
+                },
+            )
+            .unwrap();
+            log = events.iter().fold(log, evolve);
+        }
+        // Corrections and retractions of earlier entries.
+        let existing: Vec<Uuid> = log.entries.keys().copied().collect();
+        let pick = existing[next(existing.len() as u64) as usize];
+        let moved = ts("2026-06-02T00:00:00Z")
+            .checked_add(SignedDuration::from_mins(next(7 * 24 * 12) as i64 * 5))
+            .unwrap();
+        if let Ok(events) = decide(
+            &log,
+            Command::Correct {
+                entry_id: pick,
+                request_id: Uuid::from_u128(0xc000 + round),
+                content: Content {
+                    started_at: moved,
+                    ..content("formal-meditation", "2026-06-02T00:00:00Z", 12)
+                },
+            },
+        ) {
+            log = events.iter().fold(log, evolve);
+        }
+        if round % 3 == 0 {
+            let pick = existing[next(existing.len() as u64) as usize];
+            if let Ok(events) = decide(
+                &log,
+                Command::Retract {
+                    entry_id: pick,
+                    now,
+                },
+            ) {
+                log = events.iter().fold(log, evolve);
+            }
+        }
+        let schedule = state.enrollments[0].schedule(&protocols, now).unwrap();
+        let schedules = [(&state.enrollments[0], schedule)];
+        let indexed = link(&log, &schedules);
+        assert_eq!(indexed, link_by_scan(&log, &schedules), "round {round}");
+        for e in &indexed {
+            match e {
+                enrollment::Event::Completed(_) => completed += 1,
+                _ => withdrawn += 1,
+            }
+        }
+        state = indexed.iter().fold(state, enrollment::evolve);
+    }
+    // The rounds linked, and withdrew links whose entries moved away.
+    assert!(
+        completed >= 15 && withdrawn >= 3,
+        "{completed}, {withdrawn}"
+    );
+}
