@@ -61,7 +61,7 @@ pub struct Activity {
     pub window_minutes: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ActivityKind {
     /// A practice the participant logs, such as `self-compassion-break`.

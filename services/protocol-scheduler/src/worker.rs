@@ -435,7 +435,7 @@ impl Worker {
             stream,
             (loaded.version, practice_version),
             next,
-            &rows,
+            rows,
         );
         Ok((plan, events.len()))
     }
@@ -579,13 +579,13 @@ impl Worker {
                 plan.stream.as_str().to_owned(),
             );
             let stored = stored_by.get(&key).unwrap_or(&none);
-            let wanted: HashSet<Uuid> = plan.rows.ids.iter().copied().collect();
+            let wanted: HashSet<Uuid> = plan.rows.iter().map(|o| o.id).collect();
             for id in stored.keys().filter(|id| !wanted.contains(id)) {
                 gone.push_key(plan, *id);
             }
-            for i in 0..plan.rows.ids.len() {
-                let id = plan.rows.ids[i];
-                if stored.get(&id) == Some(&Some(plan.rows.digests[i])) {
+            for (i, o) in plan.rows.iter().enumerate() {
+                let id = o.id;
+                if stored.get(&id) == Some(&Some(plan.digests[i])) {
                     continue;
                 }
                 let n = seen.entry((plan.tenant.as_str(), id)).or_insert(0);
@@ -596,7 +596,7 @@ impl Worker {
                 *n += 1;
             }
         }
-        if !gone.rows.ids.is_empty() {
+        if !gone.ids.is_empty() {
             sqlx::query(
                 "DELETE FROM scheduler_occurrences o
                  USING unnest($1::text[], $2::text[], $3::uuid[]) AS g(t, s, id)
@@ -604,12 +604,12 @@ impl Worker {
             )
             .bind(&gone.tenants)
             .bind(&gone.streams)
-            .bind(&gone.rows.ids)
+            .bind(&gone.ids)
             .execute(&mut **tx)
             .await
             .map_err(store_error)?;
         }
-        for group in groups.iter().filter(|g| !g.rows.ids.is_empty()) {
+        for group in groups.iter().filter(|g| !g.ids.is_empty()) {
             // A conflict with another stream's row is left alone.
             sqlx::query(
                 "INSERT INTO scheduler_occurrences
@@ -628,14 +628,14 @@ impl Worker {
             )
             .bind(&group.tenants)
             .bind(&group.streams)
-            .bind(&group.rows.ids)
-            .bind(&group.rows.enrollments)
-            .bind(&group.rows.at)
-            .bind(&group.rows.closes)
-            .bind(&group.rows.completed)
-            .bind(&group.rows.cancelled)
-            .bind(&group.rows.details)
-            .bind(&group.rows.digests)
+            .bind(&group.ids)
+            .bind(&group.enrollments)
+            .bind(&group.at)
+            .bind(&group.closes)
+            .bind(&group.completed)
+            .bind(&group.cancelled)
+            .bind(&group.details)
+            .bind(&group.digests)
             .execute(&mut **tx)
             .await
             .map_err(store_error)?;
@@ -677,14 +677,42 @@ struct Plan {
     version: Option<u64>,
     practice_version: Option<u64>,
     next: Option<Timestamp>,
-    rows: Rows,
-    /// Of all its rows: equal to the stored one, nothing to rewrite.
+    rows: Vec<Occurrence>,
+    /// Of each row, and of all of them: equal to the stored one, nothing
+    /// to rewrite.
+    digests: Vec<i64>,
     digest: i64,
 }
 
-/// Occurrence rows, column by column.
+impl Plan {
+    fn new(
+        tenant: &TenantId,
+        stream: &StreamId,
+        (version, practice_version): (Option<u64>, Option<u64>),
+        next: Option<Timestamp>,
+        rows: Vec<Occurrence>,
+    ) -> Plan {
+        let digests: Vec<i64> = rows.iter().map(row_digest).collect();
+        let ids: Vec<Uuid> = rows.iter().map(|o| o.id).collect();
+        Plan {
+            tenant: tenant.clone(),
+            stream: stream.clone(),
+            version,
+            practice_version,
+            next,
+            digest: rows_digest(&ids, &digests),
+            rows,
+            digests,
+        }
+    }
+}
+
+/// Occurrence rows of several streams, column by column, for one
+/// statement. Only rows to write are turned into columns.
 #[derive(Default)]
-struct Rows {
+struct Columns {
+    tenants: Vec<String>,
+    streams: Vec<String>,
     ids: Vec<Uuid>,
     enrollments: Vec<Uuid>,
     at: Vec<DateTime<Utc>>,
@@ -695,21 +723,24 @@ struct Rows {
     digests: Vec<i64>,
 }
 
-impl Plan {
-    fn new(
-        tenant: &TenantId,
-        stream: &StreamId,
-        (version, practice_version): (Option<u64>, Option<u64>),
-        next: Option<Timestamp>,
-        occurrences: &[Occurrence],
-    ) -> Plan {
-        let mut rows = Rows::default();
-        for o in occurrences {
-            let (id, enrollment) = (o.id, o.enrollment_id);
-            let (at, closes) = (instants::to_chrono(o.at), instants::to_chrono(o.closes_at));
-            let completed = o.completed_at.map(instants::to_chrono);
-            let cancelled = o.status == Status::Cancelled;
-            let detail = serde_json::to_value(OccurrenceDetail {
+impl Columns {
+    /// A row's key alone (a row to delete).
+    fn push_key(&mut self, plan: &Plan, id: Uuid) {
+        self.tenants.push(plan.tenant.as_str().to_owned());
+        self.streams.push(plan.stream.as_str().to_owned());
+        self.ids.push(id);
+    }
+
+    fn push_row(&mut self, plan: &Plan, i: usize) {
+        let o = &plan.rows[i];
+        self.push_key(plan, o.id);
+        self.enrollments.push(o.enrollment_id);
+        self.at.push(instants::to_chrono(o.at));
+        self.closes.push(instants::to_chrono(o.closes_at));
+        self.completed.push(o.completed_at.map(instants::to_chrono));
+        self.cancelled.push(o.status == Status::Cancelled);
+        self.details.push(
+            serde_json::to_value(OccurrenceDetail {
                 activity_key: o.activity_key.clone(),
                 kind: o.kind.clone(),
                 day: o.day,
@@ -720,77 +751,25 @@ impl Plan {
                 target_minutes: o.target_minutes,
                 protocol_version: o.protocol_version,
             })
-            .unwrap_or_default();
-            rows.digests.push(row_digest(
-                id, enrollment, at, closes, completed, cancelled, &detail,
-            ));
-            rows.ids.push(id);
-            rows.enrollments.push(enrollment);
-            rows.at.push(at);
-            rows.closes.push(closes);
-            rows.completed.push(completed);
-            rows.cancelled.push(cancelled);
-            rows.details.push(detail);
-        }
-        Plan {
-            tenant: tenant.clone(),
-            stream: stream.clone(),
-            version,
-            practice_version,
-            next,
-            digest: rows_digest(&rows.ids, &rows.digests),
-            rows,
-        }
+            .unwrap_or_default(),
+        );
+        self.digests.push(plan.digests[i]);
     }
 }
 
-/// Occurrence rows of several streams, for one statement.
-#[derive(Default)]
-struct Columns {
-    tenants: Vec<String>,
-    streams: Vec<String>,
-    rows: Rows,
-}
-
-impl Columns {
-    /// A row's key alone (a row to delete).
-    fn push_key(&mut self, plan: &Plan, id: Uuid) {
-        self.tenants.push(plan.tenant.as_str().to_owned());
-        self.streams.push(plan.stream.as_str().to_owned());
-        self.rows.ids.push(id);
-    }
-
-    fn push_row(&mut self, plan: &Plan, i: usize) {
-        let (from, to) = (&plan.rows, &mut self.rows);
-        self.tenants.push(plan.tenant.as_str().to_owned());
-        self.streams.push(plan.stream.as_str().to_owned());
-        to.ids.push(from.ids[i]);
-        to.enrollments.push(from.enrollments[i]);
-        to.at.push(from.at[i]);
-        to.closes.push(from.closes[i]);
-        to.completed.push(from.completed[i]);
-        to.cancelled.push(from.cancelled[i]);
-        to.details.push(from.details[i].clone());
-        to.digests.push(from.digests[i]);
-    }
-}
-
-/// A digest of one occurrence row: equal digests mean nothing to rewrite.
-/// Only ever compared with digests this same code wrote; a different build
-/// at worst rewrites each row once.
-fn row_digest(
-    id: Uuid,
-    enrollment: Uuid,
-    at: DateTime<Utc>,
-    closes: DateTime<Utc>,
-    completed: Option<DateTime<Utc>>,
-    cancelled: bool,
-    detail: &serde_json::Value,
-) -> i64 {
+/// A digest of one occurrence row, from every field it stores: equal
+/// digests mean nothing to rewrite. Hashed from the fields rather than the
+/// row's JSON, so that only rows to write are encoded. Only ever compared
+/// with digests this same code wrote; a different build at worst rewrites
+/// each row once.
+fn row_digest(o: &Occurrence) -> i64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (id, enrollment, at, closes, completed, cancelled).hash(&mut h);
-    detail.to_string().hash(&mut h);
+    (o.id, o.enrollment_id, o.at, o.closes_at, o.completed_at).hash(&mut h);
+    (o.status == Status::Cancelled).hash(&mut h);
+    (&o.activity_key, &o.kind, o.day, o.arc_week).hash(&mut h);
+    (o.local_date, o.local_time, o.zone.name()).hash(&mut h);
+    (o.target_minutes, o.protocol_version).hash(&mut h);
     h.finish() as i64
 }
 
