@@ -272,56 +272,6 @@ impl ArcProjection {
         Ok(())
     }
 
-    /// Decides the flags of these participants now and appends them.
-    async fn decide_and_append(&mut self, pending: Vec<Key>) -> Result<(), BoxError> {
-        let missing: Vec<Key> = pending
-            .iter()
-            .filter(|k| !self.cache.contains_key(*k))
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            let pool = self.store.pool().clone();
-            let generation = self.generation;
-            self.load(&pool, generation, missing).await?;
-        }
-        let now = self.clock.now();
-        for key in pending {
-            let Some(cached) = self.cache.get(&key) else {
-                continue;
-            };
-            let events = arc::decide_flags(&cached.state, &self.rules, now, Uuid::now_v7);
-            if events.is_empty() {
-                continue;
-            }
-            let expected = match cached.state.arc_version {
-                None => ExpectedVersion::NoStream,
-                Some(v) => ExpectedVersion::Exact(v),
-            };
-            let new = new_events(&events, |_| Uuid::now_v7(), &Metadata::default())?;
-            match self
-                .store
-                .append(&key.0, &streams::arc(key.1), expected, new)
-                .await
-            {
-                Ok(_) => {
-                    for e in &events {
-                        if let FlagEvent::Raised(r) = e {
-                            tracing::info!(tenant = %key.0, kind = r.kind.name(), "arc flag raised");
-                        }
-                    }
-                }
-                // Decided on a state behind the arc stream (flags this
-                // runner appended are not folded yet): the next batch
-                // that touches the participant decides again.
-                Err(tend_event_store::Error::WrongExpectedVersion { .. }) => {}
-                Err(e) => tracing::warn!(tenant = %key.0, error = %e, "could not append arc flags"),
-            }
-        }
-        Ok(())
-    }
-}
-
-impl ArcProjection {
     /// Writes the changed practice entries of these participants.
     async fn flush_entries(
         &self,
@@ -379,6 +329,54 @@ impl ArcProjection {
             .bind(&live)
             .execute(&mut *tx)
             .await?;
+        }
+        Ok(())
+    }
+
+    /// Decides the flags of these participants now and appends them.
+    async fn decide_and_append(&mut self, pending: Vec<Key>) -> Result<(), BoxError> {
+        let missing: Vec<Key> = pending
+            .iter()
+            .filter(|k| !self.cache.contains_key(*k))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let pool = self.store.pool().clone();
+            let generation = self.generation;
+            self.load(&pool, generation, missing).await?;
+        }
+        let now = self.clock.now();
+        for key in pending {
+            let Some(cached) = self.cache.get(&key) else {
+                continue;
+            };
+            let events = arc::decide_flags(&cached.state, &self.rules, now, Uuid::now_v7);
+            if events.is_empty() {
+                continue;
+            }
+            let expected = match cached.state.arc_version {
+                None => ExpectedVersion::NoStream,
+                Some(v) => ExpectedVersion::Exact(v),
+            };
+            let new = new_events(&events, |_| Uuid::now_v7(), &Metadata::default())?;
+            match self
+                .store
+                .append(&key.0, &streams::arc(key.1), expected, new)
+                .await
+            {
+                Ok(_) => {
+                    for e in &events {
+                        if let FlagEvent::Raised(r) = e {
+                            tracing::info!(tenant = %key.0, kind = r.kind.name(), "arc flag raised");
+                        }
+                    }
+                }
+                // Decided on a state behind the arc stream (flags this
+                // runner appended are not folded yet): the next batch
+                // that touches the participant decides again.
+                Err(tend_event_store::Error::WrongExpectedVersion { .. }) => {}
+                Err(e) => tracing::warn!(tenant = %key.0, error = %e, "could not append arc flags"),
+            }
         }
         Ok(())
     }

@@ -394,33 +394,45 @@ impl Worker {
         let (log, practice_version) = self.repo.load_practice(tenant, stream).await?;
         // Practice completes occurrences first, so that a practised one is
         // never then missed.
-        let mut events = {
-            let schedules = loaded
+        let (mut events, schedules) = {
+            let linking = loaded
                 .state
                 .enrollments
                 .iter()
                 .map(|e| Ok((e, e.schedule(&loaded.protocols, now)?)))
                 .collect::<Result<Vec<_>, tend_domain::Error>>()?;
-            practice::link(&log, &schedules)
+            let events = practice::link(&log, &linking);
+            let schedules: Vec<Vec<Occurrence>> = linking.into_iter().map(|(_, s)| s).collect();
+            (events, schedules)
         };
-        let linked = events.iter().fold(loaded.state.clone(), enrollment::evolve);
-        events.extend(enrollment::decide(
-            &linked,
-            enrollment::Command::Tick {
-                now,
-                miss_grace: self.options.miss_grace,
-            },
-            &loaded.protocols,
-        )?);
-        if !events.is_empty() {
+        let tick = enrollment::Command::Tick {
+            now,
+            miss_grace: self.options.miss_grace,
+        };
+        let ticked = if events.is_empty() {
+            enrollment::decide(&loaded.state, tick, &loaded.protocols)?
+        } else {
+            let linked = events.iter().fold(loaded.state.clone(), enrollment::evolve);
+            enrollment::decide(&linked, tick, &loaded.protocols)?
+        };
+        events.extend(ticked);
+        // Unchanged, the state's schedules are the ones linking expanded.
+        let schedules = if events.is_empty() {
+            schedules
+        } else {
             let version = self.append_tick(tenant, &loaded, &events).await?;
             loaded.state = events.iter().fold(loaded.state, enrollment::evolve);
             loaded.version = Some(version);
-        }
+            loaded
+                .state
+                .enrollments
+                .iter()
+                .map(|e| e.schedule(&loaded.protocols, now))
+                .collect::<Result<Vec<_>, tend_domain::Error>>()?
+        };
         let mut rows = Vec::new();
         let mut next: Option<Timestamp> = None;
-        for e in &loaded.state.enrollments {
-            let schedule = e.schedule(&loaded.protocols, now)?;
+        for schedule in schedules {
             next = match (
                 next,
                 Enrollment::next_wake(&schedule, self.options.miss_grace),
