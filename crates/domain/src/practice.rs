@@ -165,9 +165,12 @@ pub fn validate(
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Log {
     /// Shared, so that a copy of the log (a kept fold handed out while a
-    /// copy stays kept) copies pointers, not every entry; an entry changed
-    /// is copied then.
-    pub entries: BTreeMap<Uuid, Arc<Entry>>,
+    /// copy stays kept) is a pointer, not every entry; the map is copied
+    /// when a copy still held elsewhere changes, and an entry when it does.
+    pub entries: Arc<BTreeMap<Uuid, Arc<Entry>>>,
+    /// The live entries by start, then id: what linking walks in order,
+    /// kept as entries change rather than sorted at every round.
+    live: Arc<BTreeMap<(Timestamp, Uuid), Arc<Entry>>>,
     /// When the participant's notes were erased, if they were.
     pub notes_erased_at: Option<Timestamp>,
 }
@@ -195,14 +198,27 @@ impl Entry {
 impl Log {
     /// Entries not retracted, in the order they started.
     pub fn live(&self) -> Vec<&Entry> {
-        let mut live: Vec<&Entry> = self
-            .entries
-            .values()
-            .map(Arc::as_ref)
-            .filter(|e| e.is_live())
-            .collect();
-        live.sort_by_key(|e| (e.current.started_at, e.entry_id));
-        live
+        self.live.values().map(Arc::as_ref).collect()
+    }
+
+    /// Applies `change` to the entry, if there is one, and keeps it in the
+    /// live entries by start as it now stands.
+    fn change(&mut self, entry_id: Uuid, change: impl FnOnce(&mut Entry)) {
+        let Some(slot) = Arc::make_mut(&mut self.entries).get_mut(&entry_id) else {
+            return;
+        };
+        let before = slot
+            .is_live()
+            .then_some((slot.current.started_at, entry_id));
+        change(Arc::make_mut(slot));
+        let after = slot.is_live().then(|| slot.clone());
+        let live = Arc::make_mut(&mut self.live);
+        if let Some(key) = before {
+            live.remove(&key);
+        }
+        if let Some(entry) = after {
+            live.insert((entry.current.started_at, entry_id), entry);
+        }
     }
 }
 
@@ -274,32 +290,29 @@ pub fn catalogue() -> Vec<crate::catalogue::EventType> {
 pub fn evolve(mut log: Log, event: &Event) -> Log {
     match event {
         Event::Logged(e) => {
-            log.entries.entry(e.entry_id).or_insert_with(|| {
-                Arc::new(Entry {
+            if !log.entries.contains_key(&e.entry_id) {
+                let entry = Arc::new(Entry {
                     entry_id: e.entry_id,
                     logged: e.content.clone(),
                     current: e.content.clone(),
                     revision: 1,
                     corrections: BTreeMap::new(),
                     retracted_at: None,
-                })
-            });
-        }
-        Event::Corrected(e) => {
-            if let Some(entry) = log.entries.get_mut(&e.entry_id) {
-                let entry = Arc::make_mut(entry);
-                entry.current = e.content.clone();
-                entry.revision += 1;
-                entry.corrections.insert(e.request_id, e.content.clone());
+                });
+                Arc::make_mut(&mut log.live)
+                    .insert((e.content.started_at, e.entry_id), entry.clone());
+                Arc::make_mut(&mut log.entries).insert(e.entry_id, entry);
             }
         }
-        Event::Retracted(e) => {
-            if let Some(entry) = log.entries.get_mut(&e.entry_id) {
-                let entry = Arc::make_mut(entry);
-                entry.retracted_at.get_or_insert(e.retracted_at);
-                entry.revision += 1;
-            }
-        }
+        Event::Corrected(e) => log.change(e.entry_id, |entry| {
+            entry.current = e.content.clone();
+            entry.revision += 1;
+            entry.corrections.insert(e.request_id, e.content.clone());
+        }),
+        Event::Retracted(e) => log.change(e.entry_id, |entry| {
+            entry.retracted_at.get_or_insert(e.retracted_at);
+            entry.revision += 1;
+        }),
         Event::NotesErased(e) => {
             log.notes_erased_at.get_or_insert(e.erased_at);
         }

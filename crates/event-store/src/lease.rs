@@ -10,10 +10,30 @@
 //! taker must update the row, which waits until that transaction ends, and
 //! the holder's own transactions still run side by side.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
+
+/// What [`Lease::hold`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// Held without a break since this holder's previous successful
+    /// `hold`: nobody else can have had it in between.
+    Still,
+    /// Held now, but it may have been another's since this holder last
+    /// had it (or this is the first time).
+    Anew,
+    /// Another holder has it.
+    Not,
+}
+
+impl Held {
+    pub fn is_held(self) -> bool {
+        self != Held::Not
+    }
+}
 
 /// One holder's claim on one named lease. Not `Clone`: two tasks with one
 /// claim would both count as its holder.
@@ -22,6 +42,9 @@ pub struct Lease {
     name: String,
     holder: Uuid,
     ttl: Duration,
+    /// When the last renewal by `hold` that succeeded was sent: the row
+    /// then expires no sooner than `ttl` after it.
+    renewed: Mutex<Option<Instant>>,
 }
 
 impl Lease {
@@ -33,6 +56,7 @@ impl Lease {
             name: name.into(),
             holder: Uuid::new_v4(),
             ttl,
+            renewed: Mutex::new(None),
         }
     }
 
@@ -66,9 +90,48 @@ impl Lease {
         Ok(row.is_some())
     }
 
+    /// Holds the lease like [`Lease::acquire`], but asks the database only
+    /// once a third of its life has passed since the last renewal: a job
+    /// that checks before every batch would otherwise write the lease row
+    /// (and wait for its commit) as often as it writes its own. Until then
+    /// the row is surely still this holder's, since only an expired lease
+    /// changes hands; and every write is fenced all the same.
+    pub async fn hold(&self, pool: &PgPool) -> Result<Held, sqlx::Error> {
+        let last = *self.renewed();
+        if last.is_some_and(|at| at.elapsed() < self.ttl / 3) {
+            return Ok(Held::Still);
+        }
+        let sent = Instant::now();
+        let acquired = self.acquire(pool).await;
+        let mut renewed = self.renewed();
+        match acquired {
+            Ok(true) => {
+                // Answered before the last renewal could expire: the row was
+                // this holder's, unexpired, when the renewal ran.
+                let still = last.is_some_and(|at| at.elapsed() < self.ttl);
+                *renewed = Some(sent);
+                Ok(if still { Held::Still } else { Held::Anew })
+            }
+            Ok(false) => {
+                *renewed = None;
+                Ok(Held::Not)
+            }
+            Err(e) => {
+                *renewed = None;
+                Err(e)
+            }
+        }
+    }
+
+    fn renewed(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        // Only an `Option<Instant>` inside: a panic cannot leave it torn.
+        self.renewed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Gives the lease up, if this holder has it, so that another server
     /// takes over at once instead of after the expiry.
     pub async fn release(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        *self.renewed() = None;
         sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
             .bind(&self.name)
             .bind(self.holder)
@@ -90,6 +153,11 @@ impl Lease {
         .bind(self.holder)
         .fetch_optional(&mut *tx)
         .await?;
+        if held.is_none() {
+            // Lost after all (the holder stalled past the expiry): the next
+            // `hold` must ask.
+            *self.renewed() = None;
+        }
         Ok(held.is_some())
     }
 }

@@ -32,7 +32,7 @@ use tracing::Instrument;
 
 pub use error::Error;
 pub use folds::Folds;
-pub use lease::Lease;
+pub use lease::{Held, Lease};
 pub use model::{
     Appended, Direction, ExpectedVersion, Filter, LogPage, Metadata, NewEvent, RecordedEvent,
     StreamId, StreamSlice, TenantId,

@@ -7,6 +7,7 @@
 //! the writer), so reading `position > checkpoint` never skips an event.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -33,6 +34,10 @@ pub struct Subscription {
     /// Where the last page's scan ended, past its last matching event.
     scanned_through: u64,
     head: watch::Receiver<u64>,
+    /// At most one read per this, once caught up (see `paced`).
+    every: Duration,
+    /// When the last read that reached the head was sent.
+    caught_up_at: Option<Instant>,
 }
 
 impl Subscription {
@@ -45,7 +50,19 @@ impl Subscription {
             page: VecDeque::new(),
             scanned_through: after,
             head,
+            every: Duration::ZERO,
+            caught_up_at: None,
         }
+    }
+
+    /// Once caught up, reads at most once per `every`, however often the
+    /// log moves: for a consumer that need not hear of each commit at once
+    /// and mostly filters everything out (each read is a query, and a busy
+    /// log commits hundreds of times a second). A backlog is read without
+    /// waiting.
+    pub fn paced(mut self, every: Duration) -> Self {
+        self.every = every;
+        self
     }
 
     /// The last position delivered (as an event or a checkpoint).
@@ -66,6 +83,13 @@ impl Subscription {
                 return Ok(Delivery::Checkpoint(self.position));
             }
             self.wait_for_commits_after(self.position).await?;
+            if let Some(at) = self.caught_up_at {
+                let wait = self.every.saturating_sub(at.elapsed());
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            let sent = Instant::now();
             let page = self
                 .store
                 .read_log(
@@ -79,6 +103,10 @@ impl Subscription {
                 // sees; wait for the next commit rather than spin.
                 self.head.changed().await.map_err(|_| Error::ShuttingDown)?;
             }
+            // Reached the head as known (a filtered read that scanned its
+            // window without a match is not caught up).
+            let caught_up = page.scanned_through >= *self.head.borrow();
+            self.caught_up_at = (!self.every.is_zero() && caught_up).then_some(sent);
             self.scanned_through = page.scanned_through;
             self.page.extend(page.events);
         }

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use tend_event_store::{
-    Delivery, Direction, Error, EventStore, ExpectedVersion, Filter, NewEvent, Options, StreamId,
-    TenantId,
+    Delivery, Direction, Error, EventStore, ExpectedVersion, Filter, Held, Lease, NewEvent,
+    Options, StreamId, TenantId,
 };
 use tend_testkit::fresh_database;
 use uuid::Uuid;
@@ -727,4 +727,127 @@ async fn a_retry_is_recognised_whatever_numbers_the_payload_holds() {
         .expect("read");
     assert_eq!(read.events[0].payload, payload, "read back exactly");
     assert_eq!(count(&pool).await, 1);
+}
+
+#[tokio::test]
+async fn a_paced_subscription_reads_at_most_once_per_pace_once_caught_up() {
+    let db = fresh_database().await;
+    // Pages of two, so that a backlog takes several reads.
+    let options = Options {
+        page_size: 2,
+        ..Options::default()
+    };
+    let store = EventStore::open(db.pool.clone(), options)
+        .await
+        .expect("open store");
+    let t = tenant("clinic");
+    let s = stream("practice-1");
+    let append = |n| {
+        let store = store.clone();
+        let (t, s) = (t.clone(), s.clone());
+        async move {
+            store
+                .append(&t, &s, ExpectedVersion::Any, vec![event(n)])
+                .await
+                .expect("append")
+        }
+    };
+    // A backlog is read without waiting, page after page: paced by an
+    // hour, it would not come within `next`'s ten seconds.
+    for n in 0..3 {
+        append(n).await;
+    }
+    let mut backlog = store
+        .subscribe(Filter::tenant(t.clone()), 0)
+        .paced(Duration::from_secs(3600));
+    let mut read = Vec::new();
+    while read.len() < 3 {
+        if let Delivery::Event(e) = next(&mut backlog).await {
+            read.push(e.payload["n"].as_u64().expect("n"));
+        }
+    }
+    assert_eq!(read, vec![0, 1, 2]);
+    let pace = Duration::from_millis(400);
+    let mut sub = store.subscribe(Filter::tenant(t.clone()), 0).paced(pace);
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        if let Delivery::Event(e) = next(&mut sub).await {
+            seen.push(e.payload["n"].as_u64().expect("n"));
+        }
+    }
+    // Caught up: the next commit is read a pace after the last read.
+    append(3).await;
+    let event = loop {
+        if let Delivery::Event(e) = next(&mut sub).await {
+            break e;
+        }
+    };
+    let waited = started.elapsed();
+    assert_eq!(event.payload["n"], 3);
+    assert_eq!(seen, vec![0, 1, 2]);
+    assert!(
+        waited >= pace,
+        "the second read came {waited:?} after the first, within the pace of {pace:?}"
+    );
+    // Nothing is lost to the pace: commits made meanwhile come in order.
+    for n in 4..8 {
+        append(n).await;
+    }
+    let mut rest = Vec::new();
+    while rest.len() < 4 {
+        if let Delivery::Event(e) = next(&mut sub).await {
+            rest.push(e.payload["n"].as_u64().expect("n"));
+        }
+    }
+    assert_eq!(rest, vec![4, 5, 6, 7]);
+}
+
+#[tokio::test]
+async fn a_lease_held_is_renewed_once_a_third_of_its_life_has_passed() {
+    let (_store, pool) = open().await;
+    let expires = |name: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, chrono::DateTime<chrono::Utc>>(
+                "SELECT expires_at FROM leases WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_one(&pool)
+            .await
+            .expect("lease row")
+        }
+    };
+    let a = Lease::new("job", Duration::from_secs(60));
+    let b = Lease::new("job", Duration::from_secs(60));
+    assert_eq!(a.hold(&pool).await.expect("hold"), Held::Anew);
+    let first = expires("job").await;
+    // Within a third of its life: held, and the row is not written.
+    assert_eq!(a.hold(&pool).await.expect("hold"), Held::Still);
+    assert_eq!(expires("job").await, first);
+    assert_eq!(b.hold(&pool).await.expect("hold"), Held::Not);
+    // Past a third of its life: renewed, without a break.
+    let short = Lease::new("short", Duration::from_millis(600));
+    assert_eq!(short.hold(&pool).await.expect("hold"), Held::Anew);
+    let before = expires("short").await;
+    tokio::time::sleep(Duration::from_millis(210)).await;
+    assert_eq!(short.hold(&pool).await.expect("hold"), Held::Still);
+    assert!(expires("short").await > before);
+
+    // A holder that stalled past its expiry, and a taker meanwhile: the
+    // stalled one's fence refuses, and its next hold asks and is refused.
+    sqlx::query("UPDATE leases SET expires_at = now() - interval '1 second' WHERE name = 'job'")
+        .execute(&pool)
+        .await
+        .expect("expire");
+    assert_eq!(b.hold(&pool).await.expect("hold"), Held::Anew);
+    let mut tx = pool.begin().await.expect("begin");
+    assert!(!a.fence(&mut tx).await.expect("fence"));
+    tx.rollback().await.expect("rollback");
+    assert_eq!(a.hold(&pool).await.expect("hold"), Held::Not);
+
+    // Given up and taken again later: a break, so `Anew`.
+    b.release(&pool).await.expect("release");
+    assert_eq!(a.hold(&pool).await.expect("hold"), Held::Anew);
+    assert_eq!(b.hold(&pool).await.expect("hold"), Held::Not);
 }

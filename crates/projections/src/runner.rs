@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
-use tend_event_store::{EventStore, Lease};
+use tend_event_store::{EventStore, Held, Lease};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -22,6 +22,12 @@ pub struct RunnerOptions {
     pub idle: Duration,
     /// How often an idle holder calls [`Projection::sweep`].
     pub sweep: Duration,
+    /// How long the holder waits after a batch that reached the head
+    /// before reading the next one, so that a busy log is folded in
+    /// batches of many events rather than of the few each commit adds:
+    /// each batch costs about ten statements and a commit whatever its
+    /// size. A backlog is read without waiting; 0 never waits.
+    pub linger: Duration,
 }
 
 impl Default for RunnerOptions {
@@ -31,6 +37,7 @@ impl Default for RunnerOptions {
             lease_ttl: Duration::from_secs(10),
             idle: Duration::from_secs(1),
             sweep: Duration::from_secs(60),
+            linger: Duration::from_millis(50),
         }
     }
 }
@@ -46,6 +53,8 @@ pub struct Step {
     pub position: u64,
     /// The checkpoint moved (over events of other categories too).
     pub advanced: bool,
+    /// The batch was full: more events are waiting.
+    pub full: bool,
 }
 
 /// Runs one projection on this server while it holds the lease.
@@ -56,10 +65,10 @@ pub struct Runner<P> {
     options: RunnerOptions,
     lease: Lease,
     generation: Option<i32>,
-    /// The checkpoint this runner last wrote: the working set it kept is
-    /// folded to there, and to be forgotten if the checkpoint is elsewhere
-    /// (another server held the lease meanwhile).
-    written_to: Option<u64>,
+    /// The checkpoint as this runner last wrote or read it: the working set
+    /// it kept is folded to there, and to be forgotten if the checkpoint is
+    /// found elsewhere (another server held the lease meanwhile).
+    known_checkpoint: Option<u64>,
     last_sweep: Option<Instant>,
 }
 
@@ -75,7 +84,7 @@ impl<P: Projection> Runner<P> {
             projection,
             options,
             generation: None,
-            written_to: None,
+            known_checkpoint: None,
             last_sweep: None,
         }
     }
@@ -93,6 +102,12 @@ impl<P: Projection> Runner<P> {
                     if step.held_lease != held {
                         held = step.held_lease;
                         tracing::info!(projection = name, holder = %self.lease.holder(), held, "projection lease changed hands");
+                    }
+                    if step.advanced && !step.full && !self.options.linger.is_zero() {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(self.options.linger) => {}
+                        }
                     }
                     // Caught up (or not the holder): wait for the log to move.
                     !step.advanced
@@ -122,23 +137,59 @@ impl<P: Projection> Runner<P> {
 
     /// One batch, if this runner holds (or can take) the lease.
     pub async fn step(&mut self) -> Result<Step, Error> {
+        loop {
+            match self.try_step().await {
+                Ok(Some(step)) => return Ok(step),
+                // Another generation became active since this runner read
+                // which was: nothing was written; step again on the new one.
+                Ok(None) => {}
+                Err(e) => {
+                    // A commit may have landed without its answer: read the
+                    // checkpoint again rather than trust the one last written.
+                    self.known_checkpoint = None;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn try_step(&mut self) -> Result<Option<Step>, Error> {
         let name = self.projection.name();
         let pool = pool(&self.store).clone();
-        if !self.lease.acquire(&pool).await? {
+        let held = self.lease.hold(&pool).await?;
+        if !held.is_held() {
             self.generation = None;
+            self.known_checkpoint = None;
             self.projection.reset();
-            return Ok(Step::default());
+            return Ok(Some(Step::default()));
         }
-        let generation = active_generation(&pool, name).await?;
-        if self.generation != Some(generation) {
-            // A rebuild switched generations: what is cached is of the old.
-            self.projection.reset();
-            self.generation = Some(generation);
-        }
-        let checkpoint = checkpoint(&pool, name, generation).await?.unwrap_or(0);
-        if self.written_to.is_some_and(|w| w != checkpoint) {
-            self.projection.reset();
-        }
+        // Held without a break since this runner last wrote or read the
+        // checkpoint: nobody else moved it, and a rebuild's switch of
+        // generation is caught by the fence before anything is written.
+        let kept = match (held, self.generation, self.known_checkpoint) {
+            (Held::Still, Some(generation), Some(known_checkpoint)) => {
+                Some((generation, known_checkpoint))
+            }
+            _ => None,
+        };
+        let (generation, checkpoint) = match kept {
+            Some(kept) => kept,
+            None => {
+                let generation = active_generation(&pool, name).await?;
+                if self.generation != Some(generation) {
+                    // A rebuild switched generations: what is cached is of the old.
+                    self.projection.reset();
+                    self.generation = Some(generation);
+                    self.known_checkpoint = None;
+                }
+                let checkpoint = checkpoint(&pool, name, generation).await?.unwrap_or(0);
+                if self.known_checkpoint.is_some_and(|w| w != checkpoint) {
+                    self.projection.reset();
+                }
+                self.known_checkpoint = Some(checkpoint);
+                (generation, checkpoint)
+            }
+        };
         let page = self
             .store
             .read_log(&self.projection.filter(), checkpoint, self.options.batch)
@@ -149,6 +200,7 @@ impl<P: Projection> Runner<P> {
             events: 0,
             position: checkpoint,
             advanced: false,
+            full: page.events.len() >= self.options.batch,
         };
         if page.scanned_through == checkpoint {
             if self
@@ -160,7 +212,7 @@ impl<P: Projection> Runner<P> {
                 self.projection.reset();
                 swept.map_err(|e| wrap(name, e))?;
             }
-            return Ok(step);
+            return Ok(Some(step));
         }
         let started = Instant::now();
         let span = if tend_telemetry::tracing_enabled() {
@@ -179,8 +231,10 @@ impl<P: Projection> Runner<P> {
                 .await
                 .map_err(|e| wrap(name, e))?;
             let mut tx = pool.begin().await?;
-            if !fenced(&mut tx, &self.lease, name, generation).await? {
-                return Err(Error::LeaseLost);
+            match fenced(&mut tx, &self.lease, name, generation).await? {
+                Fence::Held => {}
+                Fence::Lost => return Err(Error::LeaseLost),
+                Fence::Switched => return Ok(false),
             }
             self.projection
                 .flush(&mut tx, generation)
@@ -188,17 +242,27 @@ impl<P: Projection> Runner<P> {
                 .map_err(|e| wrap(name, e))?;
             set_checkpoint(&mut tx, name, generation, page.scanned_through).await?;
             tx.commit().await?;
-            Ok(())
+            Ok(true)
         }
         .instrument(span.clone())
         .await;
-        if let Err(e) = written {
-            self.projection.reset();
-            if matches!(e, Error::LeaseLost) {
+        match written {
+            Ok(true) => {}
+            Ok(false) => {
+                self.projection.reset();
                 self.generation = None;
-                return Ok(Step::default());
+                self.known_checkpoint = None;
+                return Ok(None);
             }
-            return Err(e);
+            Err(e) => {
+                self.projection.reset();
+                if matches!(e, Error::LeaseLost) {
+                    self.generation = None;
+                    self.known_checkpoint = None;
+                    return Ok(Some(Step::default()));
+                }
+                return Err(e);
+            }
         }
         let caught_up = page.scanned_through >= self.store.head();
         if let Err(e) = self.projection.committed(caught_up).instrument(span).await {
@@ -213,11 +277,11 @@ impl<P: Projection> Runner<P> {
             .projection_batch_duration
             .record(started.elapsed().as_secs_f64(), &attributes);
         self.projection.batch_done();
-        self.written_to = Some(page.scanned_through);
+        self.known_checkpoint = Some(page.scanned_through);
         step.events = page.events.len();
         step.position = page.scanned_through;
         step.advanced = true;
-        Ok(step)
+        Ok(Some(step))
     }
 }
 
@@ -228,6 +292,14 @@ fn wrap(name: &str, source: BoxError) -> Error {
     }
 }
 
+enum Fence {
+    Held,
+    /// The lease is another's (or expired).
+    Lost,
+    /// Another generation is active.
+    Switched,
+}
+
 /// Holds the lease and the generation for the rest of the transaction: the
 /// share locks make a taker (or a rebuild's switch) wait until it ends.
 async fn fenced(
@@ -235,16 +307,20 @@ async fn fenced(
     lease: &Lease,
     name: &str,
     generation: i32,
-) -> Result<bool, Error> {
+) -> Result<Fence, Error> {
     if !lease.fence(tx).await? {
-        return Ok(false);
+        return Ok(Fence::Lost);
     }
     let active: Option<i32> =
         sqlx::query_scalar("SELECT active_generation FROM projections WHERE name = $1 FOR SHARE")
             .bind(name)
             .fetch_optional(&mut *tx)
             .await?;
-    Ok(active == Some(generation))
+    Ok(if active == Some(generation) {
+        Fence::Held
+    } else {
+        Fence::Switched
+    })
 }
 
 /// The generation queries read; the first is 1.

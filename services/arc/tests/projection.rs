@@ -74,6 +74,7 @@ fn runner(store: &EventStore, lease: Duration) -> Runner<ArcProjection> {
             lease_ttl: lease,
             idle: Duration::from_millis(20),
             sweep: Duration::from_secs(60),
+            ..RunnerOptions::default()
         },
     )
 }
@@ -566,6 +567,32 @@ async fn stored_state(pool: &PgPool, generation: i32, key: Uuid) -> serde_json::
 /// with entries stored apart and read back only for corrections and
 /// retractions, is what a fold from the start gives, byte for byte; so is a
 /// state an older build stored with every entry in it, once folded again.
+/// Appends each participant's events of `rounds`, three per round, one
+/// event per append.
+async fn append_rounds(
+    store: &EventStore,
+    tenant: &TenantId,
+    script: &[(Uuid, Vec<practice::Event>)],
+    rounds: std::ops::Range<usize>,
+) {
+    for round in rounds {
+        for (key, events) in script {
+            for e in &events[round * 3..round * 3 + 3] {
+                let new = new_events(
+                    std::slice::from_ref(e),
+                    |_| Uuid::now_v7(),
+                    &Metadata::default(),
+                )
+                .unwrap();
+                store
+                    .append(tenant, &streams::practice(*key), ExpectedVersion::Any, new)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_kept_state_with_entries_stored_apart_folds_as_from_the_start() {
     let (store, pool) = open().await;
@@ -599,23 +626,11 @@ async fn a_kept_state_with_entries_stored_apart_folds_as_from_the_start() {
             lease_ttl: Duration::from_secs(10),
             idle: Duration::from_millis(20),
             sweep: Duration::from_secs(60),
+            ..RunnerOptions::default()
         },
     );
     for round in 0..20 {
-        for (key, events) in &script {
-            for e in &events[round * 3..round * 3 + 3] {
-                let new = new_events(
-                    std::slice::from_ref(e),
-                    |_| Uuid::now_v7(),
-                    &Metadata::default(),
-                )
-                .unwrap();
-                store
-                    .append(&tenant, &streams::practice(*key), ExpectedVersion::Any, new)
-                    .await
-                    .unwrap();
-            }
-        }
+        append_rounds(&store, &tenant, &script, round..round + 1).await;
         if round % 2 == 0 {
             catch_up(&mut live).await;
         }
@@ -732,4 +747,46 @@ async fn a_kept_state_with_entries_stored_apart_folds_as_from_the_start() {
         .filter(|r| r.0 == *old_key)
         .count();
     assert_eq!(moved, expected[old_key].practice.len());
+}
+
+#[tokio::test]
+async fn a_runner_back_after_another_held_the_lease_folds_on_from_the_others_checkpoint() {
+    let (store, pool) = open().await;
+    let tenant = TenantId::new("clinic-a").unwrap();
+    let script: Vec<(Uuid, Vec<practice::Event>)> = (0..2)
+        .map(|i| (Uuid::from_u128(0xB0 + i), practice_script(i as u64 + 3, 27)))
+        .collect();
+    let lease = Duration::from_millis(400);
+    let options = RunnerOptions {
+        batch: 5,
+        lease_ttl: lease,
+        idle: Duration::from_millis(20),
+        sweep: Duration::from_secs(60),
+        ..RunnerOptions::default()
+    };
+    let mut a = Runner::new(store.clone(), projection(&store, false), options.clone());
+    let mut b = Runner::new(store.clone(), projection(&store, false), options);
+    // a folds and keeps its states; then stalls past its lease, b takes
+    // over and folds more of the same participants' practice, and stalls
+    // in turn; a comes back.
+    append_rounds(&store, &tenant, &script, 0..3).await;
+    assert_eq!(catch_up(&mut a).await, 18);
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    append_rounds(&store, &tenant, &script, 3..6).await;
+    assert_eq!(catch_up(&mut b).await, 18);
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    // a takes the lease back with nothing new to fold, then more comes.
+    let back = a.step().await.unwrap();
+    assert!(back.held_lease && back.events == 0);
+    append_rounds(&store, &tenant, &script, 6..9).await;
+    // Only what came after b's checkpoint, onto the states b wrote (not
+    // the ones a kept).
+    assert_eq!(catch_up(&mut a).await, 18);
+    for (key, state) in &folded(&script) {
+        assert_eq!(
+            stored_state(&pool, 1, *key).await,
+            serde_json::to_value(state).unwrap(),
+            "participant {key}"
+        );
+    }
 }

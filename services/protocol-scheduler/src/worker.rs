@@ -45,8 +45,6 @@ const LOG_PAGE: usize = 1000;
 /// Streams processed per batch, and batches per round before the lease is
 /// renewed again.
 const MAX_BATCHES_PER_ROUND: usize = 20;
-/// Streams processed at once: their reads and writes overlap.
-const CONCURRENCY: usize = 8;
 /// How long a stream that failed to process waits before it is tried again.
 const RETRY_AFTER: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
 
@@ -60,6 +58,10 @@ pub struct WorkerOptions {
     pub lease_ttl: Duration,
     /// Streams loaded per batch.
     pub batch_size: usize,
+    /// Streams decided at once (their reads overlap). One per core by
+    /// default: a round deciding more at once than there are cores takes
+    /// every core from the calls being served for as long as it lasts.
+    pub concurrency: usize,
     /// How long after a window closes its missed event waits, so that
     /// practice logged offline and synced late still completes it.
     pub miss_grace: jiff::SignedDuration,
@@ -76,6 +78,7 @@ impl Default for WorkerOptions {
             tick_interval: Duration::from_secs(1),
             lease_ttl: Duration::from_secs(10),
             batch_size: 100,
+            concurrency: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
             miss_grace: DEFAULT_MISS_GRACE,
         }
     }
@@ -195,7 +198,7 @@ impl Worker {
                     let result = self.plan(&tenant, &stream, now).await;
                     (tenant, stream, result)
                 })
-                .buffer_unordered(CONCURRENCY)
+                .buffer_unordered(self.options.concurrency.max(1))
                 .collect()
                 .await;
             let mut plans = Vec::with_capacity(results.len());
@@ -253,7 +256,12 @@ impl Worker {
     }
 
     async fn acquire(&self) -> Result<bool, Error> {
-        self.lease.acquire(self.pool()).await.map_err(store_error)
+        Ok(self
+            .lease
+            .hold(self.pool())
+            .await
+            .map_err(store_error)?
+            .is_held())
     }
 
     /// Opens a transaction that writes only while this worker holds the
@@ -281,6 +289,10 @@ impl Worker {
         .await
         .map_err(store_error)?
         .unwrap_or(0) as u64;
+        // Up to the head as it is now: on a busy log, chasing commits that
+        // land meanwhile would read and write a few events at a time for
+        // as long as they keep coming. The next round reads them.
+        let head = self.repo.store().head();
         loop {
             let page = self
                 .repo
@@ -354,6 +366,9 @@ impl Worker {
             .map_err(store_error)?;
             tx.commit().await.map_err(store_error)?;
             checkpoint = page.scanned_through;
+            if checkpoint >= head {
+                return Ok(());
+            }
             if !self.acquire().await? {
                 return Err(Error::LeaseLost);
             }

@@ -47,6 +47,7 @@ impl Harness {
                 lease_ttl,
                 batch_size: 7,
                 miss_grace: jiff::SignedDuration::ZERO,
+                ..WorkerOptions::default()
             },
         )
     }

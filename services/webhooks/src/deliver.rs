@@ -40,6 +40,11 @@ const FLUSH_EVERY: Duration = Duration::from_millis(200);
 /// How often secrets are read again (a rotation reaches deliveries within
 /// this; the previous secret signs beside the new one meanwhile).
 const SECRETS_EVERY: Duration = Duration::from_secs(30);
+/// How often the leader looks for endpoints registered, changed or
+/// removed. A new endpoint's deliveries start from its registration
+/// whenever it is seen, so this delays them and loses none; unpaced, the
+/// registry was read at every commit of a busy log.
+const REGISTRY_PACE: Duration = Duration::from_millis(250);
 
 /// How deliveries are made and retried.
 #[derive(Debug, Clone)]
@@ -200,7 +205,10 @@ async fn lead(shared: Arc<Shared>, lease: &Lease, pool: &sqlx::PgPool, stop: Can
         event_types: vec![],
     };
     let head_at_start = shared.store.head();
-    let mut registry = shared.store.subscribe(filter.clone(), 0);
+    let mut registry = shared
+        .store
+        .subscribe(filter.clone(), 0)
+        .paced(REGISTRY_PACE);
     let mut states: HashMap<(TenantId, Uuid), webhook::State> = HashMap::new();
     let mut running: HashMap<(TenantId, Uuid), Running> = HashMap::new();
     // Tasks told to stop and not yet ended: a new task for the same
@@ -266,7 +274,10 @@ async fn lead(shared: Arc<Shared>, lease: &Lease, pool: &sqlx::PgPool, stop: Can
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
-                registry = shared.store.subscribe(filter.clone(), registry.position());
+                registry = shared
+                    .store
+                    .subscribe(filter.clone(), registry.position())
+                    .paced(REGISTRY_PACE);
                 continue;
             }
         }

@@ -798,8 +798,21 @@ fn a_completion_where_a_reschedule_moved_the_slot_stays_there_and_links_once() {
 
 /// `link` as first written: every entry against the whole schedule. The
 /// indexed `link` must decide exactly what it decides.
+/// The live entries in the order they started, by scanning every entry
+/// (what `Log::live` keeps as entries change).
+fn live_by_scan(log: &Log) -> Vec<&Entry> {
+    let mut live: Vec<&Entry> = log
+        .entries
+        .values()
+        .map(|e| e.as_ref())
+        .filter(|e| e.is_live())
+        .collect();
+    live.sort_by_key(|e| (e.current.started_at, e.entry_id));
+    live
+}
+
 fn link_by_scan(log: &Log, schedules: &[(&Enrollment, Vec<Occurrence>)]) -> Vec<enrollment::Event> {
-    let live: Vec<&Entry> = log.live();
+    let live: Vec<&Entry> = live_by_scan(log);
     let by_id: BTreeMap<Uuid, &Entry> = live.iter().map(|e| (e.entry_id, *e)).collect();
     let mut events = Vec::new();
     let mut used: BTreeSet<Uuid> = BTreeSet::new();
@@ -995,6 +1008,7 @@ fn linking_through_the_window_index_decides_as_a_scan_of_every_window() {
         }
         let schedule = state.enrollments[0].schedule(&protocols, now).unwrap();
         let schedules = [(&state.enrollments[0], schedule)];
+        assert_eq!(log.live(), live_by_scan(&log), "round {round}");
         let indexed = link(&log, &schedules);
         assert_eq!(indexed, link_by_scan(&log, &schedules), "round {round}");
         for e in &indexed {
