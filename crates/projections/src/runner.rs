@@ -53,8 +53,9 @@ pub struct Step {
     pub position: u64,
     /// The checkpoint moved (over events of other categories too).
     pub advanced: bool,
-    /// The batch was full: more events are waiting.
-    pub full: bool,
+    /// More events are waiting: the batch was full, or its read stopped
+    /// short of the head.
+    pub behind: bool,
 }
 
 /// Runs one projection on this server while it holds the lease.
@@ -103,7 +104,7 @@ impl<P: Projection> Runner<P> {
                         held = step.held_lease;
                         tracing::info!(projection = name, holder = %self.lease.holder(), held, "projection lease changed hands");
                     }
-                    if step.advanced && !step.full && !self.options.linger.is_zero() {
+                    if step.advanced && !step.behind && !self.options.linger.is_zero() {
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
                             _ = tokio::time::sleep(self.options.linger) => {}
@@ -144,8 +145,11 @@ impl<P: Projection> Runner<P> {
                 // which was: nothing was written; step again on the new one.
                 Ok(None) => {}
                 Err(e) => {
-                    // A commit may have landed without its answer: read the
-                    // checkpoint again rather than trust the one last written.
+                    // A commit may have landed without its answer, and the
+                    // lease may change hands before the next step: forget
+                    // what is kept and read the checkpoint again.
+                    self.projection.reset();
+                    self.generation = None;
                     self.known_checkpoint = None;
                     return Err(e);
                 }
@@ -200,13 +204,22 @@ impl<P: Projection> Runner<P> {
             events: 0,
             position: checkpoint,
             advanced: false,
-            full: page.events.len() >= self.options.batch,
+            behind: page.events.len() >= self.options.batch
+                || page.scanned_through < self.store.head(),
         };
         if page.scanned_through == checkpoint {
             if self
                 .last_sweep
                 .is_none_or(|t| t.elapsed() >= self.options.sweep)
             {
+                // A rebuild may have switched generations while nothing
+                // was written: sweep the one that is active.
+                if active_generation(&pool, name).await? != generation {
+                    self.projection.reset();
+                    self.generation = None;
+                    self.known_checkpoint = None;
+                    return Ok(None);
+                }
                 self.last_sweep = Some(Instant::now());
                 let swept = self.projection.sweep(&pool, generation).await;
                 self.projection.reset();
@@ -240,7 +253,14 @@ impl<P: Projection> Runner<P> {
                 .flush(&mut tx, generation)
                 .await
                 .map_err(|e| wrap(name, e))?;
-            set_checkpoint(&mut tx, name, generation, page.scanned_through).await?;
+            // Only from where this batch was read: whatever the clocks did,
+            // a checkpoint that moved meanwhile (another holder) is never
+            // written over from a working set folded elsewhere.
+            if !advance_checkpoint(&mut tx, name, generation, checkpoint, page.scanned_through)
+                .await?
+            {
+                return Ok(false);
+            }
             tx.commit().await?;
             Ok(true)
         }
@@ -249,6 +269,8 @@ impl<P: Projection> Runner<P> {
         match written {
             Ok(true) => {}
             Ok(false) => {
+                // Another generation is active, or the checkpoint moved:
+                // nothing was written; step again from what is stored.
                 self.projection.reset();
                 self.generation = None;
                 self.known_checkpoint = None;
@@ -349,6 +371,42 @@ async fn checkpoint(pool: &PgPool, name: &str, generation: i32) -> Result<Option
     .fetch_optional(pool)
     .await?;
     Ok(p.map(|p| p as u64))
+}
+
+/// Moves the checkpoint from `from` to `to`; false (nothing written) if it
+/// is not at `from`. No checkpoint counts as 0.
+async fn advance_checkpoint(
+    tx: &mut PgConnection,
+    name: &str,
+    generation: i32,
+    from: u64,
+    to: u64,
+) -> Result<bool, Error> {
+    let moved = sqlx::query(
+        "UPDATE projection_checkpoints SET position = $4, updated_at = now()
+         WHERE name = $1 AND generation = $2 AND position = $3",
+    )
+    .bind(name)
+    .bind(generation)
+    .bind(from as i64)
+    .bind(to as i64)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if moved == 1 || from != 0 {
+        return Ok(moved == 1);
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO projection_checkpoints (name, generation, position) VALUES ($1, $2, $3)
+         ON CONFLICT (name, generation) DO NOTHING",
+    )
+    .bind(name)
+    .bind(generation)
+    .bind(to as i64)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
 }
 
 async fn set_checkpoint(

@@ -790,3 +790,48 @@ async fn a_runner_back_after_another_held_the_lease_folds_on_from_the_others_che
         );
     }
 }
+
+#[tokio::test]
+async fn a_runner_never_writes_over_a_checkpoint_that_moved_under_it() {
+    let (store, pool) = open().await;
+    let tenant = TenantId::new("clinic-a").unwrap();
+    let script = vec![(Uuid::from_u128(0xC0), practice_script(5, 9))];
+    let mut a = Runner::new(
+        store.clone(),
+        projection(&store, false),
+        RunnerOptions {
+            batch: 100,
+            lease_ttl: Duration::from_secs(10),
+            idle: Duration::from_millis(20),
+            sweep: Duration::from_secs(60),
+            ..RunnerOptions::default()
+        },
+    );
+    append_rounds(&store, &tenant, &script, 0..1).await;
+    assert_eq!(catch_up(&mut a).await, 3);
+    let at = status(&pool, "arc").await.unwrap().position as i64;
+    append_rounds(&store, &tenant, &script, 1..3).await;
+    // Moved on by someone else while a still holds its lease (as after a
+    // clock that misled a holder into thinking it never lost it): three of
+    // the six new events are past it.
+    let third: i64 = sqlx::query_scalar(
+        "SELECT position FROM events WHERE position > $1 ORDER BY position OFFSET 2 LIMIT 1",
+    )
+    .bind(at)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE projection_checkpoints SET position = $1 WHERE name = 'arc'")
+        .bind(third)
+        .execute(&pool)
+        .await
+        .unwrap();
+    // a folds from where the checkpoint is, not from where it left it.
+    let step = a.step().await.unwrap();
+    assert_eq!(step.events, 3);
+    let head: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(status(&pool, "arc").await.unwrap().position as i64, head);
+}
