@@ -141,20 +141,26 @@ impl<P: Projection> Runner<P> {
         loop {
             match self.try_step().await {
                 Ok(Some(step)) => return Ok(step),
-                // Another generation became active since this runner read
-                // which was: nothing was written; step again on the new one.
+                // Another generation became active, or the checkpoint moved,
+                // since this runner read them: nothing was written (and all
+                // was forgotten); step again from what is stored.
                 Ok(None) => {}
                 Err(e) => {
                     // A commit may have landed without its answer, and the
-                    // lease may change hands before the next step: forget
-                    // what is kept and read the checkpoint again.
-                    self.projection.reset();
-                    self.generation = None;
-                    self.known_checkpoint = None;
+                    // lease may change hands before the next step.
+                    self.forget();
                     return Err(e);
                 }
             }
         }
+    }
+
+    /// Forgets the working set, the generation and the checkpoint, so that
+    /// the next step reads them from what is stored.
+    fn forget(&mut self) {
+        self.projection.reset();
+        self.generation = None;
+        self.known_checkpoint = None;
     }
 
     async fn try_step(&mut self) -> Result<Option<Step>, Error> {
@@ -162,9 +168,7 @@ impl<P: Projection> Runner<P> {
         let pool = pool(&self.store).clone();
         let held = self.lease.hold(&pool).await?;
         if !held.is_held() {
-            self.generation = None;
-            self.known_checkpoint = None;
-            self.projection.reset();
+            self.forget();
             return Ok(Some(Step::default()));
         }
         // Held without a break since this runner last wrote or read the
@@ -215,9 +219,7 @@ impl<P: Projection> Runner<P> {
                 // A rebuild may have switched generations while nothing
                 // was written: sweep the one that is active.
                 if active_generation(&pool, name).await? != generation {
-                    self.projection.reset();
-                    self.generation = None;
-                    self.known_checkpoint = None;
+                    self.forget();
                     return Ok(None);
                 }
                 self.last_sweep = Some(Instant::now());
@@ -269,22 +271,15 @@ impl<P: Projection> Runner<P> {
         match written {
             Ok(true) => {}
             Ok(false) => {
-                // Another generation is active, or the checkpoint moved:
-                // nothing was written; step again from what is stored.
-                self.projection.reset();
-                self.generation = None;
-                self.known_checkpoint = None;
+                self.forget();
                 return Ok(None);
             }
-            Err(e) => {
-                self.projection.reset();
-                if matches!(e, Error::LeaseLost) {
-                    self.generation = None;
-                    self.known_checkpoint = None;
-                    return Ok(Some(Step::default()));
-                }
-                return Err(e);
+            Err(Error::LeaseLost) => {
+                self.forget();
+                return Ok(Some(Step::default()));
             }
+            // `step` forgets on every error.
+            Err(e) => return Err(e),
         }
         let caught_up = page.scanned_through >= self.store.head();
         if let Err(e) = self.projection.committed(caught_up).instrument(span).await {
