@@ -882,14 +882,35 @@ pub fn decide(
             Ok(events)
         }
         Command::Tick { now, miss_grace } => {
-            let mut events = Vec::new();
-            for e in &state.enrollments {
-                events.extend(tick(e, protocols, now, miss_grace)?);
-            }
-            events.sort_by_key(|(at, _)| *at);
-            Ok(events.into_iter().map(|(_, e)| e).collect())
+            let schedules = state
+                .enrollments
+                .iter()
+                .map(|e| e.schedule(protocols, now))
+                .collect::<Result<Vec<_>, Error>>()?;
+            Ok(tick_on(state, &schedules, now, miss_grace))
         }
     }
+}
+
+/// What `Command::Tick` causes, given each enrollment's schedule at `now`
+/// (`schedules[i]` is `state.enrollments[i]`'s), for a caller that has
+/// expanded them already: the scheduler, which links practice on the same
+/// schedules first.
+pub fn tick_on(
+    state: &Participant,
+    schedules: &[Vec<Occurrence>],
+    now: Timestamp,
+    miss_grace: SignedDuration,
+) -> Vec<Event> {
+    if state.erased.is_some() {
+        return vec![];
+    }
+    let mut events = Vec::new();
+    for (e, schedule) in state.enrollments.iter().zip(schedules) {
+        events.extend(tick(e, schedule, now, miss_grace));
+    }
+    events.sort_by_key(|(at, _)| *at);
+    events.into_iter().map(|(_, e)| e).collect()
 }
 
 /// A command with the protocol versions it may need: those the
@@ -922,12 +943,12 @@ impl crate::Decider for Aggregate {
 /// happened, for every window that opened or closed by `now`.
 fn tick(
     e: &Enrollment,
-    protocols: &impl Protocols,
+    schedule: &[Occurrence],
     now: Timestamp,
     miss_grace: SignedDuration,
-) -> Result<Vec<(Timestamp, Event)>, Error> {
+) -> Vec<(Timestamp, Event)> {
     let mut out = Vec::new();
-    for o in e.schedule(protocols, now)? {
+    for o in schedule {
         if o.status == Status::Cancelled || o.completed_at.is_some() {
             continue;
         }
@@ -952,14 +973,14 @@ fn tick(
                 Event::Missed(OccurrenceMissed {
                     enrollment_id: e.id,
                     occurrence_id: o.id,
-                    activity_key: o.activity_key,
+                    activity_key: o.activity_key.clone(),
                     scheduled_at: o.at,
                     window_closed_at: o.closes_at,
                 }),
             ));
         }
     }
-    Ok(out)
+    out
 }
 
 /// When a change made at `now` takes effect: never before the previous

@@ -34,8 +34,8 @@ pub use error::Error;
 pub use folds::Folds;
 pub use lease::{Held, Lease};
 pub use model::{
-    Appended, Direction, ExpectedVersion, Filter, LogPage, Metadata, NewEvent, RecordedEvent,
-    StreamId, StreamSlice, TenantId,
+    Appended, Direction, ExpectedVersion, Filter, LogPage, Metadata, MovedStreams, NewEvent,
+    RecordedEvent, StreamId, StreamSlice, TenantId,
 };
 pub use subscription::{Delivery, Subscription};
 

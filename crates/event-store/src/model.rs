@@ -325,3 +325,15 @@ pub struct LogPage {
     /// reader continues after it.
     pub scanned_through: u64,
 }
+
+/// The streams that moved in a stretch of the global log, each with the
+/// newest version it reached there: what a reader that only needs to know
+/// which streams changed reads instead of the events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MovedStreams {
+    /// In no particular order, each stream once.
+    pub streams: Vec<(TenantId, StreamId, u64)>,
+    /// Every position up to here has been counted; a reader continues
+    /// after it.
+    pub scanned_through: u64,
+}

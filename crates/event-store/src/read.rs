@@ -5,8 +5,8 @@ use sqlx::postgres::PgRow;
 use tracing::Instrument;
 
 use crate::{
-    Direction, Error, EventStore, Filter, LogPage, Metadata, RecordedEvent, StreamId, StreamSlice,
-    TenantId,
+    Direction, Error, EventStore, Filter, LogPage, Metadata, MovedStreams, RecordedEvent, StreamId,
+    StreamSlice, TenantId,
 };
 
 /// The most positions one log read scans, matched or not. It bounds the
@@ -142,6 +142,74 @@ impl EventStore {
     }
 }
 
+/// The most positions one [`EventStore::streams_moved`] call counts: a
+/// stretch the size of a few minutes of heavy writing, so that a reader far
+/// behind catches up in bounded steps.
+const MOVED_WINDOW: u64 = 100_000;
+
+impl EventStore {
+    /// The streams of `categories` that moved after position `after`, up
+    /// to `through` (and no further than the log's head, nor more than a
+    /// window of positions at once), with the newest version each reached.
+    /// As with [`EventStore::read_log`], every position up to the head is
+    /// committed, so nothing counted here can be joined later by an event
+    /// at a lower position.
+    pub async fn streams_moved(
+        &self,
+        categories: &[String],
+        after: u64,
+        through: u64,
+    ) -> Result<MovedStreams, Error> {
+        let upto = through
+            .min(after.saturating_add(MOVED_WINDOW))
+            .min(i64::MAX as u64);
+        if upto <= after {
+            return Ok(MovedStreams {
+                streams: vec![],
+                scanned_through: after,
+            });
+        }
+        let rows = sqlx::query(
+            "WITH bound AS (SELECT LEAST($2, coalesce(max(position), 0)) AS upto FROM events)
+             SELECT bound.upto, m.tenant_id, m.stream_id, m.version FROM bound LEFT JOIN LATERAL (
+                 SELECT e.tenant_id, e.stream_id, max(e.stream_version) AS version
+                 FROM events e
+                 WHERE e.position > $1 AND e.position <= bound.upto
+                   AND e.category = ANY($3)
+                 GROUP BY e.tenant_id, e.stream_id) m ON true",
+        )
+        .bind(after.min(i64::MAX as u64) as i64)
+        .bind(upto as i64)
+        .bind(categories)
+        .fetch_all(self.pool())
+        .instrument(tend_telemetry::db_span("SELECT events", "SELECT", "events"))
+        .await?;
+        let scanned_through = match rows.first() {
+            Some(row) => (row.try_get::<i64, _>(0)? as u64).max(after),
+            None => after,
+        };
+        let mut streams = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let (Some(tenant), Some(stream), Some(version)) = (
+                row.try_get::<Option<String>, _>(1)?,
+                row.try_get::<Option<String>, _>(2)?,
+                row.try_get::<Option<i64>, _>(3)?,
+            ) else {
+                continue;
+            };
+            streams.push((
+                TenantId::new(tenant)?,
+                StreamId::new(stream)?,
+                version as u64,
+            ));
+        }
+        Ok(MovedStreams {
+            streams,
+            scanned_through,
+        })
+    }
+}
+
 /// The most stream ids one [`EventStore::list_streams`] call returns.
 pub(crate) const MAX_LISTED_STREAMS: usize = 10_000;
 
@@ -232,6 +300,81 @@ impl EventStore {
                 return Ok((events, version));
             }
         }
+    }
+}
+
+/// Events per stream that [`EventStore::read_streams_after`] reads in its
+/// one statement; a stream with more is read on page by page.
+const MANY_PAGE: i64 = 500;
+
+impl EventStore {
+    /// [`EventStore::read_stream_after`] for many streams in one round trip:
+    /// for each `(tenant, stream, after)`, in the same order, the stream's
+    /// events after `after` and its version. A background worker that
+    /// refreshes many kept states at once reads them together rather than
+    /// a statement per stream.
+    pub async fn read_streams_after(
+        &self,
+        streams: &[(TenantId, StreamId, Option<u64>)],
+    ) -> Result<Vec<(Vec<RecordedEvent>, Option<u64>)>, Error> {
+        let mut out: Vec<(Vec<RecordedEvent>, Option<u64>)> =
+            vec![(Vec::new(), None); streams.len()];
+        if streams.is_empty() {
+            return Ok(out);
+        }
+        let tenants: Vec<&str> = streams.iter().map(|(t, _, _)| t.as_str()).collect();
+        let ids: Vec<&str> = streams.iter().map(|(_, s, _)| s.as_str()).collect();
+        let afters: Vec<i64> = streams
+            .iter()
+            .map(|(_, _, a)| a.map_or(-1, |v| v.min(i64::MAX as u64) as i64))
+            .collect();
+        // One statement, so each stream's version and events share a
+        // snapshot, as in `read_stream`.
+        let rows = sqlx::query(
+            "SELECT k.i, h.v, e.* FROM unnest($1::text[], $2::text[], $3::bigint[])
+                 WITH ORDINALITY AS k(t, s, a, i)
+             CROSS JOIN LATERAL (SELECT max(stream_version) AS v FROM events
+                                 WHERE tenant_id = k.t AND stream_id = k.s) h
+             LEFT JOIN LATERAL (
+                 SELECT e.position, e.tenant_id, e.stream_id, e.stream_version, e.event_id,
+                        e.event_type, e.schema_version, e.payload, e.metadata, e.recorded_at
+                 FROM events e
+                 WHERE e.tenant_id = k.t AND e.stream_id = k.s AND e.stream_version > k.a
+                 ORDER BY e.stream_version LIMIT $4) e ON true
+             ORDER BY k.i, e.stream_version",
+        )
+        .bind(&tenants)
+        .bind(&ids)
+        .bind(&afters)
+        .bind(MANY_PAGE)
+        .fetch_all(self.pool())
+        .instrument(tend_telemetry::db_span("SELECT events", "SELECT", "events"))
+        .await?;
+        for row in &rows {
+            let i = row.try_get::<i64, _>(0)? as usize - 1;
+            let Some(slot) = out.get_mut(i) else { continue };
+            slot.1 = row.try_get::<Option<i64>, _>(1)?.map(|v| v as u64);
+            if matches!(row.try_get::<Option<i64>, _>(2), Ok(Some(_))) {
+                slot.0.push(event_from_row(row, 2)?);
+            }
+        }
+        for (i, (events, version)) in out.iter_mut().enumerate() {
+            if events.len() as i64 == MANY_PAGE
+                && let Some(last) = events.last().map(|e| e.stream_version)
+                && version.is_some_and(|v| v > last)
+            {
+                let (tenant, stream, _) = &streams[i];
+                let (rest, v) = self.read_stream_after(tenant, stream, Some(last)).await?;
+                events.extend(rest);
+                *version = v;
+            }
+            // Versions are dense: the last event read is the version the
+            // caller may append after.
+            if let Some(last) = events.last() {
+                *version = Some(last.stream_version);
+            }
+        }
+        Ok(out)
     }
 }
 

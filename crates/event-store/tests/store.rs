@@ -851,3 +851,143 @@ async fn a_lease_held_is_renewed_once_a_third_of_its_life_has_passed() {
     assert_eq!(a.hold(&pool).await.expect("hold"), Held::Anew);
     assert_eq!(b.hold(&pool).await.expect("hold"), Held::Not);
 }
+
+#[tokio::test]
+async fn streams_moved_names_each_stream_once_with_its_newest_version_in_the_stretch() {
+    let (store, _pool) = open().await;
+    let (a, b) = (tenant("clinic-a"), tenant("clinic-b"));
+    let append = |t: &TenantId, s: &str, n: usize| {
+        let (store, t, s) = (store.clone(), t.clone(), stream(s));
+        async move {
+            store
+                .append(
+                    &t,
+                    &s,
+                    ExpectedVersion::Any,
+                    (0..n as u64).map(event).collect(),
+                )
+                .await
+                .expect("append")
+        }
+    };
+    append(&a, "participant-1", 2).await; // positions 1-2, versions 0-1
+    append(&a, "practice-1", 3).await; // 3-5, 0-2
+    append(&b, "participant-1", 1).await; // 6, 0 (another tenant, same id)
+    append(&a, "webhook-1", 2).await; // 7-8: another category
+    append(&a, "participant-1", 1).await; // 9, version 2
+    let categories = ["participant".to_owned(), "practice".to_owned()];
+    let sorted = |mut m: tend_event_store::MovedStreams| {
+        m.streams.sort();
+        m
+    };
+
+    let all = sorted(
+        store
+            .streams_moved(&categories, 0, u64::MAX)
+            .await
+            .expect("moved"),
+    );
+    assert_eq!(all.scanned_through, 9);
+    assert_eq!(
+        all.streams,
+        vec![
+            (a.clone(), stream("participant-1"), 2),
+            (a.clone(), stream("practice-1"), 2),
+            (b.clone(), stream("participant-1"), 0),
+        ]
+    );
+
+    // Bounded by the caller: positions 3 to 7 only.
+    let part = sorted(store.streams_moved(&categories, 2, 7).await.expect("moved"));
+    assert_eq!(part.scanned_through, 7);
+    assert_eq!(
+        part.streams,
+        vec![
+            (a.clone(), stream("practice-1"), 2),
+            (b.clone(), stream("participant-1"), 0),
+        ]
+    );
+
+    // A stretch of other categories only is scanned all the same.
+    let other = store.streams_moved(&categories, 6, 8).await.expect("moved");
+    assert_eq!((other.streams.len(), other.scanned_through), (0, 8));
+
+    // Never past the head, and nothing after it.
+    let tail = store
+        .streams_moved(&categories, 9, u64::MAX)
+        .await
+        .expect("moved");
+    assert_eq!((tail.streams.len(), tail.scanned_through), (0, 9));
+    let beyond = store
+        .streams_moved(&categories, 8, 100)
+        .await
+        .expect("moved");
+    assert_eq!(beyond.scanned_through, 9);
+    assert_eq!(beyond.streams, vec![(a, stream("participant-1"), 2)]);
+}
+
+#[tokio::test]
+async fn read_streams_after_reads_each_stream_as_read_stream_after_would() {
+    let (store, _pool) = open().await;
+    let (a, b) = (tenant("clinic-a"), tenant("clinic-b"));
+    let long = stream("practice-long");
+    // Longer than the batched read's page, so that it reads on.
+    for chunk in 0..3 {
+        store
+            .append(
+                &a,
+                &long,
+                ExpectedVersion::Any,
+                (0..250).map(|n| event(chunk * 250 + n)).collect(),
+            )
+            .await
+            .expect("append");
+    }
+    store
+        .append(
+            &a,
+            &stream("practice-short"),
+            ExpectedVersion::Any,
+            vec![event(0), event(1), event(2)],
+        )
+        .await
+        .expect("append");
+    store
+        .append(
+            &b,
+            &stream("practice-short"),
+            ExpectedVersion::Any,
+            vec![event(9)],
+        )
+        .await
+        .expect("append");
+    let asks = vec![
+        (a.clone(), long.clone(), None),
+        (a.clone(), stream("practice-short"), Some(0)),
+        (b.clone(), stream("practice-short"), Some(0)),
+        (a.clone(), stream("practice-none"), None),
+        (a.clone(), long.clone(), Some(700)),
+    ];
+    let many = store.read_streams_after(&asks).await.expect("read many");
+    assert_eq!(many.len(), asks.len());
+    for ((t, s, after), got) in asks.iter().zip(&many) {
+        let one = store
+            .read_stream_after(t, s, *after)
+            .await
+            .expect("read one");
+        assert_eq!(got, &one, "{s} after {after:?}");
+    }
+    assert_eq!(many[0].0.len(), 750);
+    assert_eq!(many[0].1, Some(749));
+    assert_eq!((many[1].0.len(), many[1].1), (2, Some(2)));
+    assert_eq!((many[2].0.len(), many[2].1), (0, Some(0)));
+    assert_eq!((many[3].0.len(), many[3].1), (0, None));
+    assert_eq!((many[4].0.len(), many[4].1), (49, Some(749)));
+    assert!(
+        store
+            .read_streams_after(&[])
+            .await
+            .expect("none")
+            .is_empty()
+    );
+}

@@ -116,7 +116,23 @@ where
         Some((state, version)) => (state, Some(version)),
         None => (D::State::default(), None),
     };
-    let (events, version) = store.read_stream_after(tenant, stream, after).await?;
+    let read = store.read_stream_after(tenant, stream, after).await?;
+    fold_read::<D>(store, tenant, stream, (state, after), read).await
+}
+
+/// Folds what was read after a taken state (with the version it was
+/// folded to) and keeps the result.
+async fn fold_read<D>(
+    store: &EventStore,
+    tenant: &TenantId,
+    stream: &StreamId,
+    (state, after): (D::State, Option<u64>),
+    (events, version): (Vec<RecordedEvent>, Option<u64>),
+) -> Result<(D::State, Option<u64>), Error>
+where
+    D: Decider + 'static,
+    D::State: Send + Sync + 'static,
+{
     let (state, version) = if version < after {
         // Shorter than the state kept: never for a log whose events are
         // never deleted, but if so, the kept state is not to be trusted.
@@ -129,9 +145,53 @@ where
         (D::fold(state, &decode::<D::Event>(&events)?), version)
     };
     if let Some(v) = version {
-        folds.keep::<D, _>(tenant, stream, v, state.clone());
+        store.folds().keep::<D, _>(tenant, stream, v, state.clone());
     }
     Ok((state, version))
+}
+
+/// [`load`] for many streams with one read: each stream's current state
+/// and version, in the order asked, or why that one could not be folded
+/// (the read itself failing fails them all).
+pub async fn load_many<D>(
+    store: &EventStore,
+    streams: &[(TenantId, StreamId)],
+) -> Result<Vec<Result<(D::State, Option<u64>), Error>>, Error>
+where
+    D: Decider + 'static,
+    D::State: Send + Sync + 'static,
+{
+    let folds = store.folds();
+    let mut kept = Vec::with_capacity(streams.len());
+    let mut asks = Vec::with_capacity(streams.len());
+    for (tenant, stream) in streams {
+        let (state, after) = match folds.take::<D, D::State>(tenant, stream) {
+            Some((state, version)) => (state, Some(version)),
+            None => (D::State::default(), None),
+        };
+        asks.push((tenant.clone(), stream.clone(), after));
+        kept.push(state);
+    }
+    let read = match store.read_streams_after(&asks).await {
+        Ok(read) => read,
+        Err(e) => {
+            // What was taken goes back: nothing was folded onto it.
+            for ((tenant, stream, after), state) in asks.iter().zip(kept) {
+                if let Some(v) = after {
+                    folds.keep::<D, _>(tenant, stream, *v, state);
+                }
+            }
+            return Err(e.into());
+        }
+    };
+    let mut out = Vec::with_capacity(streams.len());
+    for (((tenant, stream, after), state), read) in asks.iter().zip(kept).zip(read) {
+        // Folding a batch is computation only: a turn for the calls
+        // between streams.
+        tokio::task::yield_now().await;
+        out.push(fold_read::<D>(store, tenant, stream, (state, *after), read).await);
+    }
+    Ok(out)
 }
 
 /// What a decision needs beyond its stream, read after the stream (the

@@ -218,6 +218,59 @@ impl Participants {
         })
     }
 
+    /// [`Participants::load_participant`] for many participant streams,
+    /// read together: one result per stream, in order.
+    pub async fn load_participants(
+        &self,
+        streams: &[(TenantId, StreamId)],
+    ) -> Result<Vec<Result<Loaded, Error>>, Error> {
+        let folded = execute::load_many::<enrollment::Aggregate>(&self.store, streams).await?;
+        let mut out = Vec::with_capacity(streams.len());
+        for ((tenant, stream), folded) in streams.iter().zip(folded) {
+            let loaded = match folded {
+                Ok((state, version)) => match self.protocols_of(tenant, &state).await {
+                    Ok(protocols) => Ok(Loaded {
+                        stream: stream.clone(),
+                        state,
+                        version,
+                        protocols,
+                    }),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            out.push(loaded);
+        }
+        Ok(out)
+    }
+
+    /// [`Participants::load_practice`] for many participant streams, read
+    /// together: one result per stream, in order.
+    pub async fn load_practices(
+        &self,
+        participants: &[(TenantId, StreamId)],
+    ) -> Result<Vec<Result<(practice::Log, Option<u64>), Error>>, Error> {
+        // A stream that is not a participant's fails alone.
+        let not_a_participant =
+            || Error::from(DomainError::invalid("stream_id", "is not a participant's"));
+        let mut out: Vec<Result<(practice::Log, Option<u64>), Error>> = participants
+            .iter()
+            .map(|_| Err(not_a_participant()))
+            .collect();
+        let (slots, streams): (Vec<usize>, Vec<(TenantId, StreamId)>) = participants
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (t, p))| {
+                streams::key_of(p).map(|k| (i, (t.clone(), streams::practice(k))))
+            })
+            .unzip();
+        let folded = execute::load_many::<practice::Aggregate>(&self.store, &streams).await?;
+        for (i, result) in slots.into_iter().zip(folded) {
+            out[i] = result;
+        }
+        Ok(out)
+    }
+
     /// The practice log beside a participant stream, and its version.
     pub async fn load_practice(
         &self,

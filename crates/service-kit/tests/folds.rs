@@ -3,7 +3,8 @@
 //! holds, appended one event at a time from two servers (two stores on
 //! one database, each keeping its own folds). After every append, what
 //! `execute::load` gives (a kept state and the events after it) equals the
-//! fold of the whole stream from its first event, on both servers.
+//! fold of the whole stream from its first event, on both servers; and so
+//! does `execute::load_many`, the scheduler's batched load.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -59,8 +60,20 @@ where
         // `b` loads every other time only, so that its kept state is
         // sometimes several events behind.
         let loaders: &[&EventStore] = if i % 2 == 0 { &[a, b] } else { &[a] };
-        for store in loaders {
-            let (kept, kept_version) = execute::load::<D>(store, tenant, stream).await.unwrap();
+        for (n, store) in loaders.iter().enumerate() {
+            // Half of `b`'s loads go through `load_many`, as the scheduler's
+            // do, beside a stream that does not exist.
+            let (kept, kept_version) = if n == 1 && i % 4 == 0 {
+                let nothing = StreamId::new("practice-nobody").unwrap();
+                let asks = [(tenant.clone(), stream.clone()), (tenant.clone(), nothing)];
+                let mut many = execute::load_many::<D>(store, &asks).await.unwrap();
+                assert_eq!(many.len(), 2);
+                let (empty, none) = many.pop().unwrap().unwrap();
+                assert_eq!((empty, none), (D::State::default(), None));
+                many.pop().unwrap().unwrap()
+            } else {
+                execute::load::<D>(store, tenant, stream).await.unwrap()
+            };
             assert_eq!(kept_version, version, "after {} ({i})", event.event_type());
             assert_eq!(kept, from_start, "after {} ({i})", event.event_type());
         }

@@ -29,7 +29,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tend_domain::enrollment::{self, Enrollment};
 use tend_domain::practice;
 use tend_domain::schedule::{Occurrence, Status};
-use tend_event_store::{EventStore, ExpectedVersion, Filter, Lease, Metadata, StreamId, TenantId};
+use tend_event_store::{EventStore, ExpectedVersion, Lease, Metadata, StreamId, TenantId};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -41,7 +41,6 @@ use crate::Error;
 
 const LEASE: &str = "scheduler";
 const CHECKPOINT: &str = "scheduler";
-const LOG_PAGE: usize = 1000;
 /// Streams processed per batch, and batches per round before the lease is
 /// renewed again.
 const MAX_BATCHES_PER_ROUND: usize = 20;
@@ -193,9 +192,21 @@ impl Worker {
             }
             let pending = self.pending(now).await?;
             let batch = pending.len();
-            let results: Vec<_> = futures::stream::iter(pending)
-                .map(|(tenant, stream)| async move {
-                    let result = self.plan(&tenant, &stream, now).await;
+            // The batch's streams are read together, a statement for their
+            // own streams and one for their practice.
+            let loaded = self.load(&pending).await?;
+            let results: Vec<_> = futures::stream::iter(pending.into_iter().zip(loaded))
+                .map(|((tenant, stream), loaded)| async move {
+                    // Read already, a stream's decision is all computation:
+                    // give the calls a turn between streams rather than
+                    // keep a core for the whole batch.
+                    tokio::task::yield_now().await;
+                    let result = match loaded {
+                        Ok((loaded, log, practice_version)) => {
+                            self.plan(&tenant, loaded, log, practice_version, now).await
+                        }
+                        Err(e) => Err(e),
+                    };
                     (tenant, stream, result)
                 })
                 .buffer_unordered(self.options.concurrency.max(1))
@@ -276,11 +287,7 @@ impl Worker {
     }
 
     async fn catch_up(&self) -> Result<(), Error> {
-        let filter = Filter {
-            tenant: None,
-            categories: vec![PARTICIPANT.to_owned(), PRACTICE.to_owned()],
-            event_types: vec![],
-        };
+        let categories = [PARTICIPANT.to_owned(), PRACTICE.to_owned()];
         let mut checkpoint: u64 = sqlx::query_scalar::<_, i64>(
             "SELECT position FROM scheduler_checkpoint WHERE name = $1",
         )
@@ -292,29 +299,36 @@ impl Worker {
         // Up to the head as it is now: on a busy log, chasing commits that
         // land meanwhile would read and write a few events at a time for
         // as long as they keep coming. The next round reads them.
+        // This server's view of the head may lag another server's commits:
+        // then one step up to the database's head.
         let head = self.repo.store().head();
+        let (through, once) = if head > checkpoint {
+            (head, false)
+        } else {
+            (u64::MAX, true)
+        };
         loop {
-            let page = self
+            // Which streams moved and how far, not the events: a stream
+            // that moved many times since the last round is one row.
+            let moved = self
                 .repo
                 .store()
-                .read_log(&filter, checkpoint, LOG_PAGE)
+                .streams_moved(&categories, checkpoint, through)
                 .await?;
-            if page.scanned_through == checkpoint {
+            if moved.scanned_through <= checkpoint {
                 return Ok(());
             }
             // Newest version seen per participant, of their own stream and
             // of their practice stream, which share the participant's key.
             type Seen = std::collections::BTreeMap<(String, String), i64>;
             let (mut seen, mut practice): (Seen, Seen) = Default::default();
-            for e in &page.events {
-                let (map, stream) = match e.stream_id.as_str().strip_prefix("practice-") {
+            for (tenant, stream, version) in &moved.streams {
+                let (map, stream) = match stream.as_str().strip_prefix("practice-") {
                     Some(key) => (&mut practice, format!("{PARTICIPANT}-{key}")),
-                    None => (&mut seen, e.stream_id.as_str().to_owned()),
+                    None => (&mut seen, stream.as_str().to_owned()),
                 };
-                let v = map
-                    .entry((e.tenant.as_str().to_owned(), stream))
-                    .or_default();
-                *v = (*v).max(e.stream_version as i64);
+                let v = map.entry((tenant.as_str().to_owned(), stream)).or_default();
+                *v = (*v).max(*version as i64);
             }
             let columns = |map: &Seen| {
                 let mut tenants = Vec::with_capacity(map.len());
@@ -360,13 +374,13 @@ impl Worker {
                  ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
             )
             .bind(CHECKPOINT)
-            .bind(page.scanned_through as i64)
+            .bind(moved.scanned_through as i64)
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
             tx.commit().await.map_err(store_error)?;
-            checkpoint = page.scanned_through;
-            if checkpoint >= head {
+            checkpoint = moved.scanned_through;
+            if once || checkpoint >= through {
                 return Ok(());
             }
             if !self.acquire().await? {
@@ -396,17 +410,34 @@ impl Worker {
             .collect()
     }
 
+    /// Each stream's state and practice log, as of now, in order.
+    async fn load(
+        &self,
+        streams: &[(TenantId, StreamId)],
+    ) -> Result<Vec<Result<(Loaded, practice::Log, Option<u64>), Error>>, Error> {
+        let participants = self.repo.load_participants(streams).await?;
+        let practices = self.repo.load_practices(streams).await?;
+        Ok(participants
+            .into_iter()
+            .zip(practices)
+            .map(|(loaded, practice)| {
+                let (log, version) = practice?;
+                Ok((loaded?, log, version))
+            })
+            .collect())
+    }
+
     /// Ticks one participant, and returns their occurrence rows as they
     /// now stand and how many events it appended. A batch's rows are then
     /// written together.
     async fn plan(
         &self,
         tenant: &TenantId,
-        stream: &StreamId,
+        mut loaded: Loaded,
+        log: practice::Log,
+        practice_version: Option<u64>,
         now: Timestamp,
     ) -> Result<(Plan, usize), Error> {
-        let mut loaded: Loaded = self.repo.load_participant(tenant, stream).await?;
-        let (log, practice_version) = self.repo.load_practice(tenant, stream).await?;
         // Practice completes occurrences first, so that a practised one is
         // never then missed.
         let (mut events, schedules) = {
@@ -420,13 +451,14 @@ impl Worker {
             let schedules: Vec<Vec<Occurrence>> = linking.into_iter().map(|(_, s)| s).collect();
             (events, schedules)
         };
-        let tick = enrollment::Command::Tick {
-            now,
-            miss_grace: self.options.miss_grace,
-        };
         let ticked = if events.is_empty() {
-            enrollment::decide(&loaded.state, tick, &loaded.protocols)?
+            // Nothing linked: the schedules linking expanded are the state's.
+            enrollment::tick_on(&loaded.state, &schedules, now, self.options.miss_grace)
         } else {
+            let tick = enrollment::Command::Tick {
+                now,
+                miss_grace: self.options.miss_grace,
+            };
             let linked = events.iter().fold(loaded.state.clone(), enrollment::evolve);
             enrollment::decide(&linked, tick, &loaded.protocols)?
         };
@@ -459,7 +491,7 @@ impl Worker {
         }
         let plan = Plan::new(
             tenant,
-            stream,
+            &loaded.stream,
             (loaded.version, practice_version),
             next,
             rows,
