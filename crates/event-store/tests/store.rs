@@ -24,8 +24,12 @@ fn event(n: u64) -> NewEvent {
 }
 
 async fn open() -> (EventStore, sqlx::PgPool) {
+    open_with(Options::default()).await
+}
+
+async fn open_with(options: Options) -> (EventStore, sqlx::PgPool) {
     let db = fresh_database().await;
-    let store = EventStore::open(db.pool.clone(), Options::default())
+    let store = EventStore::open(db.pool.clone(), options)
         .await
         .expect("open store");
     (store, db.pool)
@@ -598,14 +602,11 @@ async fn next(sub: &mut tend_event_store::Subscription) -> Delivery {
 
 #[tokio::test]
 async fn a_slow_subscriber_is_never_dropped_and_reads_on_from_the_database() {
-    let db = fresh_database().await;
-    let options = Options {
+    let (store, _pool) = open_with(Options {
         page_size: 50,
         ..Options::default()
-    };
-    let store = EventStore::open(db.pool.clone(), options)
-        .await
-        .expect("open");
+    })
+    .await;
     let t = tenant("clinic");
     let mut sub = store.subscribe(Filter::tenant(t.clone()), 0);
     store
@@ -731,15 +732,12 @@ async fn a_retry_is_recognised_whatever_numbers_the_payload_holds() {
 
 #[tokio::test]
 async fn a_paced_subscription_reads_at_most_once_per_pace_once_caught_up() {
-    let db = fresh_database().await;
     // Pages of two, so that a backlog takes several reads.
-    let options = Options {
+    let (store, _pool) = open_with(Options {
         page_size: 2,
         ..Options::default()
-    };
-    let store = EventStore::open(db.pool.clone(), options)
-        .await
-        .expect("open store");
+    })
+    .await;
     let t = tenant("clinic");
     let s = stream("practice-1");
     let append = |n| {

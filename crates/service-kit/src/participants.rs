@@ -227,19 +227,16 @@ impl Participants {
         let folded = execute::load_many::<enrollment::Aggregate>(&self.store, streams).await?;
         let mut out = Vec::with_capacity(streams.len());
         for ((tenant, stream), folded) in streams.iter().zip(folded) {
-            let loaded = match folded {
-                Ok((state, version)) => match self.protocols_of(tenant, &state).await {
-                    Ok(protocols) => Ok(Loaded {
-                        stream: stream.clone(),
-                        state,
-                        version,
-                        protocols,
-                    }),
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
+            let loaded = async {
+                let (state, version) = folded?;
+                Ok(Loaded {
+                    protocols: self.protocols_of(tenant, &state).await?,
+                    stream: stream.clone(),
+                    state,
+                    version,
+                })
             };
-            out.push(loaded);
+            out.push(loaded.await);
         }
         Ok(out)
     }

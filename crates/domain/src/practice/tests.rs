@@ -796,8 +796,6 @@ fn a_completion_where_a_reschedule_moved_the_slot_stays_there_and_links_once() {
     );
 }
 
-/// `link` as first written: every entry against the whole schedule. The
-/// indexed `link` must decide exactly what it decides.
 /// The live entries in the order they started, by scanning every entry
 /// (what `Log::live` keeps as entries change).
 fn live_by_scan(log: &Log) -> Vec<&Entry> {
@@ -811,6 +809,8 @@ fn live_by_scan(log: &Log) -> Vec<&Entry> {
     live
 }
 
+/// `link` as first written: every entry against the whole schedule. The
+/// indexed `link` must decide exactly what it decides.
 fn link_by_scan(log: &Log, schedules: &[(&Enrollment, Vec<Occurrence>)]) -> Vec<enrollment::Event> {
     let live: Vec<&Entry> = live_by_scan(log);
     let by_id: BTreeMap<Uuid, &Entry> = live.iter().map(|e| (e.entry_id, *e)).collect();
