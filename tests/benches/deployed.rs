@@ -15,9 +15,16 @@
 //! 2. Participants with 20, 200 and 2,000 events of history: each logs
 //!    one practice a second (round robin, so every call is a scheduler
 //!    round's work for its participant), CPU per call net of the idle cost.
+//!    Each group's history is loaded, then the database vacuumed, as part
+//!    4's log is after its fill.
 //! 3. Idle: CPU per second with no calls, as participants are added.
 //! 4. The log filled to `TEND_BENCH_LOG_EVENTS` (default 10 million) other
-//!    events, then 1 again.
+//!    events, then 1 again on a server restarted after the fill.
+//!
+//! Parts 1 and 4 first log one practice per participant, measured on its
+//! own: after part 4's restart that is where the server folds each
+//! participant again, so the figures after it compare a server that has
+//! seen each participant in both parts.
 //!
 //! Needs the release `tend` binary: `cargo build --release -p tend` first
 //! (or `TEND_BIN`).
@@ -284,16 +291,32 @@ async fn channels(endpoint: &str, n: usize) -> Result<Vec<Channel>> {
     Ok(out)
 }
 
+/// How long a closed loop runs.
+#[derive(Clone, Copy)]
+enum Run {
+    Seconds(f64),
+    /// One call per participant.
+    OnePerParticipant,
+}
+
 /// `clients` callers, each calling again as soon as its call returns, for
-/// `seconds`; call k of client c logs for `participants[(c + k * clients) % len]`.
+/// as long as `run` says; call k of client c logs for
+/// `participants[(c + k * clients) % len]`.
 async fn closed_loop(
     endpoint: &str,
     participants: Arc<Vec<String>>,
     clients: usize,
-    seconds: f64,
+    run: Run,
 ) -> Result<Load> {
     let channels = channels(endpoint, clients).await?;
-    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let (until, calls) = match run {
+        Run::Seconds(s) => (Instant::now() + Duration::from_secs_f64(s), usize::MAX),
+        // An hour is only a backstop: the count ends the run.
+        Run::OnePerParticipant => (
+            Instant::now() + Duration::from_secs(3600),
+            participants.len(),
+        ),
+    };
     let started = Instant::now();
     let tasks: Vec<_> = channels
         .into_iter()
@@ -304,7 +327,7 @@ async fn closed_loop(
                 let mut client = PracticeLogServiceClient::new(channel);
                 let mut latencies = Vec::new();
                 let mut k = 0u64;
-                while Instant::now() < until {
+                while Instant::now() < until && c + (k as usize) * clients < calls {
                     let who = &participants[(c + k as usize * clients) % participants.len()];
                     let t = Instant::now();
                     client
@@ -589,6 +612,19 @@ async fn part(
             ..Figure::default()
         },
     );
+    // Each participant's first practice here, on its own: in part 4 the
+    // server has just been restarted, so this is where it folds each
+    // participant's streams from the start again (its kept folds are in
+    // memory). The figures after it then compare like with like: a server
+    // that has seen each participant since it started.
+    eprintln!("{label} one practice per participant");
+    let first = measure(
+        probe,
+        Cpu::default(),
+        closed_loop(endpoint, participants.clone(), 8, Run::OnePerParticipant),
+    )
+    .await?;
+    out.insert(format!("{label} first practice of each participant"), first);
     for clients in [8, 64] {
         eprintln!("{label} {clients} clients");
         let baseline = pg_baseline(&server.admin_url, clients, seconds as u64)?;
@@ -604,7 +640,12 @@ async fn part(
         let tend = measure(
             probe,
             Cpu::default(),
-            closed_loop(endpoint, participants.clone(), clients, seconds),
+            closed_loop(
+                endpoint,
+                participants.clone(),
+                clients,
+                Run::Seconds(seconds),
+            ),
         )
         .await?;
         out.insert(format!("{label} {clients:>2} clients LogPractice"), tend);
@@ -720,6 +761,13 @@ async fn main() -> Result<()> {
         let group = refs(&format!("h{entries}"), history_n);
         enroll(&endpoint, &group).await?;
         history(&endpoint, &group, entries).await?;
+        // The history went in within a minute or two; in a deployment it
+        // builds up over months with autovacuum keeping pace. Vacuumed now,
+        // as part 4's log is after its fill: otherwise the vacuum of the
+        // 2,000-practice group's 200,000 new rows lands in (or not) the
+        // 2,000 practices measured next, a second or more of CPU.
+        probe.idle().await?;
+        sqlx::query("VACUUM (ANALYZE)").execute(&db.pool).await?;
         let idle = probe.idle_rate(10.0).await?;
         out.insert(
             format!("2. idle after the {entries:>4}-entry group (CPU µs per second)"),
@@ -815,6 +863,15 @@ async fn main() -> Result<()> {
             &out,
             &format!("{big} 64 clients LogPractice"),
             &format!("{SMALL} 64 clients LogPractice"),
+            cpu
+        ),
+    );
+    println!(
+        "CPU of each participant's first practice, big log (a restarted server) / small log: {}",
+        ratio(
+            &out,
+            &format!("{big} first practice of each participant"),
+            &format!("{SMALL} first practice of each participant"),
             cpu
         ),
     );

@@ -829,3 +829,83 @@ async fn three_replicas_share_the_log_run_background_work_once_and_hand_it_over(
         );
     }
 }
+
+/// Each thread of process `pid`: its name and nice value (from /proc).
+fn threads(pid: u32) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        // After the command name in parentheses: state is field 3, nice 19.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice = rest.split(' ').nth(16).unwrap().parse().unwrap();
+        out.push((name.trim().to_owned(), nice));
+    }
+    out
+}
+
+#[tokio::test]
+async fn background_work_runs_on_its_own_thread_below_the_calls_priority() {
+    let db = fresh_database().await;
+    let tokens = tokens();
+    let server = TendProcess::start(&[
+        ("TEND_DATABASE_URL", db.url.as_str()),
+        ("TEND_AUTH_TOKENS", tokens.as_str()),
+        ("TEND_SCHEDULER_TICK_MS", "100"),
+        ("TEND_BACKGROUND_NICE", "10"),
+    ]);
+    let channel = channel(&server).await;
+    // The background thread does the scheduler's work: an enrollment's
+    // schedule reaches ListDue only through a scheduler round.
+    let mut scheduler = ProtocolSchedulerServiceClient::new(channel.clone());
+    scheduler.enroll(authed(enroll("P-nice"))).await.unwrap();
+    let mut practice_log = PracticeLogServiceClient::new(channel);
+    practice_log
+        .log_practice(authed(practice("P-nice", 10)))
+        .await
+        .unwrap();
+    // And the arc projection's: its checkpoint reaches the head.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (rows, head, arc): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM scheduler_occurrences),
+                    (SELECT coalesce(max(position), 0) FROM events),
+                    (SELECT coalesce(max(c.position), 0) FROM projections p
+                       JOIN projection_checkpoints c
+                         ON c.name = p.name AND c.generation = p.active_generation
+                      WHERE p.name = 'arc')",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if rows > 0 && arc >= head {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "background work did not run: {rows} rows, head {head}, arc at {arc}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let threads = threads(server.pid());
+    let background: Vec<_> = threads
+        .iter()
+        .filter(|(name, _)| name == "tend-background")
+        .collect();
+    // One worker thread, and any blocking threads its tasks started.
+    assert!(!background.is_empty(), "a background thread: {threads:?}");
+    assert!(
+        background.iter().all(|(_, nice)| *nice == 10),
+        "TEND_BACKGROUND_NICE: {threads:?}"
+    );
+    let calls: Vec<_> = threads
+        .iter()
+        .filter(|(name, _)| name == "tend-serve")
+        .collect();
+    assert!(!calls.is_empty(), "the calls' runtime threads: {threads:?}");
+    assert!(calls.iter().all(|(_, nice)| *nice == 0), "{threads:?}");
+}

@@ -161,11 +161,12 @@ impl Default for Options {
 #[derive(Clone, Debug)]
 pub struct EventStore {
     inner: Arc<Inner>,
+    /// Reads and transactions outside the writer; see [`Self::reading_through`].
+    pool: PgPool,
 }
 
 #[derive(Debug)]
 struct Inner {
-    pool: PgPool,
     options: Options,
     queue: Mutex<Option<mpsc::Sender<writer::Job>>>,
     head: watch::Receiver<u64>,
@@ -193,8 +194,8 @@ impl EventStore {
             options.poll_interval,
         ));
         Ok(Self {
+            pool,
             inner: Arc::new(Inner {
-                pool,
                 folds: Folds::new(options.fold_cache_events),
                 options,
                 queue: Mutex::new(Some(queue_tx)),
@@ -320,7 +321,18 @@ impl EventStore {
     }
 
     pub fn pool(&self) -> &PgPool {
-        &self.inner.pool
+        &self.pool
+    }
+
+    /// The same store (its writer, head and kept folds) with its reads and
+    /// transactions on `pool`. Background work on a runtime of its own
+    /// uses a pool of its own: a connection is driven by the runtime that
+    /// opened it, and calls must not wait on the background's threads.
+    pub fn reading_through(&self, pool: PgPool) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            pool,
+        }
     }
 
     /// Stops taking appends, writes those already queued, and stops the

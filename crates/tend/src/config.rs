@@ -398,6 +398,15 @@ pub(crate) struct ServeOptions {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=100_000_000))]
     pub fold_cache_events: usize,
 
+    /// Nice value of the thread that runs background work (the scheduler,
+    /// the arc projection, webhook delivery): 0 to 19. Above 0 the kernel
+    /// gives the calls' threads the CPU first when both want it, and on a
+    /// saturated machine background work (due and missed events, the arc
+    /// projection) then falls behind until the load eases.
+    #[arg(long, env = "TEND_BACKGROUND_NICE", default_value_t = 0,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub background_nice: i32,
+
     /// Milliseconds between scheduler rounds: how promptly due and missed
     /// events follow the clock.
     #[arg(long, env = "TEND_SCHEDULER_TICK_MS", default_value_t = 1000,

@@ -2,6 +2,7 @@
 //! store and owns everything that touches the outside world at start-up:
 //! configuration, logging, the database (or an embedded one), signals.
 
+mod background;
 mod commands;
 mod config;
 mod database;
@@ -45,6 +46,8 @@ fn main() -> ExitCode {
             .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
+            // Named apart from the background runtime's thread (`background`).
+            .thread_name("tend-serve")
             .enable_all()
             .build()
     };

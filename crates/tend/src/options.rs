@@ -49,6 +49,8 @@ pub(crate) struct Serve {
     pub migrate: bool,
     /// Events folded into the states kept in memory.
     pub fold_cache_events: usize,
+    /// Nice value of the background runtime's thread.
+    pub background_nice: i32,
     pub tokens: Tokens,
     /// Tenants whose tokens work only with a client certificate of theirs.
     pub bindings: tend_auth::CertificateBindings,
@@ -199,6 +201,7 @@ impl ServeOptions {
             fhir,
             migrate: self.migrate,
             fold_cache_events: self.fold_cache_events,
+            background_nice: self.background_nice,
             tokens,
             dev_token,
             master_keys,
@@ -478,6 +481,22 @@ mod tests {
             e.starts_with("TEND_TLS_KEY") || e.starts_with("TEND_TLS_CERT"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_background_nice_value_is_kept_within_what_a_thread_may_lower_itself_to() {
+        assert_eq!(serve(&[]).unwrap().background_nice, 0);
+        assert_eq!(
+            serve(&["--background-nice", "10"]).unwrap().background_nice,
+            10
+        );
+        for bad in ["--background-nice=20", "--background-nice=-1"] {
+            let e = refused(&[bad]);
+            assert!(
+                e.contains("--background-nice") && e.contains("0..=19"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

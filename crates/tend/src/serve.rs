@@ -34,6 +34,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::Result;
+use crate::background::Background;
 use crate::database::Database;
 use crate::options::{self, DEV_TENANT};
 use crate::telemetry::Telemetry;
@@ -211,6 +212,9 @@ async fn run(
         ExportApi::new(database.pool.clone(), options.recipients.clone()).into_server(),
         auth.clone(),
     );
+    // The scheduler, the arc projection and webhook delivery on a runtime
+    // of their own (`background`).
+    let background = Background::start(&store, options.background_nice)?;
     let deliverer = match options.webhooks {
         None => None,
         Some(delivery) => {
@@ -219,32 +223,39 @@ async fn run(
                 options.webhook_roots,
                 delivery.timeout,
             )?;
-            Some(tokio::spawn(
-                Deliverer::new(
-                    store.clone(),
-                    master,
-                    options.webhook_targets.clone(),
-                    options.recipients,
-                    client,
-                    clock.clone(),
-                    delivery,
-                )
-                .run(shutdown.clone()),
-            ))
+            Some(
+                background.spawn(
+                    Deliverer::new(
+                        background.store.clone(),
+                        master,
+                        options.webhook_targets.clone(),
+                        options.recipients,
+                        client,
+                        clock.clone(),
+                        delivery,
+                    )
+                    .run(shutdown.clone()),
+                ),
+            )
         }
     };
     let projection = options.arc_projection.map(|runner| {
-        tokio::spawn(
+        background.spawn(
             tend_projections::Runner::new(
-                store.clone(),
-                ArcProjection::new(store.clone(), clock.clone(), options.arc_rules, true),
+                background.store.clone(),
+                ArcProjection::new(
+                    background.store.clone(),
+                    clock.clone(),
+                    options.arc_rules,
+                    true,
+                ),
                 runner,
             )
             .run(shutdown.clone()),
         )
     });
-    let worker =
-        tokio::spawn(Worker::new(store.clone(), clock, options.worker).run(shutdown.clone()));
+    let worker = background
+        .spawn(Worker::new(background.store.clone(), clock, options.worker).run(shutdown.clone()));
 
     let listener = TcpListener::bind(options.listen)
         .await
@@ -391,6 +402,7 @@ async fn run(
     if let Some(deliverer) = deliverer {
         let _ = deliverer.await;
     }
+    background.close().await;
     store.shutdown().await;
     directory.close().await;
     tracing::info!("stopped");

@@ -299,6 +299,64 @@ async fn downtime_is_caught_up_in_one_round_without_duplicates() {
 }
 
 #[tokio::test]
+async fn a_catch_up_marks_every_moved_stream_across_its_chunks_before_its_checkpoint() {
+    // More participants than one mark transaction takes (200), twice over.
+    let h = harness("2026-06-01T00:00:00Z").await;
+    h.twice_daily("clinic").await;
+    let n = 450;
+    for i in 0..n {
+        h.enroll("clinic", &format!("P-{i}"), ZONES[i % ZONES.len()])
+            .await;
+    }
+    let worker = h.worker(Duration::from_secs(10));
+    let head = h.store.head();
+    worker.run_once().await.unwrap();
+    let (marked, behind): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE seen_version > processed_version)
+         FROM scheduler_streams WHERE tenant_id = 'clinic' AND seen_version >= 0",
+    )
+    .fetch_one(h.store.pool())
+    .await
+    .unwrap();
+    let checkpoint: i64 =
+        sqlx::query_scalar("SELECT position FROM scheduler_checkpoint WHERE name = 'scheduler'")
+            .fetch_one(h.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(marked, n as i64, "every enrolled stream is marked seen");
+    // The first round processes 20 batches of 7; the rest wait, marked.
+    assert_eq!(behind, n as i64 - 140);
+    assert!(
+        checkpoint as u64 >= head,
+        "the checkpoint moved past the marks"
+    );
+    // Later rounds process the rest and nothing more.
+    let mut rounds = 0;
+    while worker.run_once().await.unwrap().streams > 0 {
+        rounds += 1;
+        assert!(rounds < 10, "rounds never ran out of streams");
+    }
+    let behind: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM scheduler_streams
+         WHERE seen_version > processed_version OR practice_seen_version > practice_processed_version",
+    )
+    .fetch_one(h.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(behind, 0);
+    let occurrences: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT stream_id) FROM scheduler_occurrences WHERE tenant_id = 'clinic'",
+    )
+    .fetch_one(h.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        occurrences, n as i64,
+        "every participant's schedule is written"
+    );
+}
+
+#[tokio::test]
 async fn list_due_answers_for_the_callers_tenant_in_pages() {
     let h = harness("2026-05-31T00:00:00Z").await;
     for tenant in ["clinic", "other"] {
