@@ -1,5 +1,5 @@
-//! Background work (the scheduler, the arc projection, webhook delivery)
-//! runs on a runtime of its own: one thread, with connections of its own,
+//! Background work (the scheduler and the arc projection) runs on a
+//! runtime of its own: one thread, with connections of its own,
 //! and optionally a lower priority than the calls' threads
 //! (`TEND_BACKGROUND_NICE`).
 //!
@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::Result;
 
 /// Connections background work may hold at once: the scheduler's batch
-/// transaction and reads, the projection's, and webhook delivery's.
+/// transaction and reads, and the projection's.
 const CONNECTIONS: u32 = 6;
 
 pub(crate) struct Background {

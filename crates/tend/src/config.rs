@@ -398,8 +398,8 @@ pub(crate) struct ServeOptions {
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=100_000_000))]
     pub fold_cache_events: usize,
 
-    /// Nice value of the thread that runs background work (the scheduler,
-    /// the arc projection, webhook delivery): 0 to 19. Above 0 the kernel
+    /// Nice value of the thread that runs background work (the scheduler
+    /// and the arc projection): 0 to 19. Above 0 the kernel
     /// gives the calls' threads the CPU first when both want it, and on a
     /// saturated machine background work (due and missed events, the arc
     /// projection) then falls behind until the load eases.

@@ -212,9 +212,6 @@ async fn run(
         ExportApi::new(database.pool.clone(), options.recipients.clone()).into_server(),
         auth.clone(),
     );
-    // The scheduler, the arc projection and webhook delivery on a runtime
-    // of their own (`background`).
-    let background = Background::start(&store, options.background_nice)?;
     let deliverer = match options.webhooks {
         None => None,
         Some(delivery) => {
@@ -223,22 +220,26 @@ async fn run(
                 options.webhook_roots,
                 delivery.timeout,
             )?;
-            Some(
-                background.spawn(
-                    Deliverer::new(
-                        background.store.clone(),
-                        master,
-                        options.webhook_targets.clone(),
-                        options.recipients,
-                        client,
-                        clock.clone(),
-                        delivery,
-                    )
-                    .run(shutdown.clone()),
-                ),
-            )
+            // On the calls' runtime: delivery is many small requests across
+            // endpoints, and on the background's one thread 50 endpoints got
+            // half the deliveries a second (the delivery bench).
+            Some(tokio::spawn(
+                Deliverer::new(
+                    store.clone(),
+                    master,
+                    options.webhook_targets.clone(),
+                    options.recipients,
+                    client,
+                    clock.clone(),
+                    delivery,
+                )
+                .run(shutdown.clone()),
+            ))
         }
     };
+    // The scheduler and the arc projection on a runtime of their own
+    // (`background`).
+    let background = Background::start(&store, options.background_nice)?;
     let projection = options.arc_projection.map(|runner| {
         background.spawn(
             tend_projections::Runner::new(
