@@ -491,12 +491,16 @@ async fn the_scrape_endpoint_serves_every_metric_the_dashboard_and_alerts_query(
         .into_inner();
     subscription.next().await.unwrap().unwrap();
 
-    // The projection's lag is polled from the database every few seconds.
+    // The projection's lag is polled from the database every few seconds,
+    // and the scheduler takes its lease on its first round, on the
+    // background thread, over a connection of its own it opens then.
     let deadline = Instant::now() + Duration::from_secs(30);
     let exported = loop {
         let s = samples(&tend_tests::scrape(&addr));
         if s.contains_key("tend_projection_lag_seconds")
             && s.contains_key("tend_projection_events_total")
+            && value(&s, "tend_lease_held", &[("tend_lease", "scheduler")]) == 1.0
+            && value(&s, "tend_scheduler_ticks_total", &[("tend_outcome", "ok")]) >= 1.0
         {
             break s;
         }
