@@ -160,19 +160,32 @@ impl Probe {
     async fn idle(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(3600);
         loop {
-            let (head, scheduler, arc, pending): (i64, i64, i64, i64) = sqlx::query_as(
-                "SELECT (SELECT coalesce(max(position), 0) FROM events),
-                        (SELECT coalesce(max(position), 0) FROM scheduler_checkpoint),
-                        (SELECT coalesce(max(c.position), 0) FROM projections p
-                           JOIN projection_checkpoints c
-                             ON c.name = p.name AND c.generation = p.active_generation
-                          WHERE p.name = 'arc'),
-                        (SELECT count(*) FROM scheduler_streams
-                          WHERE seen_version > processed_version
-                             OR practice_seen_version > practice_processed_version)",
-            )
-            .fetch_one(&self.pool)
-            .await?;
+            // Builds from before migration 0011 have no `scheduler_behind`;
+            // on later ones the version columns are in no index, and
+            // comparing them would read the whole table.
+            let behind_table: bool =
+                sqlx::query_scalar("SELECT to_regclass('scheduler_behind') IS NOT NULL")
+                    .fetch_one(&self.pool)
+                    .await?;
+            let pending = if behind_table {
+                "SELECT count(*) FROM scheduler_behind"
+            } else {
+                "SELECT count(*) FROM scheduler_streams
+                 WHERE seen_version > processed_version
+                    OR practice_seen_version > practice_processed_version"
+            };
+            let (head, scheduler, arc, pending): (i64, i64, i64, i64) =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT (SELECT coalesce(max(position), 0) FROM events),
+                            (SELECT coalesce(max(position), 0) FROM scheduler_checkpoint),
+                            (SELECT coalesce(max(c.position), 0) FROM projections p
+                               JOIN projection_checkpoints c
+                                 ON c.name = p.name AND c.generation = p.active_generation
+                              WHERE p.name = 'arc'),
+                            ({pending})"
+                )))
+                .fetch_one(&self.pool)
+                .await?;
             if scheduler >= head && arc >= head && pending == 0 {
                 // Statistics reach the shared counters within a second.
                 tokio::time::sleep(Duration::from_millis(1100)).await;

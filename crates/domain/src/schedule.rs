@@ -72,12 +72,55 @@ pub struct Occurrence {
     pub missed_recorded: bool,
 }
 
-/// The stable id of a slot of an enrollment.
+/// The stable id of a slot of an enrollment: a v5 UUID of
+/// `"{activity_key}/{day}/{slot}"` in the enrollment's namespace.
 pub fn occurrence_id(enrollment_id: Uuid, activity_key: &str, day: i32, slot: u8) -> Uuid {
-    Uuid::new_v5(
-        &enrollment_id,
-        format!("{activity_key}/{day}/{slot}").as_bytes(),
-    )
+    // Every round of the scheduler names every occurrence of a schedule
+    // again (141 for the built-in arc): the name is put together on the
+    // stack rather than formatted into a new string each time.
+    const ROOM: usize = 96;
+    let key = activity_key.as_bytes();
+    // "/" + an i32 (11 bytes at most) + "/" + a u8 (3).
+    if key.len() > ROOM - 16 {
+        return Uuid::new_v5(
+            &enrollment_id,
+            format!("{activity_key}/{day}/{slot}").as_bytes(),
+        );
+    }
+    let mut name = [0u8; ROOM];
+    name[..key.len()].copy_from_slice(key);
+    let mut len = key.len();
+    name[len] = b'/';
+    len += 1;
+    len += decimal(i64::from(day), &mut name[len..]);
+    name[len] = b'/';
+    len += 1;
+    len += decimal(i64::from(slot), &mut name[len..]);
+    Uuid::new_v5(&enrollment_id, &name[..len])
+}
+
+/// Writes `n` in decimal at the start of `out`, as `Display` does, and
+/// returns how many bytes it took.
+fn decimal(n: i64, out: &mut [u8]) -> usize {
+    let mut digits = [0u8; 20];
+    let mut rest = n.unsigned_abs();
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let mut len = 0;
+    if n < 0 {
+        out[0] = b'-';
+        len = 1;
+    }
+    let digits = &digits[at..];
+    out[len..len + digits.len()].copy_from_slice(digits);
+    len + digits.len()
 }
 
 struct Placed {
@@ -252,4 +295,73 @@ pub fn change(before: &[Occurrence], after: &[Occurrence], now: Timestamp) -> Ch
         .added
         .extend(after.keys().filter(|id| !before.contains_key(id)));
     change
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The derivation as it was first written, which every stored
+    /// occurrence id came from.
+    fn formatted(enrollment_id: Uuid, key: &str, day: i32, slot: u8) -> Uuid {
+        Uuid::new_v5(&enrollment_id, format!("{key}/{day}/{slot}").as_bytes())
+    }
+
+    #[test]
+    fn occurrence_ids_are_the_v5_uuids_of_their_slot_names() {
+        let ns = Uuid::parse_str("6f1c1e52-27b5-4f1e-9a33-0c2d1f8e4b70").unwrap();
+        // Computed apart from this code, with Python's uuid.uuid5.
+        assert_eq!(
+            occurrence_id(ns, "self-compassion-break", -7, 1).to_string(),
+            "66d13486-2ba9-56cc-9515-e78487e412af"
+        );
+        assert_eq!(
+            occurrence_id(ns, "journal", i32::MAX, 255).to_string(),
+            "a4077108-1c7f-5a25-9594-78777ebd4689"
+        );
+    }
+
+    #[test]
+    fn occurrence_ids_match_the_formatted_names_at_every_edge() {
+        let ns = Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        let long = "k".repeat(200);
+        // Below, at and above the longest key named on the stack.
+        let keys = [
+            "a",
+            "weekly-checkin",
+            &long[..64],
+            &long[..80],
+            &long[..81],
+            &long,
+        ];
+        let days = [
+            i32::MIN,
+            i32::MIN + 1,
+            -1_000_000,
+            -364,
+            -10,
+            -9,
+            -1,
+            0,
+            1,
+            9,
+            10,
+            99,
+            100,
+            364,
+            i32::MAX,
+        ];
+        for key in keys {
+            for day in days {
+                for slot in [0u8, 1, 9, 10, 99, 100, 255] {
+                    assert_eq!(
+                        occurrence_id(ns, key, day, slot),
+                        formatted(ns, key, day, slot),
+                        "{} bytes of key, day {day}, slot {slot}",
+                        key.len()
+                    );
+                }
+            }
+        }
+    }
 }

@@ -101,6 +101,11 @@ pub fn migrator() -> Migrator {
             "arc practice entries apart from the state",
             include_str!("../../../migrations/0010_arc_practice.sql"),
         ),
+        (
+            11,
+            "scheduler streams behind in a table of their own",
+            include_str!("../../../migrations/0011_scheduler_behind.sql"),
+        ),
     ];
     Migrator::with_migrations(
         migrations

@@ -29,7 +29,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use tend_domain::enrollment::{self, Enrollment};
 use tend_domain::practice;
 use tend_domain::schedule::{Occurrence, Status};
-use tend_event_store::{EventStore, ExpectedVersion, Lease, Metadata, StreamId, TenantId};
+use tend_event_store::{EventStore, ExpectedVersion, Held, Lease, Metadata, StreamId, TenantId};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -268,13 +268,38 @@ impl Worker {
         Ok(round)
     }
 
+    /// Holds the lease; on taking it anew, first finds the streams left
+    /// behind without a row in `scheduler_behind`.
     async fn acquire(&self) -> Result<bool, Error> {
-        Ok(self
-            .lease
-            .hold(self.pool())
-            .await
-            .map_err(store_error)?
-            .is_held())
+        match self.lease.hold(self.pool()).await.map_err(store_error)? {
+            Held::Not => Ok(false),
+            Held::Still => Ok(true),
+            Held::Anew => match self.sweep().await {
+                Ok(()) => Ok(true),
+                Err(Error::LeaseLost) => Ok(false),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// Puts every stream seen past what it was processed at in
+    /// `scheduler_behind`. A holder of the previous release (during a
+    /// rolling upgrade) marks streams without it; this reads the whole
+    /// table, once per taking of the lease.
+    async fn sweep(&self) -> Result<(), Error> {
+        let mut tx = self.fenced().await?;
+        sqlx::query(
+            "INSERT INTO scheduler_behind (tenant_id, stream_id)
+             SELECT tenant_id, stream_id FROM scheduler_streams
+             WHERE seen_version > processed_version
+                OR practice_seen_version > practice_processed_version
+             ON CONFLICT DO NOTHING",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        Ok(())
     }
 
     /// Opens a transaction that writes only while this worker holds the
@@ -349,20 +374,34 @@ impl Worker {
             // it. A mark only ever raises a version, so marks that commit
             // before a failure are harmless; the checkpoint moves after all
             // of them.
+            // A stream marked past what it was processed at is also put
+            // in `scheduler_behind`, which is what `pending` reads.
             self.mark(
-                "INSERT INTO scheduler_streams (tenant_id, stream_id, seen_version)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
-                 ON CONFLICT (tenant_id, stream_id) DO UPDATE
-                    SET seen_version = GREATEST(scheduler_streams.seen_version, EXCLUDED.seen_version)",
+                "WITH marked AS (
+                    INSERT INTO scheduler_streams (tenant_id, stream_id, seen_version)
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+                    ON CONFLICT (tenant_id, stream_id) DO UPDATE
+                       SET seen_version = GREATEST(scheduler_streams.seen_version, EXCLUDED.seen_version)
+                    RETURNING tenant_id, stream_id, seen_version > processed_version AS behind)
+                 INSERT INTO scheduler_behind (tenant_id, stream_id)
+                 SELECT tenant_id, stream_id FROM marked WHERE behind
+                 ON CONFLICT DO NOTHING",
                 columns(&seen),
             )
             .await?;
             self.mark(
-                "INSERT INTO scheduler_streams (tenant_id, stream_id, seen_version, practice_seen_version)
-                 SELECT t, s, -1, v FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(t, s, v)
-                 ON CONFLICT (tenant_id, stream_id) DO UPDATE
-                    SET practice_seen_version = GREATEST(
-                        scheduler_streams.practice_seen_version, EXCLUDED.practice_seen_version)",
+                "WITH marked AS (
+                    INSERT INTO scheduler_streams
+                        (tenant_id, stream_id, seen_version, practice_seen_version)
+                    SELECT t, s, -1, v FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(t, s, v)
+                    ON CONFLICT (tenant_id, stream_id) DO UPDATE
+                       SET practice_seen_version = GREATEST(
+                           scheduler_streams.practice_seen_version, EXCLUDED.practice_seen_version)
+                    RETURNING tenant_id, stream_id,
+                        practice_seen_version > practice_processed_version AS behind)
+                 INSERT INTO scheduler_behind (tenant_id, stream_id)
+                 SELECT tenant_id, stream_id FROM marked WHERE behind
+                 ON CONFLICT DO NOTHING",
                 columns(&practice),
             )
             .await?;
@@ -409,15 +448,19 @@ impl Worker {
         Ok(())
     }
 
+    /// The streams to process next: those behind the log first, then
+    /// those whose next window opens or closes by `now`, soonest first.
     async fn pending(&self, now: Timestamp) -> Result<Vec<(TenantId, StreamId)>, Error> {
         let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT tenant_id, stream_id FROM scheduler_streams
-             WHERE seen_version > processed_version
-                OR practice_seen_version > practice_processed_version
-                OR next_at <= $1
-             ORDER BY (seen_version > processed_version
-                       OR practice_seen_version > practice_processed_version) DESC,
-                      next_at NULLS FIRST
+            "SELECT tenant_id, stream_id FROM (
+                SELECT DISTINCT ON (tenant_id, stream_id) tenant_id, stream_id, at
+                FROM ((SELECT tenant_id, stream_id, NULL::timestamptz AS at
+                       FROM scheduler_behind LIMIT $2)
+                      UNION ALL
+                      (SELECT tenant_id, stream_id, next_at FROM scheduler_streams
+                       WHERE next_at <= $1 ORDER BY next_at LIMIT $2)) AS u
+                ORDER BY tenant_id, stream_id, at NULLS FIRST) AS p
+             ORDER BY at NULLS FIRST
              LIMIT $2",
         )
         .bind(instants::to_chrono(now))
@@ -616,6 +659,20 @@ impl Worker {
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
+        // Caught up, unless marked further meanwhile.
+        sqlx::query(
+            "DELETE FROM scheduler_behind b
+             USING unnest($1::text[], $2::text[]) AS k(t, s), scheduler_streams s
+             WHERE b.tenant_id = k.t AND b.stream_id = k.s
+               AND s.tenant_id = k.t AND s.stream_id = k.s
+               AND s.seen_version <= s.processed_version
+               AND s.practice_seen_version <= s.practice_processed_version",
+        )
+        .bind(&tenants)
+        .bind(&streams)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
         tx.commit().await.map_err(store_error)?;
         Ok(())
     }
@@ -743,6 +800,12 @@ impl Worker {
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
+        sqlx::query("DELETE FROM scheduler_behind WHERE tenant_id = $1 AND stream_id = $2")
+            .bind(tenant.as_str())
+            .bind(stream.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
         tx.commit().await.map_err(store_error)?;
         Ok(())
     }

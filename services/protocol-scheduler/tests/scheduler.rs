@@ -132,6 +132,24 @@ impl Harness {
             .occurrences
     }
 
+    /// Makes every stream due for processing again, as if it had moved,
+    /// and with `forget_digests` as if its rows were another build's.
+    async fn process_again(&self, forget_digests: bool) {
+        let digests = if forget_digests {
+            ", rows_digest = NULL"
+        } else {
+            ""
+        };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "UPDATE scheduler_streams SET processed_version = -1{digests};
+             INSERT INTO scheduler_behind SELECT tenant_id, stream_id FROM scheduler_streams
+             ON CONFLICT DO NOTHING;"
+        )))
+        .execute(self.store.pool())
+        .await
+        .unwrap();
+    }
+
     /// The tenant's occurrence rows that `ListDue` reads: id to (scheduled
     /// at, in seconds; completed; the transaction that last wrote the row).
     async fn stored_rows(&self, tenant: &str) -> BTreeMap<String, (i64, bool, String)> {
@@ -298,6 +316,71 @@ async fn downtime_is_caught_up_in_one_round_without_duplicates() {
     assert!(instants.windows(2).all(|w| w[0] <= w[1]));
 }
 
+/// A holder of the previous release marks streams seen without listing
+/// them in `scheduler_behind`; whoever takes the lease next finds them.
+#[tokio::test]
+async fn streams_left_behind_unlisted_are_found_by_the_next_holder_of_the_lease() {
+    let h = harness("2026-06-01T00:00:00Z").await;
+    h.twice_daily("clinic").await;
+    for i in 0..3 {
+        h.enroll("clinic", &format!("P-{i}"), "UTC").await;
+    }
+    let first = h.worker(Duration::from_secs(60));
+    assert_eq!(first.run_once().await.unwrap().streams, 3);
+    // As the previous release leaves it: behind, but not listed.
+    sqlx::query("UPDATE scheduler_streams SET processed_version = -1")
+        .execute(h.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        first.run_once().await.unwrap().streams,
+        0,
+        "a holder that kept the lease reads only the list"
+    );
+    sqlx::query("DELETE FROM leases")
+        .execute(h.store.pool())
+        .await
+        .unwrap();
+    let next = h.worker(Duration::from_secs(60));
+    assert_eq!(next.run_once().await.unwrap().streams, 3);
+    let behind: (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM scheduler_streams WHERE seen_version > processed_version),
+                (SELECT count(*) FROM scheduler_behind)",
+    )
+    .fetch_one(h.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(behind, (0, 0));
+}
+
+/// What a mark and a round write is in no index of `scheduler_streams`, so
+/// that PostgreSQL updates its rows in place (HOT) rather than adding an
+/// entry to every index twice per logged practice.
+#[tokio::test]
+async fn the_columns_a_round_writes_are_in_no_index_of_scheduler_streams() {
+    let h = harness("2026-06-01T00:00:00Z").await;
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT pg_get_indexdef(indexrelid) FROM pg_index
+         WHERE indrelid = 'scheduler_streams'::regclass",
+    )
+    .fetch_all(h.store.pool())
+    .await
+    .unwrap();
+    assert!(indexes.len() >= 2, "{indexes:?}");
+    for def in &indexes {
+        for column in ["seen_version", "processed_version", "rows_digest"] {
+            assert!(!def.contains(column), "{def} names {column}");
+        }
+    }
+    let fillfactor: Vec<String> = sqlx::query_scalar(
+        "SELECT unnest(reloptions) FROM pg_class WHERE oid = 'scheduler_streams'::regclass",
+    )
+    .fetch_all(h.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(fillfactor, vec!["fillfactor=80".to_string()]);
+}
+
 #[tokio::test]
 async fn a_catch_up_marks_every_moved_stream_across_its_chunks_before_its_checkpoint() {
     // More participants than one mark transaction takes (200), twice over.
@@ -311,13 +394,15 @@ async fn a_catch_up_marks_every_moved_stream_across_its_chunks_before_its_checkp
     let worker = h.worker(Duration::from_secs(10));
     let head = h.store.head();
     worker.run_once().await.unwrap();
-    let (marked, behind): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE seen_version > processed_version)
+    let (marked, behind, listed): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE seen_version > processed_version),
+                (SELECT count(*) FROM scheduler_behind WHERE tenant_id = 'clinic')
          FROM scheduler_streams WHERE tenant_id = 'clinic' AND seen_version >= 0",
     )
     .fetch_one(h.store.pool())
     .await
     .unwrap();
+    assert_eq!(listed, behind, "each stream behind is listed as such");
     let checkpoint: i64 =
         sqlx::query_scalar("SELECT position FROM scheduler_checkpoint WHERE name = 'scheduler'")
             .fetch_one(h.store.pool())
@@ -336,14 +421,20 @@ async fn a_catch_up_marks_every_moved_stream_across_its_chunks_before_its_checkp
         rounds += 1;
         assert!(rounds < 10, "rounds never ran out of streams");
     }
-    let behind: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM scheduler_streams
-         WHERE seen_version > processed_version OR practice_seen_version > practice_processed_version",
+    let behind: (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM scheduler_streams
+                 WHERE seen_version > processed_version
+                    OR practice_seen_version > practice_processed_version),
+                (SELECT count(*) FROM scheduler_behind)",
     )
     .fetch_one(h.store.pool())
     .await
     .unwrap();
-    assert_eq!(behind, 0);
+    assert_eq!(
+        behind,
+        (0, 0),
+        "no stream is left behind, nor listed as such"
+    );
     let occurrences: i64 = sqlx::query_scalar(
         "SELECT count(DISTINCT stream_id) FROM scheduler_occurrences WHERE tenant_id = 'clinic'",
     )
@@ -753,10 +844,7 @@ async fn a_round_rewrites_only_the_occurrence_rows_that_changed() {
         .execute(h.store.pool())
         .await
         .unwrap();
-    sqlx::query("UPDATE scheduler_streams SET rows_digest = NULL, processed_version = -1")
-        .execute(h.store.pool())
-        .await
-        .unwrap();
+    h.process_again(true).await;
     worker.run_once().await.unwrap();
     let emptied: i64 =
         sqlx::query_scalar("SELECT count(*) FROM scheduler_occurrences WHERE detail = '{}'")
@@ -766,10 +854,7 @@ async fn a_round_rewrites_only_the_occurrence_rows_that_changed() {
     assert_eq!(emptied, 0, "every row is written again");
     let mended = h.stored_rows("clinic").await;
     assert_eq!(mended.len(), 30);
-    sqlx::query("UPDATE scheduler_streams SET processed_version = -1")
-        .execute(h.store.pool())
-        .await
-        .unwrap();
+    h.process_again(false).await;
     worker.run_once().await.unwrap();
     assert_eq!(h.stored_rows("clinic").await, mended);
 }
@@ -803,10 +888,7 @@ async fn a_batch_that_cannot_be_written_is_written_stream_by_stream() {
     .unwrap();
     h.enroll("clinic", "P-2", "UTC").await;
     // Both in the next round's batch: the first's rows are stored again.
-    sqlx::query("UPDATE scheduler_streams SET processed_version = -1, rows_digest = NULL")
-        .execute(h.store.pool())
-        .await
-        .unwrap();
+    h.process_again(true).await;
     sqlx::query("DELETE FROM scheduler_occurrences")
         .execute(h.store.pool())
         .await
