@@ -159,21 +159,21 @@ impl Probe {
     /// log and the scheduler has processed every stream it saw change.
     async fn idle(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(3600);
+        // Builds from before migration 0011 have no `scheduler_behind`;
+        // on later ones the version columns are in no index, and comparing
+        // them would read the whole table.
+        let behind_table: bool =
+            sqlx::query_scalar("SELECT to_regclass('scheduler_behind') IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        let pending = if behind_table {
+            "SELECT count(*) FROM scheduler_behind"
+        } else {
+            "SELECT count(*) FROM scheduler_streams
+             WHERE seen_version > processed_version
+                OR practice_seen_version > practice_processed_version"
+        };
         loop {
-            // Builds from before migration 0011 have no `scheduler_behind`;
-            // on later ones the version columns are in no index, and
-            // comparing them would read the whole table.
-            let behind_table: bool =
-                sqlx::query_scalar("SELECT to_regclass('scheduler_behind') IS NOT NULL")
-                    .fetch_one(&self.pool)
-                    .await?;
-            let pending = if behind_table {
-                "SELECT count(*) FROM scheduler_behind"
-            } else {
-                "SELECT count(*) FROM scheduler_streams
-                 WHERE seen_version > processed_version
-                    OR practice_seen_version > practice_processed_version"
-            };
             let (head, scheduler, arc, pending): (i64, i64, i64, i64) =
                 sqlx::query_as(sqlx::AssertSqlSafe(format!(
                     "SELECT (SELECT coalesce(max(position), 0) FROM events),

@@ -88,39 +88,19 @@ pub fn occurrence_id(enrollment_id: Uuid, activity_key: &str, day: i32, slot: u8
         );
     }
     let mut name = [0u8; ROOM];
-    name[..key.len()].copy_from_slice(key);
-    let mut len = key.len();
-    name[len] = b'/';
-    len += 1;
-    len += decimal(i64::from(day), &mut name[len..]);
-    name[len] = b'/';
-    len += 1;
-    len += decimal(i64::from(slot), &mut name[len..]);
-    Uuid::new_v5(&enrollment_id, &name[..len])
-}
-
-/// Writes `n` in decimal at the start of `out`, as `Display` does, and
-/// returns how many bytes it took.
-fn decimal(n: i64, out: &mut [u8]) -> usize {
-    let mut digits = [0u8; 20];
-    let mut rest = n.unsigned_abs();
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
     let mut len = 0;
-    if n < 0 {
-        out[0] = b'-';
-        len = 1;
+    let (mut day_digits, mut slot_digits) = (itoa::Buffer::new(), itoa::Buffer::new());
+    for part in [
+        key,
+        b"/",
+        day_digits.format(day).as_bytes(),
+        b"/",
+        slot_digits.format(slot).as_bytes(),
+    ] {
+        name[len..len + part.len()].copy_from_slice(part);
+        len += part.len();
     }
-    let digits = &digits[at..];
-    out[len..len + digits.len()].copy_from_slice(digits);
-    len + digits.len()
+    Uuid::new_v5(&enrollment_id, &name[..len])
 }
 
 struct Placed {
