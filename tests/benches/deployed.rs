@@ -175,6 +175,7 @@ impl Probe {
              WHERE seen_version > processed_version
                 OR practice_seen_version > practice_processed_version"
         };
+        let wait_for_arc = arc_on();
         loop {
             let (head, scheduler, arc, pending): (i64, i64, i64, i64) =
                 sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -188,7 +189,7 @@ impl Probe {
                 )))
                 .fetch_one(&self.pool)
                 .await?;
-            if scheduler >= head && (arc >= head || !arc_on()) && pending == 0 {
+            if scheduler >= head && (arc >= head || !wait_for_arc) && pending == 0 {
                 // Statistics reach the shared counters within a second.
                 tokio::time::sleep(Duration::from_millis(1100)).await;
                 return Ok(());
