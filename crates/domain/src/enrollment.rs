@@ -18,7 +18,7 @@ use crate::consent::{
     Consent, ConsentRecorded, ConsentWithdrawn, DocumentVersionDefined, ErasureReason, Purpose,
 };
 use crate::protocol::{Protocol, ProtocolSet, Protocols};
-use crate::schedule::{Occurrence, Status, occurrences};
+use crate::schedule::{Occurrence, Placements, Status, occurrences, occurrences_kept};
 use crate::time::{LocalTime, Zone, resolve_date_time};
 
 /// How far ahead a session may be booked.
@@ -129,6 +129,18 @@ impl Enrollment {
         now: Timestamp,
     ) -> Result<Vec<Occurrence>, Error> {
         occurrences(self, protocols, now).ok_or_else(|| Error::not_found("protocol version"))
+    }
+
+    /// [`Enrollment::schedule`], placing slots through `placements`: for
+    /// whoever expands the same enrollments again and again.
+    pub fn schedule_kept(
+        &self,
+        protocols: &impl Protocols,
+        now: Timestamp,
+        placements: &mut Placements,
+    ) -> Result<Vec<Occurrence>, Error> {
+        occurrences_kept(self, protocols, now, placements)
+            .ok_or_else(|| Error::not_found("protocol version"))
     }
 
     /// The next instant at which time alone would make something happen to

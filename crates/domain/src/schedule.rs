@@ -17,14 +17,14 @@
 //!
 //! A slot keeps its occurrence id across every revision.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use jiff::civil::Date;
 use jiff::{SignedDuration, Timestamp, ToSpan};
 use uuid::Uuid;
 
-use crate::enrollment::Enrollment;
-use crate::protocol::{ActivityKind, Protocols, arc_week};
+use crate::enrollment::{Enrollment, Revision};
+use crate::protocol::{ActivityKind, Protocol, Protocols, arc_week};
 use crate::time::{LocalTime, Zone, resolve};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -110,6 +110,88 @@ struct Placed {
     placed_from: Timestamp,
 }
 
+/// Where a revision puts one slot of its protocol: what expanding a
+/// schedule costs (a v5 UUID and a time-zone resolution per slot).
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    id: Uuid,
+    /// Index into the protocol's activities.
+    activity: usize,
+    day: i32,
+    slot: u8,
+    date: Date,
+    at: Timestamp,
+    closes_at: Timestamp,
+}
+
+impl Slot {
+    fn occurrence(
+        &self,
+        enrollment_id: Uuid,
+        revision: &Revision,
+        protocol: &Protocol,
+    ) -> Occurrence {
+        let activity = &protocol.activities[self.activity];
+        Occurrence {
+            id: self.id,
+            enrollment_id,
+            activity_key: activity.key.clone(),
+            kind: activity.kind.clone(),
+            day: self.day,
+            slot: self.slot,
+            arc_week: arc_week(self.day),
+            local_date: self.date,
+            local_time: activity.times[usize::from(self.slot)],
+            zone: revision.zone.clone(),
+            at: self.at,
+            closes_at: self.closes_at,
+            target_minutes: activity.target_minutes,
+            protocol_version: revision.protocol_version,
+            status: Status::Upcoming,
+            completed_at: None,
+            due_recorded: false,
+            missed_recorded: false,
+        }
+    }
+}
+
+/// Every slot of `protocol` as `revision` places it, in the protocol's
+/// order. Days whose date would overflow the calendar have none.
+fn slots<'a>(
+    enrollment_id: Uuid,
+    revision: &'a Revision,
+    protocol: &'a Protocol,
+) -> impl Iterator<Item = Slot> + 'a {
+    protocol
+        .activities
+        .iter()
+        .enumerate()
+        .flat_map(move |(a, activity)| {
+            let window = SignedDuration::from_mins(i64::from(activity.window_minutes));
+            activity
+                .days()
+                .filter_map(move |day| {
+                    let date = revision.session.date().checked_add(day.days()).ok()?;
+                    Some((day, date))
+                })
+                .flat_map(move |(day, date)| {
+                    activity.times.iter().enumerate().map(move |(slot, &time)| {
+                        let slot = slot as u8;
+                        let at = resolve(&revision.zone, date, time);
+                        Slot {
+                            id: occurrence_id(enrollment_id, &activity.key, day, slot),
+                            activity: a,
+                            day,
+                            slot,
+                            date,
+                            at,
+                            closes_at: at.saturating_add(window).unwrap_or(Timestamp::MAX),
+                        }
+                    })
+                })
+        })
+}
+
 /// Every occurrence of `enrollment`, ordered by time, with its status at
 /// `now`. `None` when a protocol version it needs is missing from
 /// `protocols`.
@@ -124,84 +206,190 @@ pub fn occurrences(
         let protocol = protocols.get(&enrollment.protocol_id, revision.protocol_version)?;
         let next = revisions.get(i + 1).map(|r| r.from);
         let mut present = std::collections::HashSet::new();
-        for activity in &protocol.activities {
-            let window = SignedDuration::from_mins(i64::from(activity.window_minutes));
-            for day in activity.days() {
-                let Ok(date) = revision.session.date().checked_add(day.days()) else {
-                    continue;
-                };
-                for (slot, &time) in activity.times.iter().enumerate() {
-                    let slot = slot as u8;
-                    let id = occurrence_id(enrollment.id, &activity.key, day, slot);
-                    present.insert(id);
-                    if placed.get(&id).is_some_and(|p| p.frozen) {
-                        continue;
-                    }
-                    let at = resolve(&revision.zone, date, time);
-                    let closes_at = at.saturating_add(window).unwrap_or(Timestamp::MAX);
-                    if closes_at <= revision.from {
-                        placed.remove(&id);
-                        continue;
-                    }
-                    let occurrence = Occurrence {
-                        id,
-                        enrollment_id: enrollment.id,
-                        activity_key: activity.key.clone(),
-                        kind: activity.kind.clone(),
-                        day,
-                        slot,
-                        arc_week: arc_week(day),
-                        local_date: date,
-                        local_time: time,
-                        zone: revision.zone.clone(),
-                        at,
-                        closes_at,
-                        target_minutes: activity.target_minutes,
-                        protocol_version: revision.protocol_version,
-                        status: Status::Upcoming,
-                        completed_at: None,
-                        due_recorded: false,
-                        missed_recorded: false,
-                    };
-                    // Came due before the next revision, or is already
-                    // recorded due here, or was done inside this window
-                    // (whatever the clocks said). A completion after this
-                    // window belongs to where the slot moved.
-                    let frozen = next.is_some_and(|n| {
-                        at < n
-                            || enrollment.due.get(&id) == Some(&at)
-                            || enrollment
-                                .completions
-                                .get(&id)
-                                .is_some_and(|&c| at <= c && c < closes_at)
-                    });
-                    placed.insert(
-                        id,
-                        Placed {
-                            occurrence,
-                            frozen,
-                            placed_from: revision.from,
-                        },
-                    );
-                }
+        for s in slots(enrollment.id, revision, protocol) {
+            present.insert(s.id);
+            if placed.get(&s.id).is_some_and(|p| p.frozen) {
+                continue;
             }
+            if s.closes_at <= revision.from {
+                placed.remove(&s.id);
+                continue;
+            }
+            // Came due before the next revision, or is already recorded
+            // due here, or was done inside this window (whatever the
+            // clocks said). A completion after this window belongs to
+            // where the slot moved.
+            let frozen = next.is_some_and(|n| {
+                s.at < n
+                    || enrollment.due.get(&s.id) == Some(&s.at)
+                    || enrollment
+                        .completions
+                        .get(&s.id)
+                        .is_some_and(|&c| s.at <= c && c < s.closes_at)
+            });
+            placed.insert(
+                s.id,
+                Placed {
+                    occurrence: s.occurrence(enrollment.id, revision, protocol),
+                    frozen,
+                    placed_from: revision.from,
+                },
+            );
         }
         placed.retain(|id, p| p.frozen || present.contains(id));
     }
     let mut out: Vec<Occurrence> = placed
         .into_values()
-        .map(|p| {
-            let placed_from = p.placed_from;
-            let mut o = p.occurrence;
-            o.completed_at = enrollment.completions.get(&o.id).copied();
-            o.due_recorded = enrollment.due.contains_key(&o.id);
-            o.missed_recorded = enrollment.missed.contains(&o.id);
-            o.status = status(enrollment, &o, placed_from, now);
-            o
-        })
+        .map(|p| with_state(enrollment, p.occurrence, p.placed_from, now))
         .collect();
     out.sort_by_key(|o| (o.at, o.id));
     Some(out)
+}
+
+/// [`occurrences`], with the slots of an enrollment that has only ever had
+/// one revision kept in `placements`: those depend on nothing but the
+/// enrollment's id, its revision and its protocol version, so the
+/// scheduler's round after round for the same participant need not place
+/// them again. Equal to [`occurrences`] for every enrollment.
+pub fn occurrences_kept(
+    enrollment: &Enrollment,
+    protocols: &impl Protocols,
+    now: Timestamp,
+    placements: &mut Placements,
+) -> Option<Vec<Occurrence>> {
+    // A later revision keeps what came due under an earlier one, which
+    // depends on what was recorded: placed afresh each time.
+    let [revision] = enrollment.revisions.as_slice() else {
+        return occurrences(enrollment, protocols, now);
+    };
+    let protocol = protocols.get(&enrollment.protocol_id, revision.protocol_version)?;
+    let slots = placements.slots(enrollment.id, revision, protocol);
+    Some(
+        slots
+            .iter()
+            .map(|s| {
+                let o = s.occurrence(enrollment.id, revision, protocol);
+                with_state(enrollment, o, revision.from, now)
+            })
+            .collect(),
+    )
+}
+
+/// Placed slots of one-revision enrollments, by enrollment id, each kept
+/// with the revision and protocol version that placed it and used only
+/// while both are unchanged. Bounded: when the newer of two generations
+/// fills, it becomes the older one and the older one is dropped, so that
+/// what rounds keep using stays and the rest goes.
+#[derive(Debug)]
+pub struct Placements {
+    newer: HashMap<Uuid, Kept>,
+    older: HashMap<Uuid, Kept>,
+    newer_slots: usize,
+    generation_slots: usize,
+}
+
+impl Default for Placements {
+    fn default() -> Self {
+        Self::with_generation_slots(Self::GENERATION_SLOTS)
+    }
+}
+
+#[derive(Debug)]
+struct Kept {
+    revision: Revision,
+    protocol: Protocol,
+    /// In schedule order.
+    slots: Vec<Slot>,
+}
+
+impl Kept {
+    /// The single-revision case of [`occurrences`]: nothing is frozen, so
+    /// each slot is where the revision puts it, unless its window closed
+    /// before the revision took effect.
+    fn place(enrollment_id: Uuid, revision: &Revision, protocol: &Protocol) -> Self {
+        let mut placed: BTreeMap<Uuid, Slot> = BTreeMap::new();
+        for s in slots(enrollment_id, revision, protocol) {
+            if s.closes_at <= revision.from {
+                placed.remove(&s.id);
+            } else {
+                placed.insert(s.id, s);
+            }
+        }
+        let mut slots: Vec<Slot> = placed.into_values().collect();
+        slots.sort_by_key(|s| (s.at, s.id));
+        Self {
+            revision: revision.clone(),
+            protocol: protocol.clone(),
+            slots,
+        }
+    }
+
+    fn holds(&self, revision: &Revision, protocol: &Protocol) -> bool {
+        self.revision == *revision && self.protocol == *protocol
+    }
+}
+
+impl Placements {
+    /// Slots per generation (about 80 bytes each): the built-in arc's 141
+    /// for some 1,400 enrollments.
+    const GENERATION_SLOTS: usize = 200_000;
+
+    /// Keeps up to `slots` slots in each of its two generations.
+    pub fn with_generation_slots(slots: usize) -> Self {
+        Self {
+            newer: HashMap::new(),
+            older: HashMap::new(),
+            newer_slots: 0,
+            generation_slots: slots,
+        }
+    }
+
+    /// How many enrollments are kept.
+    pub fn len(&self) -> usize {
+        self.newer.len() + self.older.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn slots(&mut self, enrollment_id: Uuid, revision: &Revision, protocol: &Protocol) -> &[Slot] {
+        let fresh = self
+            .newer
+            .get(&enrollment_id)
+            .is_some_and(|k| k.holds(revision, protocol));
+        if !fresh {
+            if let Some(stale) = self.newer.remove(&enrollment_id) {
+                self.newer_slots -= stale.slots.len();
+            }
+            let kept = match self.older.remove(&enrollment_id) {
+                Some(k) if k.holds(revision, protocol) => k,
+                _ => Kept::place(enrollment_id, revision, protocol),
+            };
+            if self.newer_slots + kept.slots.len() > self.generation_slots {
+                self.older = std::mem::take(&mut self.newer);
+                self.newer_slots = 0;
+            }
+            self.newer_slots += kept.slots.len();
+            self.newer.insert(enrollment_id, kept);
+        }
+        &self.newer[&enrollment_id].slots
+    }
+}
+
+/// `o`, placed by a revision in effect from `placed_from`, with what is
+/// recorded of it and its status at `now`.
+fn with_state(
+    enrollment: &Enrollment,
+    mut o: Occurrence,
+    placed_from: Timestamp,
+    now: Timestamp,
+) -> Occurrence {
+    o.completed_at = enrollment.completions.get(&o.id).copied();
+    o.due_recorded = enrollment.due.contains_key(&o.id);
+    o.missed_recorded = enrollment.missed.contains(&o.id);
+    o.status = status(enrollment, &o, placed_from, now);
+    o
 }
 
 /// The state of `o`, placed by a revision in effect from `placed_from`, at

@@ -4,7 +4,9 @@
 //! one database, each keeping its own folds). After every append, what
 //! `execute::load` gives (a kept state and the events after it) equals the
 //! fold of the whole stream from its first event, on both servers; and so
-//! does `execute::load_many`, the scheduler's batched load.
+//! does `execute::load_many`, the scheduler's batched load; and the
+//! scheduler's kept placements give each schedule as a fresh expansion
+//! does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -16,6 +18,7 @@ use tend_domain::consent::{
 use tend_domain::enrollment::{self, Command, Participant};
 use tend_domain::practice::{self, Content, Log, SealedNote};
 use tend_domain::protocol::{ActivityKind, ProtocolSet, built_ins};
+use tend_domain::schedule::Placements;
 use tend_domain::time::{Zone, parse_local_date_time};
 use tend_domain::{Decider, DomainEvent};
 use tend_event_store::{EventStore, ExpectedVersion, Metadata, StreamId, TenantId};
@@ -374,6 +377,24 @@ async fn a_kept_fold_equals_a_fold_from_the_start_for_every_event_type() {
             now: now("2026-06-20T09:00:00Z"),
         },
     );
+
+    // The scheduler's kept placements give every enrollment's schedule as
+    // a fresh expansion does, after each event.
+    let mut placements = Placements::default();
+    let mut state = Participant::default();
+    for event in &p.events {
+        state = enrollment::evolve(state, event);
+        for e in &state.enrollments {
+            for at in [tick_at, later, now("2026-08-01T00:00:00Z")] {
+                assert_eq!(
+                    e.schedule_kept(&protocols, at, &mut placements).unwrap(),
+                    e.schedule(&protocols, at).unwrap(),
+                    "after {}, at {at}",
+                    event.event_type()
+                );
+            }
+        }
+    }
 
     let participant_types =
         check::<enrollment::Aggregate>(&a, &b, &tenant, &participant_stream, &p.events).await;

@@ -1,6 +1,7 @@
 //! The scheduler's costs, beside `../shared/bench/pg-baseline` run against
 //! the same PostgreSQL in the same run:
-//! - expanding one integration-arc enrollment into its schedule (pure);
+//! - expanding one integration-arc enrollment into its schedule (pure),
+//!   afresh and with its slots kept as the scheduler's rounds keep them;
 //! - `Enroll` calls (in process, no socket) from 8 concurrent callers;
 //! - `GetSchedule` latency for one participant;
 //! - a scheduler round after downtime: every participant's due and missed
@@ -22,6 +23,7 @@ use tend_auth::Caller;
 use tend_domain::enrollment::{self, Participant};
 use tend_domain::protocol::ProtocolSet;
 use tend_domain::protocol::built_in;
+use tend_domain::schedule::Placements;
 use tend_domain::time::{Zone, parse_local_date_time};
 use tend_event_store::{EventStore, TenantId};
 use tend_protocol_scheduler::{SchedulerApi, Worker, WorkerOptions};
@@ -94,6 +96,13 @@ async fn main() -> Result<()> {
         occurrences += e.schedule(&ProtocolSet::default(), now)?.len();
     }
     let expand_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    // As the scheduler's rounds do it: the slots kept from the last round.
+    let mut placements = Placements::default();
+    let t = Instant::now();
+    for _ in 0..n {
+        e.schedule_kept(&ProtocolSet::default(), now, &mut placements)?;
+    }
+    let kept_us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
 
     let server = BenchServer::start().await?;
     let baseline = pg_baseline(&server.admin_url, CALLERS, seconds)?;
@@ -196,7 +205,7 @@ async fn main() -> Result<()> {
         baseline.single
     );
     println!(
-        "  expand one integration-arc schedule ({} occurrences): {expand_us:.0} µs",
+        "  expand one integration-arc schedule ({} occurrences): {expand_us:.0} µs; with its slots kept: {kept_us:.0} µs",
         occurrences / n
     );
     println!(

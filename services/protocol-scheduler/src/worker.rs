@@ -28,7 +28,7 @@ use jiff::Timestamp;
 use sqlx::{PgPool, Postgres, Transaction};
 use tend_domain::enrollment::{self, Enrollment};
 use tend_domain::practice;
-use tend_domain::schedule::{Occurrence, Status};
+use tend_domain::schedule::{Occurrence, Placements, Status};
 use tend_event_store::{EventStore, ExpectedVersion, Held, Lease, Metadata, StreamId, TenantId};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -102,6 +102,8 @@ pub struct Worker {
     clock: Arc<dyn Clock>,
     options: WorkerOptions,
     lease: Lease,
+    /// Where each participant's slots fall, kept from round to round.
+    placements: std::sync::Mutex<Placements>,
 }
 
 impl Worker {
@@ -111,7 +113,17 @@ impl Worker {
             clock,
             lease: Lease::new(LEASE, options.lease_ttl),
             options,
+            placements: Default::default(),
         }
+    }
+
+    /// Never held across an await: a round's streams are decided one at a
+    /// time.
+    fn placements(&self) -> std::sync::MutexGuard<'_, Placements> {
+        // A panic while placing leaves at worst an entry missing.
+        self.placements
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn pool(&self) -> &PgPool {
@@ -504,12 +516,14 @@ impl Worker {
         // Practice completes occurrences first, so that a practised one is
         // never then missed.
         let (mut events, schedules) = {
+            let mut placements = self.placements();
             let linking = loaded
                 .state
                 .enrollments
                 .iter()
-                .map(|e| Ok((e, e.schedule(&loaded.protocols, now)?)))
+                .map(|e| Ok((e, e.schedule_kept(&loaded.protocols, now, &mut placements)?)))
                 .collect::<Result<Vec<_>, tend_domain::Error>>()?;
+            drop(placements);
             let events = practice::link(&log, &linking);
             let schedules: Vec<Vec<Occurrence>> = linking.into_iter().map(|(_, s)| s).collect();
             (events, schedules)
@@ -533,11 +547,12 @@ impl Worker {
             let version = self.append_tick(tenant, &loaded, &events).await?;
             loaded.state = events.iter().fold(loaded.state, enrollment::evolve);
             loaded.version = Some(version);
+            let mut placements = self.placements();
             loaded
                 .state
                 .enrollments
                 .iter()
-                .map(|e| e.schedule(&loaded.protocols, now))
+                .map(|e| e.schedule_kept(&loaded.protocols, now, &mut placements))
                 .collect::<Result<Vec<_>, tend_domain::Error>>()?
         };
         let mut rows = Vec::new();

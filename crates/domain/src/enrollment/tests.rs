@@ -1515,3 +1515,192 @@ mod consent {
         assert!(Event::from_stored("ParticipantEnrolled", 3, &stored).is_err());
     }
 }
+
+// ---- Kept placements ----
+
+/// `schedule_kept`, through `placements` kept from step to step, equals a
+/// fresh expansion at instants before, across and after the arc.
+fn kept_equals_fresh(spec: &Spec, placements: &mut Placements, step: &str) {
+    let e = spec.state().enrollment(E).unwrap();
+    for now in [
+        "2027-01-01T00:00:00Z",
+        "2027-02-25T15:00:00Z",
+        "2027-03-14T12:00:00Z",
+        "2027-03-20T15:30:00Z",
+        "2027-04-10T00:00:00Z",
+        "2027-06-01T00:00:00Z",
+    ] {
+        let now = ts(now);
+        assert_eq!(
+            e.schedule_kept(&spec.protocols, now, placements).unwrap(),
+            e.schedule(&spec.protocols, now).unwrap(),
+            "after {step}, at {now}"
+        );
+    }
+}
+
+fn tick(now: &str) -> Command {
+    Command::Tick {
+        now: ts(now),
+        miss_grace: SignedDuration::ZERO,
+    }
+}
+
+#[test]
+fn kept_placements_equal_a_fresh_expansion_after_every_command() {
+    let mut placements = Placements::default();
+    // Enrolled late (day -23), in New York, whose clocks spring forward on
+    // 14 March, within the arc.
+    let mut spec = given(&[arc()], &[]).then_apply(enroll(
+        &arc(),
+        "2027-03-20T10:00",
+        "America/New_York",
+        "2027-02-25T15:00:00Z",
+    ));
+    kept_equals_fresh(&spec, &mut placements, "enrolling late");
+    let kept = placements.len();
+    spec = spec.then_apply(tick("2027-03-14T12:00:00Z"));
+    kept_equals_fresh(&spec, &mut placements, "due and missed");
+    let due = spec
+        .schedule(ts("2027-03-14T12:00:00Z"))
+        .into_iter()
+        .find(|o| o.status == Status::Due)
+        .expect("a window open");
+    let steps = [
+        (
+            "a completion",
+            Command::Complete {
+                enrollment_id: E,
+                occurrence_id: due.id,
+                completed_at: None,
+                now: ts("2027-03-14T12:00:00Z"),
+            },
+        ),
+        (
+            "a pause",
+            Command::Pause {
+                enrollment_id: E,
+                now: ts("2027-03-15T00:00:00Z"),
+            },
+        ),
+        ("a tick in the pause", tick("2027-03-18T00:00:00Z")),
+        (
+            "a resumption",
+            Command::Resume {
+                enrollment_id: E,
+                now: ts("2027-03-19T00:00:00Z"),
+            },
+        ),
+        ("a tick after it", tick("2027-03-25T00:00:00Z")),
+        (
+            "a withdrawal",
+            Command::Withdraw {
+                enrollment_id: E,
+                now: ts("2027-03-26T00:00:00Z"),
+            },
+        ),
+    ];
+    for (step, command) in steps {
+        spec = spec.then_apply(command);
+        kept_equals_fresh(&spec, &mut placements, step);
+    }
+    // One revision throughout: placed once, then kept.
+    assert_eq!((kept, placements.len()), (1, 1));
+
+    // Each change of timing adds a revision: placed afresh, and still
+    // equal.
+    // A tenant's own protocol (built-ins have one version), and a second
+    // version of it to migrate to.
+    let mut own = arc();
+    own.id = "own-arc".into();
+    own.version = 1;
+    let mut msc = built_in("msc-8w").unwrap().clone();
+    msc.id = own.id.clone();
+    msc.version = 2;
+    let mut spec = given(&[own.clone(), msc.clone()], &[]).then_apply(enroll(
+        &own,
+        "2027-03-20T10:00",
+        "America/New_York",
+        "2027-02-25T15:00:00Z",
+    ));
+    let steps = [
+        ("a tick", tick("2027-03-01T00:00:00Z")),
+        (
+            "a reschedule",
+            Command::RescheduleSession {
+                enrollment_id: E,
+                session_at: local("2027-03-27T10:00"),
+                now: ts("2027-03-02T00:00:00Z"),
+            },
+        ),
+        (
+            "a time-zone change",
+            Command::ChangeTimeZone {
+                enrollment_id: E,
+                time_zone: zone("Europe/London"),
+                now: ts("2027-03-03T00:00:00Z"),
+            },
+        ),
+        (
+            "a migration",
+            Command::Migrate {
+                enrollment_id: E,
+                protocol: msc,
+                now: ts("2027-03-04T00:00:00Z"),
+            },
+        ),
+        ("a tick after them", tick("2027-03-20T15:30:00Z")),
+    ];
+    for (step, command) in steps {
+        spec = spec.then_apply(command);
+        kept_equals_fresh(&spec, &mut placements, step);
+    }
+}
+
+#[test]
+fn kept_placements_follow_the_protocol_not_its_name() {
+    // Two tenants' protocols of one id and version, and an enrollment id
+    // that happens to be the same in both.
+    let eight = daily_at(&["08:00"], (-7, 7), 60);
+    let nine = daily_at(&["09:00"], (-7, 7), 60);
+    let a = on(&eight, "2027-03-20T10:00", "UTC", "2027-03-01T00:00:00Z");
+    let b = on(&nine, "2027-03-20T10:00", "UTC", "2027-03-01T00:00:00Z");
+    let mut placements = Placements::default();
+    for spec in [&a, &b, &a, &b] {
+        kept_equals_fresh(spec, &mut placements, "a switch of protocol");
+    }
+    assert!(
+        local_times(&b.schedule(ts("2027-03-01T00:00:00Z")))
+            .iter()
+            .all(|t| t.ends_with("09:00"))
+    );
+}
+
+#[test]
+fn kept_placements_stay_bounded_and_equal() {
+    let spec = on(
+        &arc(),
+        "2027-03-20T10:00",
+        "America/New_York",
+        "2027-01-01T00:00:00Z",
+    );
+    let e = spec.state().enrollment(E).unwrap();
+    let now = ts("2027-03-14T12:00:00Z");
+    // Fewer slots a generation than one arc has: each new enrollment
+    // starts a generation, and only two are kept.
+    let mut placements = Placements::with_generation_slots(100);
+    for round in 0..3 {
+        for n in 0..5 {
+            let mut other = e.clone();
+            other.id = Uuid::from_u128(n);
+            assert_eq!(
+                other
+                    .schedule_kept(&spec.protocols, now, &mut placements)
+                    .unwrap(),
+                other.schedule(&spec.protocols, now).unwrap(),
+                "round {round}, enrollment {n}"
+            );
+            assert!(placements.len() <= 2, "{}", placements.len());
+        }
+    }
+}
