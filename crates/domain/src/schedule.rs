@@ -248,9 +248,9 @@ pub fn occurrences(
 
 /// [`occurrences`], with the slots of an enrollment that has only ever had
 /// one revision kept in `placements`: those depend on nothing but the
-/// enrollment's id, its revision and its protocol version, so the
-/// scheduler's round after round for the same participant need not place
-/// them again. Equal to [`occurrences`] for every enrollment.
+/// enrollment's id, its revision and its protocol, so the scheduler's
+/// rounds for the same participant need not place them again. Equal to
+/// [`occurrences`] for every enrollment.
 pub fn occurrences_kept(
     enrollment: &Enrollment,
     protocols: &impl Protocols,
@@ -276,8 +276,8 @@ pub fn occurrences_kept(
 }
 
 /// Placed slots of one-revision enrollments, by enrollment id, each kept
-/// with the revision and protocol version that placed it and used only
-/// while both are unchanged. Bounded: when the newer of two generations
+/// with the revision and the protocol (its whole definition) that placed
+/// it, and used only while both are unchanged. Bounded: when the newer of two generations
 /// fills, it becomes the older one and the older one is dropped, so that
 /// what rounds keep using stays and the rest goes.
 #[derive(Debug)]
